@@ -1,0 +1,25 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both set up what is missing first.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup run test bench lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	.venv/bin/mistryd --config config.sample.json
+
+# pytest exits 5 when it collected no tests: that is a failure too.
+test: setup
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: no tests ran" >&2; exit 1; fi; exit $$rc
+
+bench: setup
+	$(PY) -m bench
+
+lint: setup
+	.venv/bin/ruff check mistryd mistry_client tests bench
+
+clean:
+	rm -rf var/builds test-output

@@ -1,0 +1,138 @@
+"""`mistryd`: serve (the default), and `rebuild`. Errors print one line and exit 2 (bad usage or
+config) or 1 (the work itself failed)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import click
+
+from . import __version__
+from .config import Config, load
+from .errors import ConfigError, MistryError
+
+EXIT_USAGE = 2
+
+
+def _config_options(f):
+    f = click.option("--filesystem", type=click.Choice(["auto", "btrfs", "plain"]),
+                     help="Storage adapter; auto picks btrfs when build_path is on Btrfs.")(f)
+    f = click.option("--addr", help="HOST:PORT to listen on (default 127.0.0.1:8462).")(f)
+    f = click.option("--config", "config_path", envvar="MISTRYD_CONFIG",
+                     type=click.Path(dir_okay=False), help="The JSON config file.")(f)
+    return f
+
+
+def _load(ctx: click.Context, config_path, addr, filesystem) -> Config:
+    parent = ctx.find_root().params
+    config_path = config_path or parent.get("config_path")
+    addr = addr or parent.get("addr")
+    filesystem = filesystem or parent.get("filesystem")
+    if not config_path:
+        raise click.UsageError("--config FILE is required (try --config config.sample.json)")
+    try:
+        return load(config_path, addr=addr, filesystem=filesystem)
+    except ConfigError as e:
+        click.echo(f"mistryd: {e.message}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@_config_options
+@click.version_option(__version__, prog_name="mistryd")
+@click.pass_context
+def main(ctx: click.Context, config_path, addr, filesystem):
+    """mistryd: a build server that never does the same build twice.
+
+    With no command it serves the HTTP API and web view.
+    """
+    if ctx.invoked_subcommand is None:
+        serve(_load(ctx, config_path, addr, filesystem))
+
+
+def serve(config: Config) -> None:
+    from waitress import create_server
+
+    from .server import Server
+    from .web import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        server = Server(config)
+        server.start()
+    except MistryError as e:
+        click.echo(f"mistryd: {e.message}", err=True)
+        sys.exit(EXIT_USAGE)
+    app = create_app(server)
+    http = create_server(app, host=config.host, port=config.port, threads=config.http_threads,
+                         channel_timeout=3600, connection_limit=1000, ident="mistryd")
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    click.echo(f"mistryd {__version__} listening on http://{config.host}:{http.effective_port}/ "
+               f"(storage: {server.storage.name})", err=True)
+    try:
+        http.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        http.close()
+        server.stop()
+
+
+@main.command()
+@_config_options
+@click.option("--project", "projects", multiple=True, help="A project to rebuild (repeatable); "
+              "default: all.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first image that fails to build.")
+@click.option("--verbose", "-v", is_flag=True, help="Show docker's build output.")
+@click.pass_context
+def rebuild(ctx, config_path, addr, filesystem, projects, fail_fast, verbose):
+    """Rebuild project images without Docker's layer cache, then prune our old images."""
+    from .docker_runner import DockerRunner, ImageBuildError, image_tag
+    from .projects import Projects
+
+    config = _load(ctx, config_path, addr, filesystem)
+    known = Projects(config.projects_path)
+    names = list(projects) or known.names()
+    try:
+        paths = {name: known.path(name) for name in names}
+    except MistryError as e:
+        click.echo(f"mistryd: {e.message} (projects_path={config.projects_path})", err=True)
+        sys.exit(EXIT_USAGE)
+    runner = DockerRunner(config)
+    failed = []
+    for name, path in paths.items():
+        click.echo(f"Rebuilding {name}...", err=True)
+        tag = image_tag(name, known.fingerprint(name))
+        try:
+            runner.build_image(name, path, tag, _Console(verbose), nocache=True,
+                               pull=config.pull_base)
+        except ImageBuildError as e:
+            failed.append(name)
+            click.echo(f"mistryd: the image of '{name}' did not build: {e}", err=True)
+            if fail_fast:
+                break
+    runner.prune_images()
+    if failed:
+        click.echo(f"Failed: {', '.join(failed)}", err=True)
+        sys.exit(1)
+    click.echo(f"Rebuilt {len(paths)} image(s).", err=True)
+
+
+class _Console:
+    """Where `rebuild` sends docker's output: the terminal with --verbose, else nowhere."""
+
+    def __init__(self, verbose: bool):
+        self.verbose = verbose
+
+    def write(self, data: bytes) -> None:
+        if self.verbose:
+            sys.stderr.write(data.decode("utf-8", "replace"))
+
+    def line(self, text: str) -> None:
+        self.write((text + "\n").encode())

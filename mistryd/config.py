@@ -1,0 +1,122 @@
+"""The server's configuration: upstream's JSON keys plus ours, validated with errors that name the key."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+FILESYSTEMS = ("auto", "btrfs", "plain")
+NETWORK_MODES = ("bridge", "none", "host")
+DEFAULT_ADDR = "127.0.0.1:8462"
+
+
+@dataclass(frozen=True)
+class Config:
+    projects_path: Path
+    build_path: Path
+    mounts: dict[str, str] = field(default_factory=dict)
+    job_concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
+    job_backlog: int | None = None  # None: 2 x job_concurrency, as upstream
+    addr: str = DEFAULT_ADDR
+    filesystem: str = "auto"
+    network_mode: str = "bridge"
+    container_env: dict[str, str] = field(default_factory=dict)
+    uid: int | None = None  # None: the server's own uid, as upstream
+    pull_base: bool = False  # `rebuild` pulls base images only when asked: there may be no registry
+    http_threads: int = 128
+    max_body_bytes: int = 1 << 20
+
+    @property
+    def backlog(self) -> int:
+        return self.job_backlog if self.job_backlog is not None else 2 * self.job_concurrency
+
+    @property
+    def container_uid(self) -> int:
+        return self.uid if self.uid is not None else os.getuid()
+
+    @property
+    def host(self) -> str:
+        return split_addr(self.addr)[0]
+
+    @property
+    def port(self) -> int:
+        return split_addr(self.addr)[1]
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("addr", f"'{addr}' is not HOST:PORT (e.g. {DEFAULT_ADDR})")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def load(path: str | os.PathLike, **overrides) -> Config:
+    """Read a config file. Relative paths resolve against the file's folder."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("--config", f"no such file {path}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError("--config", f"{path} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("--config", f"{path} must hold a JSON object")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(raw, base=path.resolve().parent)
+
+
+_FIELDS = {
+    "projects_path": str, "build_path": str, "mounts": dict, "job_concurrency": int,
+    "job_backlog": int, "addr": str, "filesystem": str, "network_mode": str,
+    "container_env": dict, "uid": int, "pull_base": bool, "http_threads": int,
+    "max_body_bytes": int,
+}
+
+
+def from_dict(raw: dict, base: Path | None = None) -> Config:
+    base = base or Path.cwd()
+    for key, value in raw.items():
+        if key not in _FIELDS:
+            raise ConfigError(key, f"unknown key (known: {', '.join(sorted(_FIELDS))})")
+        want = _FIELDS[key]
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ConfigError(key, f"must be a {want.__name__}, got {json.dumps(value)}")
+    for key in ("projects_path", "build_path"):
+        if not raw.get(key):
+            raise ConfigError(key, "is required")
+    projects_path = (base / raw["projects_path"]).resolve()
+    build_path = (base / raw["build_path"]).resolve()
+    if not projects_path.is_dir():
+        raise ConfigError("projects_path", f"{projects_path} is not a folder")
+    try:  # unlike upstream, a missing build_path is created: a fresh checkout just works
+        build_path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError("build_path", f"cannot create {build_path} ({e.strerror})") from None
+    if not os.access(build_path, os.W_OK):
+        raise ConfigError("build_path", f"{build_path} is not writable")
+    for key in ("mounts", "container_env"):
+        for k, v in raw.get(key, {}).items():
+            if not isinstance(v, str):
+                raise ConfigError(f"{key}.{k}", "values must be strings")
+    mounts = {}
+    for src, target in raw.get("mounts", {}).items():
+        if not target.split(":")[0].startswith("/"):
+            raise ConfigError(f"mounts.{src}", "the container path must be absolute")
+        mounts[str((base / src).resolve())] = target
+    for key in ("job_concurrency", "http_threads", "max_body_bytes"):
+        if key in raw and raw[key] < 1:
+            raise ConfigError(key, "must be at least 1")
+    if raw.get("job_backlog", 0) < 0:
+        raise ConfigError("job_backlog", "must not be negative")
+    if raw.get("filesystem", "auto") not in FILESYSTEMS:
+        raise ConfigError("filesystem", f"must be one of {', '.join(FILESYSTEMS)}")
+    if raw.get("network_mode", "bridge") not in NETWORK_MODES:
+        raise ConfigError("network_mode", f"must be one of {', '.join(NETWORK_MODES)}")
+    values = {k: v for k, v in raw.items() if k not in ("projects_path", "build_path", "mounts")}
+    cfg = Config(projects_path=projects_path, build_path=build_path, mounts=mounts, **values)
+    split_addr(cfg.addr)
+    return cfg

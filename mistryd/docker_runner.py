@@ -1,0 +1,161 @@
+"""Everything that talks to Docker: image builds, container runs, clean-up. The only module that
+imports the Docker SDK. Every image and container it makes carries the LABEL below, so start-up and
+`rebuild` touch only what is ours, never the host's other images or containers."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from .config import Config
+from .logs import LiveLog
+
+LABEL = "io.mistryd.managed"
+PROJECT_LABEL = "io.mistryd.project"
+BUILD_LABEL = "io.mistryd.build"
+MAX_STDERR = 1 << 20
+
+
+class ImageBuildError(Exception):
+    """The project's Dockerfile did not build; the message holds docker's error (the failing line)."""
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    stderr: str
+    timed_out: bool = False
+
+
+def image_tag(project: str, fingerprint: str) -> str:
+    """A tag per project *content*, so jobs of different project versions never race on one tag."""
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", project.lower()).strip("-._") or "project"
+    suffix = hashlib.sha256(project.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"mistry/{slug[:80]}-{suffix}:{fingerprint[:20]}"
+
+
+@dataclass
+class DockerRunner:
+    config: Config
+    client: docker.DockerClient = field(default=None)  # type: ignore[assignment]
+    _built: dict[str, str] = field(default_factory=dict)
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        if self.client is None:
+            self.client = docker.from_env(timeout=600)
+
+    # --- images -------------------------------------------------------------------------------
+
+    def ensure_image(self, project: str, context: Path, fingerprint: str, log: LiveLog,
+                     rebuild: bool = False) -> str:
+        """Build the project's image unless this server already built it for this content."""
+        tag = image_tag(project, fingerprint)
+        with self._lock_for(tag):
+            if not rebuild and tag in self._built:
+                log.line(f"mistryd: using image {tag}")
+                return self._built[tag]
+            image_id = self.build_image(project, context, tag, log, nocache=rebuild,
+                                        pull=rebuild and self.config.pull_base)
+            self._built[tag] = image_id
+            return image_id
+
+    def build_image(self, project: str, context: Path, tag: str, log: LiveLog,
+                    nocache: bool = False, pull: bool = False) -> str:
+        log.line(f"mistryd: building image {tag}{' without cache' if nocache else ''}")
+        image_id = None
+        stream = self.client.api.build(
+            path=str(context), tag=tag, rm=True, forcerm=True, nocache=nocache, pull=pull,
+            decode=True, labels={LABEL: "1", PROJECT_LABEL: project},
+            buildargs={"uid": str(self.config.container_uid)},
+        )
+        for chunk in stream:
+            if "stream" in chunk:
+                log.write(chunk["stream"].encode("utf-8", "replace"))
+            if "error" in chunk:
+                message = chunk["error"].strip()
+                log.line(message)
+                raise ImageBuildError(message)
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+        if image_id is None:
+            image_id = self.client.images.get(tag).id
+        return image_id
+
+    def forget_images(self) -> None:
+        self._built.clear()
+
+    def _lock_for(self, tag: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(tag, threading.Lock())
+
+    # --- containers ---------------------------------------------------------------------------
+
+    def run(self, image: str, name: str, project: str, data_dir: Path, log: LiveLog,
+            timeout: float | None = None) -> RunResult:
+        """Run one build container with `data_dir` at /data; stream its output into `log`."""
+        self._remove_container(name)  # a stale container with this name must not block the build
+        volumes = {str(data_dir): {"bind": "/data", "mode": "rw"}}
+        for src, target in self.config.mounts.items():
+            bind, _, mode = target.partition(":")
+            volumes[src] = {"bind": bind, "mode": mode or "rw"}
+        container = self.client.containers.create(
+            image, name=name, detach=True, volumes=volumes,
+            labels={LABEL: "1", PROJECT_LABEL: project, BUILD_LABEL: name},
+            user=str(self.config.container_uid), network_mode=self.config.network_mode,
+            environment=dict(self.config.container_env),
+            security_opt=["no-new-privileges"],
+        )
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            try:
+                container.kill()
+            except docker.errors.APIError:
+                pass  # it ended on its own meanwhile
+
+        timer = threading.Timer(timeout, kill) if timeout else None
+        try:
+            container.start()
+            if timer:
+                timer.start()
+            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                log.write(chunk)
+            status = container.wait()
+            stderr = container.logs(stdout=False, stderr=True)[-MAX_STDERR:]
+            return RunResult(status.get("StatusCode", -1), stderr.decode("utf-8", "replace"),
+                             timed_out=killed.is_set())
+        finally:
+            if timer:
+                timer.cancel()
+            self._remove_container(name)
+
+    def _remove_container(self, name: str) -> None:
+        try:
+            self.client.api.remove_container(name, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # removal already in progress
+                raise
+
+    def remove_orphans(self) -> list[str]:
+        """Our containers that no build of this process owns (left by a crash): remove them."""
+        removed = []
+        for c in self.client.containers.list(all=True, filters={"label": LABEL}):
+            c.remove(force=True, v=True)
+            removed.append(c.name)
+        return removed
+
+    def prune_images(self) -> list[str]:
+        """Dangling images of ours only (old versions left untagged by rebuilds)."""
+        pruned = self.client.images.prune(filters={"dangling": True, "label": LABEL})
+        return [d.get("Deleted", "") for d in pruned.get("ImagesDeleted") or []]

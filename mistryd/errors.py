@@ -1,0 +1,53 @@
+"""One root exception; each subclass knows its HTTP status, so the web layer maps them once."""
+
+
+class MistryError(Exception):
+    """An error a user can act on. The message names the thing and, where there is one, the fix."""
+
+    status = 500
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(MistryError):
+    status = 400
+
+
+class NotFound(MistryError):
+    status = 404
+
+
+class UnknownProject(NotFound):
+    def __init__(self, project: str):
+        super().__init__(f"Unknown project '{project}'")
+        self.project = project
+
+
+class Overloaded(MistryError):
+    status = 503
+
+    def __init__(self, retry_after: int = 5):
+        super().__init__("Server is overloaded; try again later")
+        self.retry_after = retry_after
+
+
+class InsufficientStorage(MistryError):
+    status = 507
+
+
+class ShuttingDown(MistryError):
+    status = 503
+
+    def __init__(self):
+        super().__init__("Server is shutting down; try again later")
+        self.retry_after = 5
+
+
+class ConfigError(MistryError):
+    """A bad configuration: one line naming the key and the problem."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"config: {key}: {problem}")
+        self.key = key

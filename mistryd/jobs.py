@@ -1,0 +1,120 @@
+"""What a client asks for (JobRequest), its key, and what it gets back (BuildInfo)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+
+from .errors import BadRequest
+from .names import check_name
+
+KEY_VERSION = 1
+IMAGE_BUILD_FAILED = -999  # upstream's exit code for "the container never ran"
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    project: str
+    params: dict[str, str] = field(default_factory=dict)
+    group: str = ""
+    rebuild: bool = False
+
+    @classmethod
+    def from_json(cls, body: object) -> "JobRequest":
+        """Validate a decoded `POST /jobs` body. Keys match case-insensitively, as upstream."""
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object like {\"project\": \"hello\"}")
+        lowered: dict[str, object] = {}
+        for key, value in body.items():
+            lowered[key.lower()] = value
+        unknown = set(lowered) - {"project", "params", "group", "rebuild"}
+        if unknown:
+            raise BadRequest(
+                f"unknown field(s) {', '.join(sorted(unknown))}; "
+                "known: project, params, group, rebuild"
+            )
+        project = lowered.get("project")
+        if not isinstance(project, str) or not project:
+            raise BadRequest("'project' is required and must be a non-empty string")
+        check_name("project", project)
+        group = lowered.get("group") or ""
+        if not isinstance(group, str):
+            raise BadRequest("'group' must be a string")
+        if group:
+            check_name("group", group)
+        params = lowered.get("params") or {}
+        if not isinstance(params, dict):
+            raise BadRequest("'params' must be an object of strings, like {\"ref\": \"main\"}")
+        for key, value in params.items():
+            check_name("param key", key)
+            if not isinstance(value, str):
+                raise BadRequest(f"param {key!r} must be a string, got {json.dumps(value)}")
+        rebuild = lowered.get("rebuild", False)
+        if not isinstance(rebuild, bool):
+            raise BadRequest("'rebuild' must be true or false")
+        return cls(project=project, params=dict(params), group=group, rebuild=rebuild)
+
+    def key_params(self) -> dict[str, str]:
+        """Params that identify the job: those whose key starts with '_' are opaque."""
+        return {k: v for k, v in sorted(self.params.items()) if not k.startswith("_")}
+
+
+def job_key(request: JobRequest, fingerprint: str) -> str:
+    """The job id: sha256 of a canonical JSON encoding, so no two inputs can collide by
+    concatenation (upstream's `project + group + params` could)."""
+    canonical = json.dumps(
+        {
+            "v": KEY_VERSION,
+            "project": request.project,
+            "fingerprint": fingerprint,
+            "group": request.group,
+            "params": request.key_params(),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def rfc3339(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class BuildInfo:
+    """One build's record: build_info.json beside out.log. Field names follow upstream on the wire."""
+
+    ID: str
+    Project: str
+    Params: dict[str, str]
+    Group: str
+    Path: str
+    URL: str
+    StartedAt: str
+    Duration: int = 0  # nanoseconds, as upstream
+    Cached: bool = False
+    Coalesced: bool = False
+    Incremental: bool = False
+    ExitCode: int = IMAGE_BUILD_FAILED
+    ErrBuild: str = ""
+    ContainerStdouterr: str = ""
+    ContainerStderr: str = ""
+    TransportMethod: str = "rsync"
+    State: str = "ready"
+    Status: str = "succeeded"
+    Timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.ExitCode == 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "BuildInfo":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})

@@ -1,0 +1,208 @@
+"""The SQLite index of every build: listing, history and recovery without reading every folder.
+
+The folders under build_path stay the truth for finished builds (upstream-compatible); the index
+mirrors them, holds the queue's view of builds not yet finished, and is rebuilt from the folders
+when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from .layout import INFO_FILE, Layout
+
+
+class Status(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed-out"
+    ABANDONED = "abandoned"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (Status.QUEUED, Status.RUNNING)
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS builds (
+    project     TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    grp         TEXT NOT NULL DEFAULT '',
+    params      TEXT NOT NULL DEFAULT '{}',
+    status      TEXT NOT NULL,
+    exit_code   INTEGER,
+    reason      TEXT NOT NULL DEFAULT '',
+    rebuild     INTEGER NOT NULL DEFAULT 0,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    queued_at   REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    last_used   REAL NOT NULL,
+    info        TEXT,
+    PRIMARY KEY (project, id)
+);
+CREATE INDEX IF NOT EXISTS builds_by_time ON builds (queued_at DESC);
+CREATE INDEX IF NOT EXISTS builds_by_project ON builds (project, queued_at DESC);
+CREATE INDEX IF NOT EXISTS builds_by_status ON builds (status, queued_at DESC);
+"""
+
+
+@dataclass
+class BuildRow:
+    project: str
+    id: str
+    group: str
+    params: dict
+    status: Status
+    exit_code: int | None
+    reason: str
+    rebuild: bool
+    attempts: int
+    queued_at: float
+    started_at: float | None
+    finished_at: float | None
+    last_used: float
+    info: dict | None
+
+    @classmethod
+    def from_sql(cls, row: sqlite3.Row) -> "BuildRow":
+        return cls(
+            project=row["project"], id=row["id"], group=row["grp"],
+            params=json.loads(row["params"]), status=Status(row["status"]),
+            exit_code=row["exit_code"], reason=row["reason"], rebuild=bool(row["rebuild"]),
+            attempts=row["attempts"], queued_at=row["queued_at"], started_at=row["started_at"],
+            finished_at=row["finished_at"], last_used=row["last_used"],
+            info=json.loads(row["info"]) if row["info"] else None,
+        )
+
+    @property
+    def state(self) -> str:
+        """Upstream's two states."""
+        return "ready" if self.status.finished else "pending"
+
+
+class Store:
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.path = layout.state_dir() / "index.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        fresh = not self.path.exists()
+        with self._conn() as db:
+            db.executescript(SCHEMA)
+        if fresh:
+            self.reindex_from_disk()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def record_queued(self, project: str, build_id: str, group: str, params: dict,
+                      rebuild: bool, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self._conn().execute(
+            """INSERT INTO builds (project, id, grp, params, status, rebuild, queued_at, last_used)
+               VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)
+               ON CONFLICT (project, id) DO UPDATE SET
+                 status='queued', params=excluded.params, rebuild=excluded.rebuild,
+                 queued_at=excluded.queued_at, started_at=NULL, finished_at=NULL,
+                 exit_code=NULL, reason='', last_used=excluded.last_used""",
+            (project, build_id, group, json.dumps(params, sort_keys=True), int(rebuild), now, now),
+        )
+
+    def record_running(self, project: str, build_id: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self._conn().execute(
+            "UPDATE builds SET status='running', started_at=?, attempts=attempts+1 "
+            "WHERE project=? AND id=?", (now, project, build_id),
+        )
+
+    def record_finished(self, project: str, build_id: str, status: Status, info: dict,
+                        reason: str = "", now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        slim = {k: v for k, v in info.items() if k not in ("ContainerStdouterr",)}
+        self._conn().execute(
+            """INSERT INTO builds (project, id, grp, params, status, exit_code, reason, queued_at,
+                                   started_at, finished_at, last_used, info, attempts)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+               ON CONFLICT (project, id) DO UPDATE SET
+                 status=excluded.status, exit_code=excluded.exit_code, reason=excluded.reason,
+                 finished_at=excluded.finished_at, last_used=excluded.last_used,
+                 info=excluded.info""",
+            (project, build_id, info.get("Group", ""), json.dumps(info.get("Params", {})),
+             status.value, info.get("ExitCode"), reason, now, now, now, now, json.dumps(slim)),
+        )
+
+    def touch(self, project: str, build_id: str, now: float | None = None) -> None:
+        """A cache hit counts as use (for least-recently-used eviction)."""
+        self._conn().execute("UPDATE builds SET last_used=? WHERE project=? AND id=?",
+                             (time.time() if now is None else now, project, build_id))
+
+    def mark_unfinished(self, status: Status, reason: str) -> list[BuildRow]:
+        """At start-up: every build the previous process left queued or running."""
+        rows = self.query("status IN ('queued', 'running')")
+        self._conn().execute(
+            "UPDATE builds SET status=?, reason=?, finished_at=? "
+            "WHERE status IN ('queued', 'running')", (status.value, reason, time.time()))
+        return rows
+
+    def forget(self, project: str, build_id: str) -> None:
+        self._conn().execute("DELETE FROM builds WHERE project=? AND id=?", (project, build_id))
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def get(self, project: str, build_id: str) -> BuildRow | None:
+        rows = self.query("project=? AND id=?", (project, build_id))
+        return rows[0] if rows else None
+
+    def query(self, where: str = "1", args: tuple = (), limit: int = -1, offset: int = 0,
+              order: str = "queued_at DESC") -> list[BuildRow]:
+        cur = self._conn().execute(
+            f"SELECT * FROM builds WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [BuildRow.from_sql(r) for r in cur.fetchall()]
+
+    def count(self, where: str = "1", args: tuple = ()) -> int:
+        return self._conn().execute(f"SELECT COUNT(*) FROM builds WHERE {where}", args).fetchone()[0]
+
+    def find_by_prefix(self, prefix: str, limit: int = 20) -> list[BuildRow]:
+        return self.query("id >= ? AND id < ?", (prefix, prefix + "\uffff"), limit=limit)
+
+    # --- recovery -----------------------------------------------------------------------------
+
+    def reindex_from_disk(self) -> int:
+        """Rebuild the index from the ready folders (a lost or new index)."""
+        count = 0
+        root = self.layout.root
+        for info_file in root.glob(f"*/ready/*/{INFO_FILE}"):
+            try:
+                info = json.loads(info_file.read_text())
+            except (OSError, ValueError):
+                continue
+            project, build_id = info_file.parent.parent.parent.name, info_file.parent.name
+            status = Status(info.get("Status") or ("succeeded" if info.get("ExitCode") == 0
+                                                   else "failed"))
+            started = info_file.stat().st_mtime
+            self.record_finished(project, build_id, status, info, now=started)
+            count += 1
+        return count

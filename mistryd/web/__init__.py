@@ -1,0 +1,63 @@
+"""The Flask app factory: thin blueprints over one Server object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from ..errors import MistryError
+from ..server import Server
+
+TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
+
+
+def create_app(server: Server) -> Flask:
+    app = Flask("mistryd", template_folder=str(TEMPLATES),
+                static_folder=str(TEMPLATES / "static"), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = server.config.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["mistryd"] = server
+
+    from . import api, views
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(views.bp)
+    _register_optional(app)
+
+    @app.errorhandler(MistryError)
+    def mistry_error(e: MistryError):
+        response = jsonify(error=e.message)
+        response.status_code = e.status
+        if getattr(e, "retry_after", None):
+            response.headers["Retry-After"] = str(e.retry_after)
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        response = jsonify(error=f"{e.name}: {e.description}")
+        response.status_code = e.code or 500
+        if e.code == 405 and e.valid_methods:
+            response.headers["Allow"] = ", ".join(e.valid_methods)
+        return response
+
+    return app
+
+
+def _register_optional(app: Flask) -> None:
+    """Blueprints of later capabilities register themselves here when their module exists."""
+    import importlib
+
+    for name in ("artifacts",):
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            continue
+        app.register_blueprint(module.bp)
+
+
+def server_of(app: Flask) -> Server:
+    return app.extensions["mistryd"]

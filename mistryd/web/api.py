@@ -1,0 +1,118 @@
+"""The JSON API, compatible with upstream mistry: jobs, index, job, log stream, metrics."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..errors import BadRequest, NotFound
+from ..jobs import BuildInfo, JobRequest
+from ..logs import sse_stream
+from ..names import name_problem
+from ..server import Server
+
+bp = Blueprint("api", __name__)
+
+
+def server() -> Server:
+    return current_app.extensions["mistryd"]
+
+
+@bp.post("/jobs")
+def post_job():
+    srv = server()
+    job_request = JobRequest.from_json(_json_body())
+    if "async" in request.args:
+        job, outcome = srv.submit(job_request)
+        return jsonify(id=job.id, url=job.url, cached=isinstance(outcome, BuildInfo)), 201
+    info = srv.build(job_request)
+    return jsonify(srv.with_log(info)), 201
+
+
+def _json_body() -> object:
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        raise BadRequest("the request body is empty; send JSON like {\"project\": \"hello\"}")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the request body is not valid JSON ({e})") from None
+
+
+@bp.get("/index/")
+def index():
+    srv = server()
+    limit = request.args.get("limit", type=int, default=-1)
+    rows = srv.store.query(limit=limit)
+    return jsonify([
+        {"id": r.id, "project": r.project, "startedAt": (r.info or {}).get("StartedAt"),
+         "buildInfo": r.info, "state": r.state, "status": r.status.value}
+        for r in rows
+    ])
+
+
+def _checked(project: str, build_id: str) -> None:
+    for what, name in (("project", project), ("build id", build_id)):
+        if name_problem(name):
+            raise NotFound(f"no build {project}/{build_id}")
+
+
+def _wants_json() -> bool:
+    if request.mimetype == "application/json":
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json"
+
+
+def job_view(srv: Server, project: str, build_id: str) -> dict:
+    """{ID, Project, State, BuildInfo} for any known build: queued, running or finished."""
+    _checked(project, build_id)
+    flight = srv.scheduler.in_flight(project, build_id)
+    row = srv.store.get(project, build_id)
+    if flight is None:
+        raw = srv.layout.read_info(project, build_id)
+        if raw is not None:
+            info = srv.with_log(BuildInfo.from_json(raw))
+            return {"ID": build_id, "Project": project, "State": "ready",
+                    "Status": info.get("Status"), "BuildInfo": info}
+    if row is None and flight is None:
+        raise NotFound(f"no build {project}/{build_id}")
+    status = row.status.value if row else ("running" if flight.running else "queued")
+    return {"ID": build_id, "Project": project, "State": "pending" if flight else row.state,
+            "Status": status, "BuildInfo": row.info if row else None}
+
+
+@bp.get("/job/<project>/<build_id>")
+def job(project: str, build_id: str):
+    view = job_view(server(), project, build_id)
+    if _wants_json():
+        return jsonify(view)
+    return render_template("job.html", job=view)
+
+
+@bp.get("/log/<project>/<build_id>")
+def log_stream(project: str, build_id: str):
+    srv = server()
+    _checked(project, build_id)
+    flight = srv.scheduler.in_flight(project, build_id)
+    offset = request.headers.get("Last-Event-ID") or request.args.get("offset") or "0"
+    if not offset.isdigit():
+        raise BadRequest("Last-Event-ID must be a byte offset from an earlier event")
+    if flight is not None:
+        stream = sse_stream(flight.job.log, None, int(offset))
+    else:
+        raw = srv.layout.read_info(project, build_id)
+        if raw is None:
+            raise NotFound(f"no build {project}/{build_id}")
+        end = {"status": raw.get("Status"), "exit_code": raw.get("ExitCode")}
+        stream = sse_stream(None, srv.log_path(project, build_id), int(offset), end)
+    return Response(stream, mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@bp.get("/metrics")
+def metrics():
+    return Response(generate_latest(server().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
