@@ -58,8 +58,7 @@ def fs_kind(request):
 @pytest.fixture
 def build_root(request, tmp_path, btrfs_root):
     """A fresh build_path on the file system the test asks for (plain by default)."""
-    kind = request.node.funcargs.get("fs_kind", "plain") if hasattr(request.node, "funcargs") \
-        else "plain"
+    kind = request.getfixturevalue("fs_kind") if "fs_kind" in request.fixturenames else "plain"
     if kind == "btrfs":
         path = btrfs_root / f"builds-{uuid.uuid4().hex[:8]}"
         path.mkdir()

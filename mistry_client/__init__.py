@@ -1,0 +1,1 @@
+"""The mistry client: the `mistry` command and a small Python API."""
