@@ -1,7 +1,202 @@
-"""Placeholder until the client lands (issue 3)."""
+"""`mistry`: build (upstream's flags), status and logs. Exit codes are in mistry_client.errors."""
 
+from __future__ import annotations
+
+import json
 import sys
+from pathlib import Path
+
+import click
+
+from .api import Client
+from .durations import format_duration, parse_duration
+from .errors import EXIT_BUILD_FAILED, EXIT_OK, EXIT_USAGE, BuildTimeout, ClientError
+from .params import ParamError, parse_params
+from .transports import TRANSPORTS, HttpTransport, RsyncTransport, ScpTransport
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+class Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = parse_duration(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        if seconds <= 0:
+            self.fail(f"{value!r} must be positive", param, ctx)
+        return seconds
+
+
+def _server_options(f):
+    f = click.option("--port", "-p", type=click.IntRange(1, 65535), default=8462,
+                     envvar="MISTRY_PORT", show_default=True, help="mistryd's port "
+                     "(env MISTRY_PORT).")(f)
+    f = click.option("--host", default="127.0.0.1", envvar="MISTRY_HOST", show_default=True,
+                     help="mistryd's host (env MISTRY_HOST).")(f)
+    return f
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="mistryd", prog_name="mistry")
 def main() -> None:
-    sys.exit("mistry: the client is not built yet")
+    """mistry: ask a mistryd server for a build and fetch its artifacts."""
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--project", required=True, help="The project to build.")
+@click.option("--group", "-g", default="", help="The group: builds of a group share /data/cache.")
+@click.option("--target", "-t", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="The folder the artifacts land in.")
+@_server_options
+@click.option("--transport", type=click.Choice(TRANSPORTS), default="http", show_default=True,
+              help="How artifacts are fetched: http (verified), rsync (daemon) or scp (ssh).")
+@click.option("--transport-user", default=None, help="User name for rsync/scp.")
+@click.option("--transport-port", type=click.IntRange(1, 65535), default=None,
+              envvar="MISTRY_TRANSPORT_PORT",
+              help="Port of the rsync daemon (873) or sshd (22). Not in upstream.")
+@click.option("--transport-arg", "transport_args", multiple=True,
+              help="An extra argument for rsync/scp (repeatable), e.g. --transport-arg=-F "
+              "--transport-arg=ssh_config. Not in upstream.")
+@click.option("--no-wait", is_flag=True, help="Only schedule the build; do not wait or fetch.")
+@click.option("--rebuild", is_flag=True, help="Build again even when a result is cached, and "
+              "rebuild the image.")
+@click.option("--clear-target", is_flag=True, help="Empty the target folder first.")
+@click.option("--timeout", type=Duration(), default="60m", show_default=True,
+              help="How long to wait for the build (Go durations: 90s, 5m, 1h30m).")
+@click.option("--verbose", "-v", is_flag=True, help="Stream the build log while waiting.")
+@click.option("--json-result", is_flag=True, help="Print the BuildInfo JSON on stdout, "
+              "and nothing else there.")
+@click.argument("params", nargs=-1, type=click.UNPROCESSED, metavar="[-- --KEY VALUE ...]")
+def build(project, group, target, host, port, transport, transport_user, transport_port,
+          transport_args, no_wait, rebuild, clear_target, timeout, verbose, json_result, params):
+    """Build PROJECT on the server and fetch its artifacts into --target.
+
+    Params follow `--`: `--key value`, `--key=value` or `key=value`; a value `@file` is that
+    file's content.
+    """
+    try:
+        build_params = parse_params(params)
+    except ParamError as e:
+        raise click.UsageError(str(e)) from None
+    client = Client(host, port)
+    say = _Say(json_result)
+    try:
+        job = client.submit(project, build_params, group, rebuild)
+        if no_wait:
+            say.info(f"Build scheduled; see http://{host}:{port}/job/{project}/{job.id}")
+            if json_result:
+                click.echo(json.dumps({"ID": job.id, "URL": job.url, "Cached": job.cached}))
+            sys.exit(EXIT_OK)
+        on_line = (lambda line: click.echo(line, err=json_result)) if verbose else None
+        try:
+            info = client.wait(project, job.id, timeout, on_line)
+        except BuildTimeout:
+            raise BuildTimeout(f"The build did not finish after {format_duration(timeout)}") \
+                from None
+        say.info(f"Logs can be found at http://{host}:{port}/{info.get('URL', job.url)}")
+        if info.get("ExitCode") != 0:
+            if json_result:
+                click.echo(json.dumps(info, indent=2))
+            say.error(f"Build failed with exit code {info.get('ExitCode')}")
+            detail = info.get("ContainerStderr") or info.get("ErrBuild") or ""
+            if detail:
+                click.echo(detail.rstrip("\n"), err=True)
+            sys.exit(EXIT_BUILD_FAILED)
+        transporter = _transport(client, transport, host, transport_user, transport_port,
+                                 transport_args, progress=sys.stderr.isatty() and not verbose)
+        transporter.fetch(info, Path(target), clear_target)
+        if json_result:
+            click.echo(json.dumps(info, indent=2))
+    except ClientError as e:
+        say.error(e.message)
+        sys.exit(e.exit_code)
+
+
+def _transport(client, name, host, user, port, extra, progress):
+    if name == "rsync":
+        return RsyncTransport(host, user, port, extra)
+    if name == "scp":
+        return ScpTransport(host, user, port, extra)
+    return HttpTransport(client, progress=progress)
+
+
+class _Say:
+    """Human messages go to stdout, or to stderr when stdout carries the JSON result."""
+
+    def __init__(self, json_result: bool):
+        self.json_result = json_result
+
+    def info(self, text: str) -> None:
+        click.echo(text, err=self.json_result)
+
+    def error(self, text: str) -> None:
+        click.echo(text, err=True)
+
+
+@main.command(context_settings=CONTEXT)
+@_server_options
+@click.argument("project")
+@click.argument("build_id", metavar="ID")
+def status(host, port, project, build_id):
+    """Show a build's state as JSON; exit 0 when it succeeded, 1 when it failed or is unfinished."""
+    try:
+        view = Client(host, port).job(project, build_id)
+    except ClientError as e:
+        click.echo(e.message, err=True)
+        sys.exit(e.exit_code)
+    info = dict(view.get("BuildInfo") or {})
+    info.pop("ContainerStdouterr", None)  # the log is what `mistry logs` is for
+    view["BuildInfo"] = info or None
+    click.echo(json.dumps(view, indent=2))
+    sys.exit(EXIT_OK if view.get("Status") == "succeeded" else EXIT_BUILD_FAILED)
+
+
+@main.command(context_settings=CONTEXT)
+@_server_options
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming until the build ends.")
+@click.argument("project")
+@click.argument("build_id", metavar="ID")
+def logs(host, port, follow, project, build_id):
+    """Print a build's log (with -f: follow it live until the build ends)."""
+    client = Client(host, port)
+    try:
+        if follow:
+            client.follow_log(project, build_id, on_line=click.echo)
+        else:
+            view = client.job(project, build_id)
+            if view.get("State") == "ready":
+                text = (view.get("BuildInfo") or {}).get("ContainerStdouterr") or ""
+                click.echo(text, nl=False)
+            else:  # running: what is there so far, then stop
+                _print_log_so_far(client, project, build_id)
+    except ClientError as e:
+        click.echo(e.message, err=True)
+        sys.exit(e.exit_code)
+
+
+def _print_log_so_far(client: Client, project: str, build_id: str) -> None:
+    import time
+
+    # the stream of a running build never ends by itself: read until it goes quiet briefly
+    try:
+        client.follow_log(project, build_id, on_line=click.echo,
+                          deadline=time.monotonic() + 1.0)
+    except BuildTimeout:
+        pass
+
+
+def run() -> None:  # pragma: no cover - for `python -m mistry_client.cli`
+    main()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except click.UsageError as e:  # pragma: no cover
+        e.show()
+        sys.exit(EXIT_USAGE)

@@ -65,6 +65,7 @@ def serve(config: Config) -> None:
     except MistryError as e:
         click.echo(f"mistryd: {e.message}", err=True)
         sys.exit(EXIT_USAGE)
+    rsyncd = _start_rsyncd(config, server)
     app = create_app(server)
     http = create_server(app, host=config.host, port=config.port, threads=config.http_threads,
                          channel_timeout=3600, connection_limit=1000, ident="mistryd")
@@ -81,7 +82,27 @@ def serve(config: Config) -> None:
         pass
     finally:
         http.close()
+        if rsyncd is not None:
+            rsyncd.stop()
         server.stop()
+
+
+def _start_rsyncd(config: Config, server):
+    """The read-only rsync daemon of config `rsync_addr`, or None when it is off."""
+    if config.rsync_addr is None:
+        return None
+    from .config import split_addr
+    from .rsyncd import RsyncDaemon
+
+    host, port = split_addr(config.rsync_addr)
+    rsyncd = RsyncDaemon(config.build_path, host, port)
+    try:
+        rsyncd.start()
+    except RuntimeError as e:
+        server.stop()
+        click.echo(f"mistryd: config: rsync_addr: {e}", err=True)
+        sys.exit(EXIT_USAGE)
+    return rsyncd
 
 
 @main.command()

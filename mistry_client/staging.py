@@ -1,0 +1,89 @@
+"""Download-verify-move: artifacts land in a staging folder beside the target, are checked against
+the manifest, and only then move into the target. A failed or interrupted download leaves the
+target as it was (the staging folder is removed; after a SIGKILL it stays, named .mistry-*)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+from typing import Self
+
+from .errors import TransferError
+
+
+def safe_relpath(path: object) -> str:
+    """A manifest path that stays inside the target: relative, no '.', '..' or empty parts."""
+    if not isinstance(path, str) or not path or path.startswith("/") or "\0" in path:
+        raise TransferError(f"the server sent an unsafe artifact path {path!r}")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise TransferError(f"the server sent an unsafe artifact path {path!r}")
+    return path
+
+
+class Staging:
+    """A temporary folder beside `target` (inside it when the parent is not writable)."""
+
+    def __init__(self, target: Path):
+        self.target = target
+        parent = target.resolve().parent
+        try:
+            self.path = Path(tempfile.mkdtemp(prefix=f".mistry-{target.resolve().name}-",
+                                              dir=parent))
+        except OSError:
+            target.mkdir(parents=True, exist_ok=True)
+            self.path = Path(tempfile.mkdtemp(prefix=".mistry-partial-", dir=target))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        if self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def commit(self, clear_target: bool = False) -> None:
+        """Move everything staged into the target; with `clear_target` empty it first."""
+        self.target.mkdir(parents=True, exist_ok=True)
+        if clear_target:
+            empty_folder(self.target, keep=self.path)
+        _merge(self.path, self.target)
+        self.discard()
+
+
+def empty_folder(folder: Path, keep: Path | None = None) -> None:
+    """Remove everything inside `folder` (not the folder itself: it may be the working dir)."""
+    keep_real = os.path.realpath(keep) if keep is not None else None
+    for entry in os.scandir(folder):
+        if keep_real is not None and os.path.realpath(entry.path) == keep_real:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+def _merge(src: Path, dest: Path) -> None:
+    """Move src's entries into dest, replacing same-named ones (as rsync and scp do)."""
+    for entry in os.scandir(src):
+        target = dest / entry.name
+        try:
+            existing = os.lstat(target)
+        except FileNotFoundError:
+            existing = None
+        if entry.is_dir(follow_symlinks=False):
+            if existing is not None and stat.S_ISDIR(existing.st_mode):
+                _merge(Path(entry.path), target)
+                os.chmod(target, stat.S_IMODE(os.lstat(entry.path).st_mode))
+                continue
+            if existing is not None:
+                os.unlink(target)
+            os.rename(entry.path, target)
+        else:
+            if existing is not None and stat.S_ISDIR(existing.st_mode):
+                shutil.rmtree(target)
+            os.replace(entry.path, target)
