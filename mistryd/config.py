@@ -29,6 +29,7 @@ class Config:
     pull_base: bool = False  # `rebuild` pulls base images only when asked: there may be no registry
     http_threads: int = 128
     max_body_bytes: int = 1 << 20
+    rsync_addr: str | None = None  # HOST:PORT of a read-only rsync daemon (module `mistry`); None: off
 
     @property
     def backlog(self) -> int:
@@ -73,8 +74,9 @@ _FIELDS = {
     "projects_path": str, "build_path": str, "mounts": dict, "job_concurrency": int,
     "job_backlog": int, "addr": str, "filesystem": str, "network_mode": str,
     "container_env": dict, "uid": int, "pull_base": bool, "http_threads": int,
-    "max_body_bytes": int,
+    "max_body_bytes": int, "rsync_addr": str,
 }
+_NULLABLE = {"rsync_addr"}
 
 
 def from_dict(raw: dict, base: Path | None = None) -> Config:
@@ -83,6 +85,8 @@ def from_dict(raw: dict, base: Path | None = None) -> Config:
         if key not in _FIELDS:
             raise ConfigError(key, f"unknown key (known: {', '.join(sorted(_FIELDS))})")
         want = _FIELDS[key]
+        if value is None and key in _NULLABLE:
+            continue
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise ConfigError(key, f"must be a {want.__name__}, got {json.dumps(value)}")
     for key in ("projects_path", "build_path"):
@@ -119,4 +123,9 @@ def from_dict(raw: dict, base: Path | None = None) -> Config:
     values = {k: v for k, v in raw.items() if k not in ("projects_path", "build_path", "mounts")}
     cfg = Config(projects_path=projects_path, build_path=build_path, mounts=mounts, **values)
     split_addr(cfg.addr)
+    if cfg.rsync_addr is not None:
+        try:
+            split_addr(cfg.rsync_addr)
+        except ConfigError as e:
+            raise ConfigError("rsync_addr", e.message.split(": ", 2)[-1]) from None
     return cfg
