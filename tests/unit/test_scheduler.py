@@ -1,0 +1,107 @@
+"""The scheduler's decisions, with a plain function in place of the builder (no Docker)."""
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from mistryd.builder import Job
+from mistryd.errors import Overloaded
+from mistryd.jobs import BuildInfo, JobRequest
+from mistryd.scheduler import Scheduler, Ticket, may_queue
+
+
+def job(build_id: str, project: str = "p") -> Job:
+    return Job(request=JobRequest(project), id=build_id, fingerprint="f", context=Path("/"))
+
+
+def info(j: Job, exit_code: int = 0) -> BuildInfo:
+    return BuildInfo(ID=j.id, Project=j.project, Params={}, Group="", Path="", URL=j.url,
+                     StartedAt="", ExitCode=exit_code)
+
+
+class Gate:
+    """A build function that blocks until released, counting how many builds ran."""
+
+    def __init__(self, exit_code=0):
+        self.release = threading.Event()
+        self.started = threading.Semaphore(0)
+        self.runs: list[str] = []
+        self.exit_code = exit_code
+
+    def __call__(self, j: Job) -> BuildInfo:
+        self.runs.append(j.id)
+        self.started.release()
+        assert self.release.wait(10)
+        return info(j, self.exit_code)
+
+
+def test_admission_rule():
+    assert may_queue(0, 1)
+    assert not may_queue(1, 1)
+    assert not may_queue(0, 0)
+
+
+@pytest.mark.parametrize("exit_code", [0, 1])
+def test_identical_requests_share_one_build_and_its_outcome(exit_code):
+    gate = Gate(exit_code)
+    s = Scheduler(gate, concurrency=2, backlog=4)
+    s.start()
+    tickets = [s.submit(job("a")) for _ in range(20)]
+    assert all(isinstance(t, Ticket) for t in tickets)
+    assert [t.coalesced for t in tickets].count(False) == 1
+    gate.release.set()
+    results = [t.flight.wait(10) for t in tickets]
+    assert gate.runs == ["a"]
+    assert {r.ExitCode for r in results} == {exit_code}
+    s.stop()
+
+
+def test_backlog_full_is_overloaded_but_joining_is_not():
+    gate = Gate()
+    s = Scheduler(gate, concurrency=1, backlog=1)
+    s.start()
+    s.submit(job("running"))
+    assert gate.started.acquire(timeout=5)
+    s.submit(job("queued"))
+    with pytest.raises(Overloaded):
+        s.submit(job("third"))
+    assert s.submit(job("queued")).coalesced  # joining a queued build needs no room
+    gate.release.set()
+    s.stop()
+
+
+def test_a_build_finished_meanwhile_is_answered_from_cache():
+    gate = Gate()
+    s = Scheduler(gate, concurrency=1, backlog=1)
+    s.start()
+    hit = info(job("x"))
+    assert s.submit(job("x"), cached=lambda: hit) is hit
+    assert isinstance(s.submit(job("x"), cached=lambda: hit, force=True), Ticket)
+    gate.release.set()
+    s.stop()
+
+
+def test_concurrency_limit_is_kept():
+    lock = threading.Lock()
+    running = []
+    peak = []
+    release = threading.Event()
+
+    def build(j):
+        with lock:
+            running.append(j.id)
+            peak.append(len(running))
+        release.wait(0.05)
+        with lock:
+            running.remove(j.id)
+        return info(j)
+
+    s = Scheduler(build, concurrency=2, backlog=20)
+    s.start()
+    tickets = [s.submit(job(str(i))) for i in range(10)]
+    for t in tickets:
+        t.flight.wait(10)
+    assert max(peak) <= 2
+    assert len(peak) == 10
+    s.stop()
