@@ -39,12 +39,14 @@ class JobRequest:
         if not isinstance(project, str) or not project:
             raise BadRequest("'project' is required and must be a non-empty string")
         check_name("project", project)
-        group = lowered.get("group") or ""
+        group = lowered.get("group")
+        group = "" if group is None else group
         if not isinstance(group, str):
             raise BadRequest("'group' must be a string")
         if group:
             check_name("group", group)
-        params = lowered.get("params") or {}
+        params = lowered.get("params")
+        params = {} if params is None else params
         if not isinstance(params, dict):
             raise BadRequest("'params' must be an object of strings, like {\"ref\": \"main\"}")
         for key, value in params.items():
