@@ -133,7 +133,10 @@ class Client:
               on_line: Callable[[str], None] | None = None) -> dict:
         """Submit and wait: the finished build's BuildInfo (check its ExitCode)."""
         job = self.submit(project, params, group, rebuild)
-        return self.wait(project, job.id, timeout, on_line)
+        info = self.wait(project, job.id, timeout, on_line)
+        if job.cached:  # the stored record says how it was built, not how it was answered
+            info["Cached"] = True
+        return info
 
     # --- artifacts ------------------------------------------------------------------------------
 

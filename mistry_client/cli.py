@@ -98,6 +98,8 @@ def build(project, group, target, host, port, transport, transport_user, transpo
         except BuildTimeout:
             raise BuildTimeout(f"The build did not finish after {format_duration(timeout)}") \
                 from None
+        if job.cached:  # the stored record says how it was built, not how it was answered
+            info["Cached"] = True
         say.info(f"Logs can be found at http://{host}:{port}/{info.get('URL', job.url)}")
         if info.get("ExitCode") != 0:
             if json_result:
