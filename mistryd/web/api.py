@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import BadRequest, NotFound
@@ -86,10 +86,11 @@ def job_view(srv: Server, project: str, build_id: str) -> dict:
 
 @bp.get("/job/<project>/<build_id>")
 def job(project: str, build_id: str):
-    view = job_view(server(), project, build_id)
-    if _wants_json():
-        return jsonify(view)
-    return render_template("job.html", job=view)
+    if not _wants_json():
+        from . import views  # the HTML page is the web view's
+
+        return views.job_page(project, build_id)
+    return jsonify(job_view(server(), project, build_id))
 
 
 @bp.get("/log/<project>/<build_id>")

@@ -1,14 +1,377 @@
-"""HTML pages for people. Everything from builds is escaped by Jinja2's autoescaping."""
+"""HTML pages for people: dashboard, history, project, build, full log.
+
+Lists come from the SQLite index only (see history.py); the build page reads one build's folder
+at most. Everything from builds is escaped by Jinja2's autoescaping in the templates and by
+textContent in static/mistryd.js; nothing here marks text as safe.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import quote
+
+from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
+
+from .. import history
+from ..names import name_problem
+from ..server import Server
+from ..store import BuildRow, Status
 
 bp = Blueprint("views", __name__)
+
+LOG_TAIL_LINES = 2000
+LOG_TAIL_BYTES = 2 << 20  # a tail of a few huge lines is cut here, at a line boundary
+MAX_ARTIFACTS = 1000
+
+
+def server() -> Server:
+    return current_app.extensions["mistryd"]
+
+
+# --- lists ------------------------------------------------------------------------------------
 
 
 @bp.get("/")
 def dashboard():
-    srv = current_app.extensions["mistryd"]
-    return render_template("index.html", builds=srv.store.query(limit=50),
-                           projects=srv.projects.names())
+    srv = server()
+    flights = srv.scheduler.flights()
+    running = sorted((f for f in flights if f.running), key=lambda f: f.job.queued_at)
+    queued = sorted((f for f in flights if not f.running), key=lambda f: f.job.queued_at)
+    return render_template(
+        "index.html", running=running, queued=queued,
+        recent=history.recent_finished(srv.store, limit=20),
+        counts=history.status_counts(srv.store), cache=history.cache_use(srv.metrics),
+        projects=srv.projects.names(), statuses=[s.value for s in Status],
+    )
+
+
+@bp.get("/builds")
+def builds():
+    srv = server()
+    filters = _filters()
+    page = history.page_of(srv.store, filters, _page_number())
+    return render_template("builds.html", page=page, filters=filters,
+                           projects=srv.projects.names(), statuses=[s.value for s in Status])
+
+
+@bp.get("/project/<project>")
+def project_page(project: str):
+    srv = server()
+    known = project in srv.projects.names()
+    if name_problem(project) or (not known and not srv.store.count("project = ?", (project,))):
+        return _not_found(f"Unknown project '{project}'. The projects are listed on the "
+                          "dashboard.")
+    filters = history.Filters.parse(project, request.args.get("status", ""),
+                                    request.args.get("group", ""))
+    page = history.page_of(srv.store, filters, _page_number())
+    flights = [f for f in srv.scheduler.flights() if f.job.project == project]
+    return render_template(
+        "project.html", project=project, known=known, page=page, filters=filters,
+        groups=history.latest_per_group(srv.store, project), flights=flights,
+        counts=history.status_counts(srv.store, project), statuses=[s.value for s in Status],
+    )
+
+
+@bp.get("/find")
+def find():
+    """Jump to a build by a prefix of its id: straight to it when only one build matches."""
+    srv = server()
+    prefix = request.args.get("id", "").strip().lower()
+    matches: list[BuildRow] = []
+    problem = ""
+    if not prefix:
+        problem = "Type the first characters of a build id."
+    elif not all(c in "0123456789abcdef" for c in prefix):
+        problem = f"'{prefix}' is not the start of a build id: ids are hexadecimal (0-9, a-f)."
+    else:
+        matches = srv.store.find_by_prefix(prefix, limit=51)
+        if len(matches) == 1:
+            m = matches[0]
+            return redirect(url_for("api.job", project=m.project, build_id=m.id))
+        if not matches:
+            problem = f"No build id starts with '{prefix}'."
+    status = 404 if problem and prefix else 200
+    return render_template("find.html", prefix=prefix, jump_value=prefix, matches=matches[:50],
+                           more=len(matches) > 50, problem=problem), status
+
+
+def _filters() -> history.Filters:
+    a = request.args
+    return history.Filters.parse(a.get("project", ""), a.get("status", ""), a.get("group", ""))
+
+
+def _page_number() -> int:
+    return max(1, request.args.get("page", default=1, type=int) or 1)
+
+
+def _not_found(message: str):
+    return render_template("error.html", message=message), 404
+
+
+# --- one build --------------------------------------------------------------------------------
+
+
+@dataclass
+class Artifact:
+    path: str
+    size: int
+    url: str
+
+
+@dataclass
+class LogTail:
+    lines: list[str] = field(default_factory=list)
+    skipped_bytes: int = 0  # bytes before the first shown line
+    end: int = 0  # the byte offset after the last shown line: where the live stream resumes
+
+
+@dataclass
+class BuildPage:
+    project: str
+    id: str
+    group: str
+    params: dict
+    status: str
+    live: bool  # still queued or running: the page follows the log and then refreshes itself
+    exit_code: int | None
+    error: str
+    queued_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    timings: dict
+    duration: float | None
+    cached: bool
+    coalesced: bool
+    incremental: bool
+    served_from_cache: bool
+    artifacts: list[Artifact]
+    artifacts_truncated: bool
+    log: LogTail
+
+    @property
+    def artifacts_tar_url(self) -> str:
+        return f"/artifacts/{quote(self.project, safe='')}/{quote(self.id, safe='')}.tar"
+
+
+def job_page(project: str, build_id: str):
+    """The HTML branch of GET /job/<project>/<id> (the JSON branch stays in api.py)."""
+    srv = server()
+    if name_problem(project) or name_problem(build_id):
+        return _not_found(f"No build {project}/{build_id}.")
+    page = build_page(srv, project, build_id)
+    if page is None:
+        return _not_found(f"No build {project}/{build_id}. Builds are listed on the dashboard; "
+                          "a build removed by garbage collection is gone.")
+    return render_template("job.html", b=page, tail_limit=LOG_TAIL_LINES)
+
+
+def build_page(srv: Server, project: str, build_id: str) -> BuildPage | None:
+    flight = srv.scheduler.in_flight(project, build_id)
+    row = srv.store.get(project, build_id)
+    # The index row is the truth for the state: it turns finished before the flight is dropped,
+    # and during a rebuild the old ready/ folder is still there.
+    finished = row.status.finished if row is not None else flight is None
+    info: dict = {}
+    if finished:
+        info = (row.info if row is not None else None) or \
+            srv.layout.read_info(project, build_id) or {}
+        if row is None and not info:
+            return None
+    live = flight is not None and not finished
+    if row is not None:
+        status = row.status.value
+    elif flight is not None:
+        status = "running" if flight.running else "queued"
+    else:
+        status = str(info.get("Status") or ("succeeded" if info.get("ExitCode") == 0
+                                             else "failed"))
+    job = flight.job if flight is not None else None
+    params = dict(row.params if row is not None else
+                  (job.request.params if job is not None else info.get("Params") or {}))
+    group = row.group if row is not None else (job.request.group if job is not None
+                                               else info.get("Group", ""))
+    log_paths: list[Path] = []
+    if live and job is not None and job.log.path is not None:
+        log_paths.append(job.log.path)
+    log_paths.append(srv.log_path(project, build_id))
+    artifacts, truncated = (_artifacts(srv, project, build_id) if finished else ([], False))
+    duration = info.get("Duration")
+    return BuildPage(
+        project=project, id=build_id, group=group or "", params=params, status=status,
+        live=live, exit_code=(row.exit_code if row is not None else info.get("ExitCode"))
+        if finished else None,
+        error=str(info.get("ErrBuild") or (row.reason if row is not None and finished else "")),
+        queued_at=row.queued_at if row is not None else (job.queued_at if job else None),
+        started_at=row.started_at if row is not None else None,
+        finished_at=row.finished_at if row is not None and finished else None,
+        timings=dict(info.get("Timings") or {}),
+        duration=duration / 1e9 if isinstance(duration, (int, float)) and finished else None,
+        cached=bool(info.get("Cached")), coalesced=bool(info.get("Coalesced")),
+        incremental=bool(info.get("Incremental")),
+        served_from_cache=bool(row is not None and finished and row.finished_at is not None
+                               and row.last_used > row.finished_at + 0.001),
+        artifacts=artifacts, artifacts_truncated=truncated,
+        log=_log_tail(log_paths, whole_lines_only=live) if (live or finished) else LogTail(),
+    )
+
+
+def _artifacts(srv: Server, project: str, build_id: str) -> tuple[list[Artifact], bool]:
+    root = srv.layout.ready(project, build_id) / "data" / "artifacts"
+    base = f"/artifacts/{quote(project, safe='')}/{quote(build_id, safe='')}/"
+    found: list[Artifact] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue
+            if not os.path.isfile(full) or os.path.islink(full):
+                continue
+            rel = os.path.relpath(full, root)
+            found.append(Artifact(rel, st.st_size, base + quote(rel, safe="/")))
+            if len(found) > MAX_ARTIFACTS:
+                return found[:MAX_ARTIFACTS], True
+    return found, False
+
+
+def _log_tail(paths: list[Path], whole_lines_only: bool,
+              max_lines: int = LOG_TAIL_LINES, max_bytes: int = LOG_TAIL_BYTES) -> LogTail:
+    """The last `max_lines` lines of the first log file that opens, read backwards from the end
+    so a 100k-line log costs no more than a short one. For a running build only whole lines:
+    the page resumes the live stream at `end`, and a partial line arrives with its newline."""
+    f = _open_first(paths)
+    if f is None:
+        return LogTail()
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        block = 64 << 10
+        data = b""
+        pos = size
+        while pos > 0 and data.count(b"\n") <= max_lines and len(data) < max_bytes:
+            step = min(block, pos)
+            pos -= step
+            f.seek(pos)
+            data = f.read(step) + data
+        end = size
+        if whole_lines_only:
+            data = data[:data.rfind(b"\n") + 1]
+            end = pos + len(data)
+        if pos > 0:  # the first line read may start mid-line: drop it
+            data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
+        lines = data.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()
+        lines = lines[-max_lines:]
+        tail = b"\n".join(lines) + (b"\n" if data.endswith(b"\n") else b"")
+        while lines and len(tail) > max_bytes:
+            tail = tail[len(lines.pop(0)) + 1:]
+        return LogTail([line.decode("utf-8", "replace") for line in lines],
+                       skipped_bytes=end - len(tail), end=end)
+
+
+def _open_first(paths: list[Path]) -> BinaryIO | None:
+    """The first of `paths` that opens. A running build's log moves from pending/ to ready/ when
+    it finishes: an open descriptor keeps reading the same file across that rename."""
+    for path in paths:
+        try:
+            return open(path, "rb")
+        except OSError:
+            continue
+    return None
+
+
+@bp.get("/job/<project>/<build_id>/out.log")
+def full_log(project: str, build_id: str):
+    """The whole log as a plain-text download (the build page shows only its tail)."""
+    srv = server()
+    if name_problem(project) or name_problem(build_id):
+        return _not_found(f"No build {project}/{build_id}.")
+    flight = srv.scheduler.in_flight(project, build_id)
+    candidates = []
+    if flight is not None and flight.job.log.path is not None:
+        candidates.append(flight.job.log.path)
+    candidates.append(srv.log_path(project, build_id))
+    f = _open_first(candidates)
+    if f is not None:
+        name = f"{project}-{build_id[:12]}.log"
+        response = Response(_chunks(f), mimetype="text/plain")
+        response.headers["Content-Disposition"] = \
+            f"attachment; filename*=UTF-8''{quote(name, safe='')}"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+    return _not_found(f"No log for {project}/{build_id} (yet).")
+
+
+def _chunks(f: BinaryIO, size: int = 256 << 10):
+    with f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+# --- template helpers -------------------------------------------------------------------------
+
+
+@bp.app_template_filter("when")
+def when(ts: float | None) -> str:
+    if not ts:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@bp.app_template_filter("iso")
+def iso(ts: float | None) -> str:
+    if not ts:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+@bp.app_template_filter("ago")
+def ago(ts: float | None, now: float | None = None) -> str:
+    if not ts:
+        return ""
+    delta = max(0.0, (time.time() if now is None else now) - ts)
+    return seconds(delta) + " ago" if delta >= 1 else "just now"
+
+
+@bp.app_template_filter("seconds")
+def seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value < 10:
+        return f"{value:.1f} s"
+    if value < 90:
+        return f"{value:.0f} s"
+    if value < 5400:
+        return f"{value // 60:.0f} min {value % 60:.0f} s"
+    if value < 2 * 86400:
+        return f"{value // 3600:.0f} h {value % 3600 // 60:.0f} min"
+    return f"{value // 86400:.0f} days"
+
+
+@bp.app_template_filter("size")
+def size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+@bp.app_template_filter("percent")
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.0f}%"
+
+
+@bp.app_template_global("page_url")
+def page_url(**args: str | int) -> str:
+    """The current page's URL with some query arguments replaced (the others, filters, kept)."""
+    merged = {**request.args.to_dict(), **(request.view_args or {}), **args}
+    return url_for(request.endpoint or "views.builds", **merged)

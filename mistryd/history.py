@@ -1,0 +1,162 @@
+"""The web view's questions to the SQLite index: filtered, paginated history, counts per status,
+the latest build of each group, cache use. Every answer is a few indexed SQL queries; nothing
+here reads a build folder, so a page costs the same with 10 builds or 100,000.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from prometheus_client import Counter
+
+from .metrics import Metrics
+from .store import BuildRow, Status, Store
+
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a history page shows: each field is one equality test, empty means any."""
+
+    project: str = ""
+    status: str = ""
+    group: str = ""
+
+    @classmethod
+    def parse(cls, project: str = "", status: str = "", group: str = "") -> Filters:
+        """Filters from query-string values. An unknown status filters to nothing rather than
+        being ignored, so a mistyped link does not silently show everything."""
+        return cls(project=project.strip(), status=status.strip(), group=group.strip())
+
+    def where(self) -> tuple[str, tuple]:
+        clauses, args = [], []
+        if self.project:
+            clauses.append("project = ?")
+            args.append(self.project)
+        if self.status:
+            clauses.append("status = ?")
+            args.append(self.status)
+        if self.group:
+            clauses.append("grp = ?")
+            args.append(self.group)
+        return " AND ".join(clauses) or "1", tuple(args)
+
+    def args(self, **override: str | int) -> dict[str, str | int]:
+        """Query-string arguments that keep these filters (for pagination links)."""
+        out: dict[str, str | int] = {k: v for k, v in (("project", self.project),
+                                                        ("status", self.status),
+                                                        ("group", self.group)) if v}
+        out.update({k: v for k, v in override.items() if v not in ("", None)})
+        return out
+
+    @property
+    def active(self) -> bool:
+        return bool(self.project or self.status or self.group)
+
+
+@dataclass
+class Page:
+    rows: list[BuildRow]
+    number: int
+    size: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.size))
+
+    @property
+    def has_prev(self) -> bool:
+        return self.number > 1
+
+    @property
+    def has_next(self) -> bool:
+        return self.number < self.pages
+
+    @property
+    def first_index(self) -> int:
+        """1-based position of the first row on this page (0 when empty)."""
+        return (self.number - 1) * self.size + 1 if self.rows else 0
+
+    @property
+    def last_index(self) -> int:
+        return (self.number - 1) * self.size + len(self.rows)
+
+
+def page_of(store: Store, filters: Filters, number: int = 1, size: int = PAGE_SIZE) -> Page:
+    """One page of builds, newest first. A page past the end is clamped to the last one."""
+    size = max(1, min(size, MAX_PAGE_SIZE))
+    where, args = filters.where()
+    total = store.count(where, args)
+    pages = max(1, math.ceil(total / size))
+    number = max(1, min(number, pages))
+    rows = store.query(where, args, limit=size, offset=(number - 1) * size)
+    return Page(rows=rows, number=number, size=size, total=total)
+
+
+def status_counts(store: Store, project: str = "") -> dict[str, int]:
+    """Builds per status (every status present, zero or not), one indexed count each."""
+    out = {}
+    for status in Status:
+        if project:
+            out[status.value] = store.count("project = ? AND status = ?", (project, status.value))
+        else:
+            out[status.value] = store.count("status = ?", (status.value,))
+    return out
+
+
+def recent_finished(store: Store, limit: int = 20, project: str = "") -> list[BuildRow]:
+    where = "status NOT IN ('queued', 'running')"
+    args: tuple = ()
+    if project:
+        where += " AND project = ?"
+        args = (project,)
+    return store.query(where, args, limit=limit)
+
+
+def latest_per_group(store: Store, project: str, limit: int = 50) -> list[BuildRow]:
+    """The newest build of each group of `project` ('' is the build without a group).
+    SQLite returns the bare `rowid` of the row that holds MAX() in an aggregate query."""
+    where = ("rowid IN (SELECT r FROM (SELECT rowid AS r, MAX(queued_at) FROM builds "
+             "WHERE project = ? GROUP BY grp))")
+    return store.query(where, (project,), limit=limit, order="grp ASC")
+
+
+@dataclass
+class CacheUse:
+    """Requests answered since this server started, from the Prometheus counters."""
+
+    hits: int = 0
+    started: int = 0
+    coalesced: int = 0
+
+    @property
+    def requests(self) -> int:
+        return self.hits + self.started + self.coalesced
+
+    @property
+    def rate(self) -> float | None:
+        """Share of build requests that did not start a build (answered from cache or joined)."""
+        return None if self.requests == 0 else (self.hits + self.coalesced) / self.requests
+
+    @property
+    def hit_rate(self) -> float | None:
+        return None if self.requests == 0 else self.hits / self.requests
+
+
+def _counter_total(counter: Counter) -> int:
+    total = 0.0
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                total += sample.value
+    return int(total)
+
+
+def cache_use(metrics: Metrics) -> CacheUse:
+    return CacheUse(hits=_counter_total(metrics.cache_hits),
+                    started=_counter_total(metrics.builds_started),
+                    coalesced=_counter_total(metrics.builds_coalesced))

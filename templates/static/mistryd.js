@@ -1,0 +1,125 @@
+/* mistryd build page: follow a running build's log over Server-Sent Events, then show the final
+   state without a reload. Log lines are only ever set with textContent, never as HTML. */
+(function () {
+  "use strict";
+
+  var root = document.getElementById("build");
+  var log = document.getElementById("log");
+  if (!root || !log) return;
+
+  var limit = parseInt(root.getAttribute("data-tail-limit"), 10) || 2000;
+  log.scrollTop = log.scrollHeight;
+  if (root.getAttribute("data-live") !== "true") return;
+
+  var logUrl = root.getAttribute("data-log-url");
+  var base = logUrl.split("?")[0];
+  // Byte offset after the last line shown: the stream resumes here and nothing at or before it
+  // is appended twice, whatever the server or a reconnect replays.
+  var lastOffset = parseInt(new URLSearchParams(logUrl.split("?")[1] || "").get("offset"), 10) || 0;
+  var pending = [];
+  var flushTimer = null;
+  var hiddenLines = 0;
+  var source = null;
+  var done = false;
+
+  function flush() {
+    flushTimer = null;
+    var atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 48;
+    var start = Math.max(0, pending.length - limit);
+    hiddenLines += start;
+    var frag = document.createDocumentFragment();
+    for (var i = start; i < pending.length; i++) {
+      var span = document.createElement("span");
+      span.textContent = pending[i] + "\n";
+      frag.appendChild(span);
+    }
+    pending = [];
+    log.appendChild(frag);
+    var extra = log.childElementCount - limit;
+    if (extra > 0) {
+      var range = document.createRange();
+      range.setStartBefore(log.firstChild);
+      range.setEndAfter(log.children[extra - 1]);
+      range.deleteContents();
+      hiddenLines += extra;
+    }
+    if (hiddenLines > 0) {
+      var note = document.getElementById("log-note");
+      note.hidden = false;
+      document.getElementById("log-note-text").textContent =
+        "Showing the last " + log.childElementCount.toLocaleString() + " lines; " +
+        "earlier output is not shown.";
+    }
+    if (atBottom) log.scrollTop = log.scrollHeight;
+  }
+
+  function setState(status) {
+    var badge = document.querySelector("#state .status");
+    if (!badge) return;
+    badge.textContent = status;
+    badge.className = "status s-" + status;
+    root.setAttribute("data-status", status);
+  }
+
+  function onLine(event) {
+    var offset = parseInt(event.lastEventId, 10);
+    if (!isNaN(offset)) {
+      if (offset <= lastOffset) return;
+      lastOffset = offset;
+    }
+    if (root.getAttribute("data-status") === "queued") {
+      setState("running");
+      var waiting = document.getElementById("log-waiting");
+      if (waiting) waiting.hidden = true;
+    }
+    pending.push(event.data);
+    if (flushTimer === null) flushTimer = setTimeout(flush, 50);
+  }
+
+  function onEnd(event) {
+    done = true;
+    source.close();
+    if (flushTimer !== null) { clearTimeout(flushTimer); flush(); }
+    var end = {};
+    try { end = JSON.parse(event.data) || {}; } catch (e) { /* keep the page as it is */ }
+    if (end.status) setState(end.status);
+    document.getElementById("log-live").hidden = true;
+    refresh(0);
+  }
+
+  // The finished build's summary and artifacts, rendered by the server, swapped in place.
+  function refresh(attempt) {
+    fetch(window.location.href, { headers: { Accept: "text/html" }, cache: "no-store" })
+      .then(function (r) { if (!r.ok) throw new Error(r.status); return r.text(); })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var fresh = doc.getElementById("build");
+        if (fresh && fresh.getAttribute("data-live") === "true" && attempt < 10) {
+          setTimeout(function () { refresh(attempt + 1); }, 300);
+          return;
+        }
+        var parts = document.querySelectorAll("[data-swap]");
+        for (var i = 0; i < parts.length; i++) {
+          var next = doc.getElementById(parts[i].id);
+          if (next) parts[i].replaceWith(document.importNode(next, true));
+        }
+        if (fresh) root.setAttribute("data-status", fresh.getAttribute("data-status"));
+        root.setAttribute("data-live", "false");
+        document.title = doc.title;
+      })
+      .catch(function () { if (attempt < 10) setTimeout(function () { refresh(attempt + 1); }, 1000); });
+  }
+
+  function connect() {
+    source = new EventSource(base + "?offset=" + lastOffset);
+    source.onmessage = onLine;
+    source.addEventListener("end", onEnd);
+    source.onerror = function () {
+      // The browser reconnects by itself (sending Last-Event-ID) unless the server refused the
+      // stream; then start a new one from the last line shown.
+      if (!done && source.readyState === EventSource.CLOSED) setTimeout(connect, 2000);
+    };
+  }
+
+  connect();
+})();
