@@ -2,39 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-MISTRY = REPO / ".venv" / "bin" / "mistry"
-MISTRYD = REPO / ".venv" / "bin" / "mistryd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_of(url: str) -> int:
-    return int(url.rsplit(":", 1)[1])
-
-
-def run_mistry(args: list[str], port: int | None = None, timeout: float = 180,
-               env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    """Run the installed `mistry` command; MISTRY_HOST/MISTRY_PORT point at the server."""
-    full_env = {**os.environ, "MISTRY_HOST": "127.0.0.1", **(env or {})}
-    if port is not None:
-        full_env["MISTRY_PORT"] = str(port)
-    return subprocess.run([str(MISTRY), *args], check=False, capture_output=True, text=True,
-                          timeout=timeout, env=full_env, **kw)
+from client_helpers import CLIENT_PROJECTS, CuttingProxy, free_port, port_of, run_mistry
 
 
 @pytest.fixture
@@ -42,18 +15,16 @@ def mistry(start_server):
     """mistry(*args) against a server started with the default test projects of this suite."""
     servers = {}
 
+    def default_server():
+        if "default" not in servers:
+            servers["default"] = start_server(projects=CLIENT_PROJECTS)
+        return servers["default"]
+
     def run(*args: str, server=None, **kw) -> subprocess.CompletedProcess:
-        if server is None:
-            if "default" not in servers:
-                servers["default"] = start_server(projects=CLIENT_PROJECTS)
-            server = servers["default"]
-        return run_mistry(list(args), port=port_of(server.url), **kw)
+        return run_mistry(list(args), port=port_of((server or default_server()).url), **kw)
 
-    run.server = lambda: servers.setdefault("default", start_server(projects=CLIENT_PROJECTS))
+    run.server = default_server
     return run
-
-
-CLIENT_PROJECTS = ("hello", "client-params", "client-failing", "client-tree", "client-big")
 
 
 @pytest.fixture
@@ -112,68 +83,6 @@ def sshd(tmp_path):
         proc.wait(10)
 
 
-class CuttingProxy:
-    """A TCP proxy to a server on loopback that cuts the first `cuts` connections after
-    `cut_after` bytes of the server's answer: a dropped link, made on purpose."""
-
-    def __init__(self, upstream_port: int, cut_after: int, cuts: int):
-        self.upstream_port = upstream_port
-        self.cut_after = cut_after
-        self.cuts_left = cuts
-        self.cuts_done = 0
-        self.connections = 0
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            with self._lock:
-                self.connections += 1
-                cut = self.cuts_left > 0
-                if cut:
-                    self.cuts_left -= 1
-            threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client,
-                                                      self.cut_after if cut else None),
-                             daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
-        sent = 0
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if limit is not None and sent + len(data) >= limit:
-                    dst.sendall(data[: limit - sent])
-                    with self._lock:
-                        self.cuts_done += 1
-                    break
-                dst.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-
-    def close(self) -> None:
-        self._closed = True
-        self._listener.close()
-
-
 @pytest.fixture
 def cutting_proxy():
     proxies: list[CuttingProxy] = []
@@ -187,12 +96,3 @@ def cutting_proxy():
         p.close()
 
 
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    """Poll a condition that has no event to wait on (a file appearing in another process)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 
-from conftest import MISTRY, free_port, port_of, run_mistry
+from client_helpers import MISTRY, free_port, port_of, run_mistry
 
 from mistry_client import Client
 
