@@ -85,6 +85,7 @@ def build(project, group, target, host, port, transport, transport_user, transpo
         raise click.UsageError(str(e)) from None
     client = Client(host, port)
     say = _Say(json_result)
+    _interrupt_on_sigterm()  # so a killed download still removes its staging folder
     try:
         job = client.submit(project, build_params, group, rebuild)
         if no_wait:
@@ -117,6 +118,15 @@ def build(project, group, target, host, port, transport, transport_user, transpo
     except ClientError as e:
         say.error(e.message)
         sys.exit(e.exit_code)
+
+
+def _interrupt_on_sigterm() -> None:
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _transport(client, name, host, user, port, extra, progress):

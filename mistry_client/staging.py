@@ -4,6 +4,7 @@ target as it was (the staging folder is removed; after a SIGKILL it stays, named
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -82,8 +83,23 @@ def _merge(src: Path, dest: Path) -> None:
                 continue
             if existing is not None:
                 os.unlink(target)
-            os.rename(entry.path, target)
+            _move(entry.path, target)
         else:
             if existing is not None and stat.S_ISDIR(existing.st_mode):
                 shutil.rmtree(target)
-            os.replace(entry.path, target)
+            _move(entry.path, target)
+
+
+def _move(src: str, dest: Path) -> None:
+    """A rename; a copy when the target is on another file system than its parent folder."""
+    try:
+        os.replace(src, dest)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        tmp = dest.with_name(f".{dest.name}.mistry-tmp")
+        if os.path.isdir(src) and not os.path.islink(src):
+            shutil.copytree(src, tmp, symlinks=True)
+        else:
+            shutil.copy2(src, tmp, follow_symlinks=False)
+        os.replace(tmp, dest)

@@ -153,3 +153,17 @@ def test_an_interrupted_download_resumes_or_leaves_the_target_untouched(
     assert r.returncode == 6, r.stderr
     assert "download of big.bin failed" in r.stderr
     _untouched(target2, tmp_path)
+
+
+def test_a_manifest_cache_of_another_build_is_not_reused(start_server):
+    """An incremental clone or a rebuild carries the old folder's cache file along."""
+    server = start_server(projects=("hello",))
+    info = server.build("hello")
+    cache = server.build_path / "hello" / "ready" / info["ID"] / MANIFEST_FILE
+    stale = {"stamp": {"v": 1, "ID": info["ID"], "StartedAt": "1999-01-01T00:00:00Z"},
+             "entries": [{"path": "gone.txt", "type": "file", "size": 1, "sha256": "0",
+                          "mode": 420, "mtime": 0}], "total_size": 1}
+    cache.write_text(json.dumps(stale))
+    r = requests.get(f"{server.url}/artifacts/hello/{info['ID']}/", timeout=30)
+    assert [e["path"] for e in r.json()["entries"]] == ["out.txt"]
+    assert json.loads(cache.read_text())["stamp"]["StartedAt"] == info["StartedAt"]
