@@ -80,7 +80,8 @@ class Builder:
             else:
                 timings["image"] = round(time.time() - t, 3)
                 t = time.time()
-                result = self.runner.run(image, f"mistry-{job.id}", project, pending / "data",
+                result = self.runner.run(image, self.runner.container_name(job.id), project,
+                                         pending / "data",
                                          job.log, timeout=job.timeout)
                 timings["run"] = round(time.time() - t, 3)
                 info.ExitCode = result.exit_code

@@ -53,10 +53,9 @@ def main(ctx: click.Context, config_path, addr, filesystem):
 
 
 def serve(config: Config) -> None:
-    from waitress import create_server
-
     from .server import Server
     from .web import create_app
+    from .web.http import make_http_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -67,8 +66,7 @@ def serve(config: Config) -> None:
         sys.exit(EXIT_USAGE)
     rsyncd = _start_rsyncd(config, server)
     app = create_app(server)
-    http = create_server(app, host=config.host, port=config.port, threads=config.http_threads,
-                         channel_timeout=3600, connection_limit=1000, ident="mistryd")
+    http = make_http_server(app, config)
 
     def stop(signum, frame):
         raise KeyboardInterrupt

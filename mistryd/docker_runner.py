@@ -19,6 +19,9 @@ from .logs import LiveLog
 LABEL = "io.mistryd.managed"
 PROJECT_LABEL = "io.mistryd.project"
 BUILD_LABEL = "io.mistryd.build"
+# Which server a container belongs to (a hash of its build_path): start-up removes the orphans of
+# its own previous process only, never the running builds of another mistryd on the same engine.
+INSTANCE_LABEL = "io.mistryd.instance"
 MAX_STDERR = 1 << 20
 
 
@@ -51,6 +54,7 @@ class DockerRunner:
     def __post_init__(self):
         if self.client is None:
             self.client = docker.from_env(timeout=600)
+        self.instance = hashlib.sha256(str(self.config.build_path).encode()).hexdigest()[:16]
 
     # --- images -------------------------------------------------------------------------------
 
@@ -98,6 +102,11 @@ class DockerRunner:
 
     # --- containers ---------------------------------------------------------------------------
 
+    def container_name(self, build_id: str) -> str:
+        """Upstream's `mistry-<id>`, plus this server's instance, so two servers that build the
+        same project on one engine never remove each other's container."""
+        return f"mistry-{build_id}-{self.instance[:8]}"
+
     def run(self, image: str, name: str, project: str, data_dir: Path, log: LiveLog,
             timeout: float | None = None) -> RunResult:
         """Run one build container with `data_dir` at /data; stream its output into `log`."""
@@ -108,7 +117,8 @@ class DockerRunner:
             volumes[src] = {"bind": bind, "mode": mode or "rw"}
         container = self.client.containers.create(
             image, name=name, detach=True, volumes=volumes,
-            labels={LABEL: "1", PROJECT_LABEL: project, BUILD_LABEL: name},
+            labels={LABEL: "1", PROJECT_LABEL: project, BUILD_LABEL: name,
+                    INSTANCE_LABEL: self.instance},
             user=str(self.config.container_uid), network_mode=self.config.network_mode,
             environment=dict(self.config.container_env),
             security_opt=["no-new-privileges"],
@@ -148,9 +158,10 @@ class DockerRunner:
                 raise
 
     def remove_orphans(self) -> list[str]:
-        """Our containers that no build of this process owns (left by a crash): remove them."""
+        """Containers of this server's previous process (left by a crash): remove them."""
         removed = []
-        for c in self.client.containers.list(all=True, filters={"label": LABEL}):
+        mine = {"label": [LABEL, f"{INSTANCE_LABEL}={self.instance}"]}
+        for c in self.client.containers.list(all=True, filters=mine):
             c.remove(force=True, v=True)
             removed.append(c.name)
         return removed

@@ -20,6 +20,7 @@ import requests
 from mistryd.config import from_dict
 from mistryd.server import Server
 from mistryd.web import create_app
+from mistryd.web.http import make_http_server
 
 TEST_PROJECTS = Path(__file__).parent / "projects"
 
@@ -106,8 +107,6 @@ class RunningServer:
 @pytest.fixture
 def start_server(docker_engine, tmp_path, build_root):
     """start_server(projects=[...], **config) -> RunningServer on 127.0.0.1 (a free port)."""
-    from waitress import create_server
-
     running: list[RunningServer] = []
 
     def start(projects=("hello",), build_path: Path | None = None,
@@ -122,7 +121,7 @@ def start_server(docker_engine, tmp_path, build_root):
                          "addr": "127.0.0.1:0", "job_concurrency": 2, **config})
         server = Server(cfg)
         server.start()
-        http = create_server(create_app(server), host="127.0.0.1", port=0, threads=64)
+        http = make_http_server(create_app(server), cfg)
         thread = threading.Thread(target=http.run, daemon=True)
         thread.start()
         rs = RunningServer(server, f"http://127.0.0.1:{http.effective_port}", pp,

@@ -101,7 +101,7 @@ def test_hundred_concurrent_mixed_requests_all_succeed(start_server):
     with ThreadPoolExecutor(25) as pool:
         responses = list(pool.map(srv.post_job, bodies))
     assert {r.status_code for r in responses} == {201}
-    assert {r.json()["ExitCode"] for r in responses} == {0}
+    assert {r.json()["ExitCode"] for r in responses} == {0}, {r.json()["ErrBuild"] for r in responses}
     assert len({r.json()["ID"] for r in responses}) == 5
     started = srv.server.metrics.builds_started.labels("hello")._value.get()
     assert started == 5

@@ -1,0 +1,19 @@
+"""The WSGI server (waitress) with the settings mistryd needs; used by the CLI and the tests alike."""
+
+from __future__ import annotations
+
+from flask import Flask
+from waitress import create_server
+from waitress.server import BaseWSGIServer
+
+from ..config import Config
+
+
+def make_http_server(app: Flask, config: Config, port: int | None = None) -> BaseWSGIServer:
+    """A sync build request holds a thread while it waits, so there are many threads; idle
+    keep-alive connections must not use up the connection limit (waitress's default is 100)."""
+    return create_server(
+        app, host=config.host, port=config.port if port is None else port,
+        threads=config.http_threads, connection_limit=max(1000, 4 * config.http_threads),
+        channel_timeout=3600, cleanup_interval=10, ident="mistryd", clear_untrusted_proxy_headers=True,
+    )
