@@ -5,4 +5,4 @@ echo "<img src=x onerror=alert(2)>"
 sleep 2
 echo 'after the pause: <b>not bold</b> & <script>alert(3)</script>'
 for f in /data/params/*; do [ -f "$f" ] && echo "param $(basename "$f")=$(cat "$f")"; done
-echo '<i>x</i>' > '/data/artifacts/<i>x</i>.txt'
+echo '<u>x</u>' > '/data/artifacts/<u>underlined.txt'
