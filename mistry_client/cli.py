@@ -111,7 +111,7 @@ def build(project, group, target, host, port, transport, transport_user, transpo
                 click.echo(detail.rstrip("\n"), err=True)
             sys.exit(EXIT_BUILD_FAILED)
         transporter = _transport(client, transport, host, transport_user, transport_port,
-                                 transport_args, progress=sys.stderr.isatty() and not verbose)
+                                 transport_args, progress=sys.stderr.isatty())
         transporter.fetch(info, Path(target), clear_target)
         if json_result:
             click.echo(json.dumps(info, indent=2))
