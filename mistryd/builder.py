@@ -141,6 +141,8 @@ class Builder:
             replaced = publish(pending, ready)
             if replaced is not None:
                 self.storage.remove(replaced)
+            else:
+                self.metrics.builds_hosted.inc()
             if status is Status.SUCCEEDED:
                 point(self.layout.pointer(project, job.request.group), ready)
         except Exception as e:  # noqa: BLE001

@@ -155,3 +155,7 @@ class _Console:
 
     def line(self, text: str) -> None:
         self.write((text + "\n").encode())
+
+
+if __name__ == "__main__":
+    main()

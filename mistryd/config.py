@@ -50,7 +50,7 @@ class Config:
 
 def split_addr(addr: str) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError("addr", f"'{addr}' is not HOST:PORT (e.g. {DEFAULT_ADDR})")
     return host.strip("[]") or "0.0.0.0", int(port)
 

@@ -2,9 +2,47 @@
 
 from __future__ import annotations
 
+import threading
+from collections import defaultdict
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class UpstreamCounter:
+    """A per-project counter exposed under upstream's exact name. prometheus_client would add
+    `_total` to a Counter, which breaks dashboards built on upstream, so this one is exposed
+    untyped with the name as it was."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry):
+        self.name, self.documentation = name, documentation
+        self._values: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, project: str) -> "_Child":
+        return _Child(self, project)
+
+    def value(self, project: str) -> float:
+        return self._values.get(project, 0.0)
+
+    def collect(self):
+        metric = Metric(self.name, self.documentation, "unknown")
+        with self._lock:
+            for project, value in sorted(self._values.items()):
+                metric.add_sample(self.name, {"project": project}, value)
+        yield metric
+
+
+class _Child:
+    def __init__(self, counter: UpstreamCounter, project: str):
+        self.counter, self.project = counter, project
+
+    def inc(self, amount: float = 1) -> None:
+        with self.counter._lock:
+            self.counter._values[self.project] += amount
 
 
 class Metrics:
@@ -12,17 +50,14 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.builds_hosted = Gauge("mistry_builds_hosted", "Builds kept on disk", registry=r)
-        self.builds_started = Counter("mistry_builds_started", "Builds started", ["project"],
-                                      registry=r)
-        self.builds_finished = Counter("mistry_builds_finished", "Builds finished", ["project"],
-                                       registry=r)
-        self.builds_coalesced = Counter("mistry_builds_coalesced", "Requests that joined a "
-                                        "running build", ["project"], registry=r)
-        self.builds_incremental = Counter("mistry_builds_processed_incrementally",
-                                          "Builds that started from a group's cache",
-                                          ["project"], registry=r)
-        self.cache_hits = Counter("mistry_cache_utilization", "Requests answered from the "
-                                  "result cache", ["project"], registry=r)
+        self.builds_started = UpstreamCounter("mistry_builds_started", "Builds started", r)
+        self.builds_finished = UpstreamCounter("mistry_builds_finished", "Builds finished", r)
+        self.builds_coalesced = UpstreamCounter(
+            "mistry_builds_coalesced", "Requests that joined a build in flight", r)
+        self.builds_incremental = UpstreamCounter(
+            "mistry_builds_processed_incrementally", "Builds started from a group's cache", r)
+        self.cache_hits = UpstreamCounter(
+            "mistry_cache_utilization", "Requests answered from the result cache", r)
         self.succeeded_seconds = Histogram("mistry_builds_succeeded_seconds",
                                            "Duration of successful builds", ["project"],
                                            buckets=BUCKETS, registry=r)
@@ -33,3 +68,5 @@ class Metrics:
         self.running = Gauge("mistryd_jobs_running", "Builds running", registry=r)
         self.rejected = Counter("mistryd_jobs_rejected", "Requests refused because the backlog "
                                 "was full", registry=r)
+        self.evicted = Counter("mistryd_builds_evicted", "Builds removed by garbage collection",
+                               registry=r)

@@ -9,6 +9,7 @@ from pathlib import Path
 from .builder import Builder, Job
 from .config import Config
 from .docker_runner import DockerRunner
+from .errors import Overloaded
 from .jobs import BuildInfo, JobRequest, job_key
 from .layout import LOG_FILE, Layout
 from .metrics import Metrics
@@ -91,7 +92,11 @@ class Server:
             hit = self.cached(job.project, job.id)
             return self._hit(hit) if hit is not None else None
 
-        outcome = self.scheduler.submit(job, cached=cached_now, force=request.rebuild)
+        try:
+            outcome = self.scheduler.submit(job, cached=cached_now, force=request.rebuild)
+        except Overloaded:
+            self.metrics.rejected.inc()
+            raise
         if isinstance(outcome, Ticket) and outcome.coalesced:
             self.metrics.builds_coalesced.labels(job.project).inc()
         return job, outcome

@@ -20,7 +20,7 @@ import requests
 from mistryd.config import from_dict
 from mistryd.server import Server
 from mistryd.web import create_app
-from mistryd.web.http import make_http_server
+from mistryd.web.http import make_http_server, stop_http_server
 
 TEST_PROJECTS = Path(__file__).parent / "projects"
 
@@ -99,9 +99,9 @@ class RunningServer:
         return r.json()
 
     def stop(self) -> None:
-        self._http.close()
-        self.server.stop()
+        stop_http_server(self._http)
         self._thread.join(5)
+        self.server.stop()
 
 
 @pytest.fixture

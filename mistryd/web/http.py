@@ -17,3 +17,14 @@ def make_http_server(app: Flask, config: Config, port: int | None = None) -> Bas
         threads=config.http_threads, connection_limit=max(1000, 4 * config.http_threads),
         channel_timeout=3600, cleanup_interval=10, ident="mistryd", clear_untrusted_proxy_headers=True,
     )
+
+
+def stop_http_server(http: BaseWSGIServer) -> None:
+    """Close every socket from inside waitress's own loop thread, so the loop ends by itself
+    instead of failing on a descriptor closed under it."""
+
+    def close_all() -> None:
+        for channel in list(http._map.values()):
+            channel.close()
+
+    http.trigger.pull_trigger(close_all)

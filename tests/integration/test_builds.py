@@ -103,5 +103,5 @@ def test_hundred_concurrent_mixed_requests_all_succeed(start_server):
     assert {r.status_code for r in responses} == {201}
     assert {r.json()["ExitCode"] for r in responses} == {0}, {r.json()["ErrBuild"] for r in responses}
     assert len({r.json()["ID"] for r in responses}) == 5
-    started = srv.server.metrics.builds_started.labels("hello")._value.get()
+    started = srv.server.metrics.builds_started.value("hello")
     assert started == 5
