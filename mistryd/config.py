@@ -14,6 +14,29 @@ NETWORK_MODES = ("bridge", "none", "host")
 DEFAULT_ADDR = "127.0.0.1:8462"
 
 
+ROLES = ("read", "build", "admin")
+PROJECT_KEYS = {"build_timeout": int, "memory": str, "cpus": (int, float), "pids_limit": int,
+                "network_mode": str}
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    """What a project's container gets: the server defaults, overridden per project."""
+
+    build_timeout: int  # seconds; 0 means none
+    memory: str | None  # docker's syntax: "512m", "2g"
+    cpus: float | None
+    pids_limit: int | None
+    network_mode: str
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    token: str
+    role: str
+
+
 @dataclass(frozen=True)
 class Config:
     projects_path: Path
@@ -30,6 +53,22 @@ class Config:
     http_threads: int = 128
     max_body_bytes: int = 1 << 20
     rsync_addr: str | None = None  # HOST:PORT of a read-only rsync daemon (module `mistry`); None: off
+    # limits of build containers, and per-project overrides of them
+    build_timeout: int = 3600
+    memory: str | None = None
+    cpus: float | None = None
+    pids_limit: int | None = 4096
+    cap_add: tuple[str, ...] = ()  # every capability is dropped but these
+    projects: dict[str, dict] = field(default_factory=dict)
+    shutdown_grace: int = 30  # seconds running builds get to finish on SIGTERM
+    # garbage collection and disk
+    max_build_bytes: int | None = None
+    max_build_age: int | None = None  # seconds
+    gc_interval: int = 300
+    min_free_bytes: int = 256 << 20  # below this, new builds are refused with 507
+    # access
+    tokens: tuple[Token, ...] = ()
+    anonymous_read: bool = False
 
     @property
     def backlog(self) -> int:
@@ -38,6 +77,16 @@ class Config:
     @property
     def container_uid(self) -> int:
         return self.uid if self.uid is not None else os.getuid()
+
+    def for_project(self, project: str) -> ProjectSettings:
+        o = self.projects.get(project, {})
+        return ProjectSettings(
+            build_timeout=o.get("build_timeout", self.build_timeout),
+            memory=o.get("memory", self.memory),
+            cpus=o.get("cpus", self.cpus),
+            pids_limit=o.get("pids_limit", self.pids_limit),
+            network_mode=o.get("network_mode", self.network_mode),
+        )
 
     @property
     def host(self) -> str:
@@ -74,9 +123,25 @@ _FIELDS = {
     "projects_path": str, "build_path": str, "mounts": dict, "job_concurrency": int,
     "job_backlog": int, "addr": str, "filesystem": str, "network_mode": str,
     "container_env": dict, "uid": int, "pull_base": bool, "http_threads": int,
-    "max_body_bytes": int, "rsync_addr": str,
+    "max_body_bytes": int, "rsync_addr": str, "build_timeout": int, "memory": str,
+    "cpus": (int, float), "pids_limit": int, "cap_add": list, "projects": dict,
+    "shutdown_grace": int, "max_build_bytes": int, "max_build_age": int, "gc_interval": int,
+    "min_free_bytes": int, "tokens": list, "anonymous_read": bool,
 }
-_NULLABLE = {"rsync_addr"}
+_NULLABLE = {"rsync_addr", "memory", "cpus", "pids_limit", "max_build_bytes", "max_build_age",
+             "job_backlog", "uid"}
+
+
+def _type_name(want) -> str:
+    if isinstance(want, tuple):
+        return "a number"
+    return {"str": "a string", "int": "an integer", "bool": "true or false", "dict": "an object",
+            "list": "a list"}.get(want.__name__, want.__name__)
+
+
+def _check_type(key: str, value, want) -> None:
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise ConfigError(key, f"must be {_type_name(want)}, got {json.dumps(value)}")
 
 
 def from_dict(raw: dict, base: Path | None = None) -> Config:
@@ -87,8 +152,7 @@ def from_dict(raw: dict, base: Path | None = None) -> Config:
         want = _FIELDS[key]
         if value is None and key in _NULLABLE:
             continue
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise ConfigError(key, f"must be a {want.__name__}, got {json.dumps(value)}")
+        _check_type(key, value, want)
     for key in ("projects_path", "build_path"):
         if not raw.get(key):
             raise ConfigError(key, "is required")
@@ -120,8 +184,22 @@ def from_dict(raw: dict, base: Path | None = None) -> Config:
         raise ConfigError("filesystem", f"must be one of {', '.join(FILESYSTEMS)}")
     if raw.get("network_mode", "bridge") not in NETWORK_MODES:
         raise ConfigError("network_mode", f"must be one of {', '.join(NETWORK_MODES)}")
-    values = {k: v for k, v in raw.items() if k not in ("projects_path", "build_path", "mounts")}
-    cfg = Config(projects_path=projects_path, build_path=build_path, mounts=mounts, **values)
+    for key in ("build_timeout", "shutdown_grace", "gc_interval", "min_free_bytes"):
+        if raw.get(key, 0) < 0:
+            raise ConfigError(key, "must not be negative")
+    for key in ("pids_limit", "max_build_bytes", "max_build_age", "cpus"):
+        if raw.get(key) is not None and raw[key] <= 0:
+            raise ConfigError(key, "must be positive (or null for no limit)")
+    for name, overrides in raw.get("projects", {}).items():
+        _check_project_overrides(name, overrides)
+    for cap in raw.get("cap_add", []):
+        if not isinstance(cap, str) or not cap.isupper():
+            raise ConfigError("cap_add", f"{json.dumps(cap)} is not a capability like \"CHOWN\"")
+    values = {k: v for k, v in raw.items()
+              if k not in ("projects_path", "build_path", "mounts", "tokens", "cap_add")}
+    cfg = Config(projects_path=projects_path, build_path=build_path, mounts=mounts,
+                 tokens=_tokens(raw.get("tokens", [])), cap_add=tuple(raw.get("cap_add", [])),
+                 **values)
     split_addr(cfg.addr)
     if cfg.rsync_addr is not None:
         try:
@@ -129,3 +207,35 @@ def from_dict(raw: dict, base: Path | None = None) -> Config:
         except ConfigError as e:
             raise ConfigError("rsync_addr", e.message.split(": ", 2)[-1]) from None
     return cfg
+
+
+def _check_project_overrides(name: str, overrides) -> None:
+    where = f"projects.{name}"
+    if not isinstance(overrides, dict):
+        raise ConfigError(where, "must be an object of overrides")
+    for key, value in overrides.items():
+        if key not in PROJECT_KEYS:
+            raise ConfigError(f"{where}.{key}",
+                              f"unknown override (known: {', '.join(PROJECT_KEYS)})")
+        if value is not None:
+            _check_type(f"{where}.{key}", value, PROJECT_KEYS[key])
+    if overrides.get("network_mode", "bridge") not in NETWORK_MODES:
+        raise ConfigError(f"{where}.network_mode", f"must be one of {', '.join(NETWORK_MODES)}")
+
+
+def _tokens(raw: list) -> tuple[Token, ...]:
+    """`tokens`: [{"name": "ci", "token": "...", "role": "build"}, ...]"""
+    tokens = []
+    for i, entry in enumerate(raw):
+        where = f"tokens[{i}]"
+        if not isinstance(entry, dict) or set(entry) - {"name", "token", "role"}:
+            raise ConfigError(where, 'must be an object {"name", "token", "role"}')
+        for key in ("name", "token", "role"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise ConfigError(f"{where}.{key}", "is required and must be a string")
+        if entry["role"] not in ROLES:
+            raise ConfigError(f"{where}.role", f"must be one of {', '.join(ROLES)}")
+        if len(entry["token"]) < 16:
+            raise ConfigError(f"{where}.token", "must be at least 16 characters")
+        tokens.append(Token(entry["name"], entry["token"], entry["role"]))
+    return tuple(tokens)

@@ -98,5 +98,5 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path):
                                 "job_concurrency": "many"}))
     r = run_cli("--config", str(path))
     assert r.returncode == 2
-    assert r.stderr.strip() == 'mistryd: config: job_concurrency: must be a int, got "many"'
+    assert r.stderr.strip() == 'mistryd: config: job_concurrency: must be an integer, got "many"'
     assert run_cli("--version").stdout.startswith("mistryd, version")

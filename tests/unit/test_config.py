@@ -25,7 +25,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("raw, key, problem", [
     ({"projects_path": None}, "projects_path", "is required"),
     ({"projects_path": "missing", "build_path": "b"}, "projects_path", "is not a folder"),
-    ({"job_concurrency": "2"}, "job_concurrency", "must be a int"),
+    ({"job_concurrency": "2"}, "job_concurrency", "must be an integer"),
     ({"job_concurrency": 0}, "job_concurrency", "at least 1"),
     ({"filesystem": "zfs"}, "filesystem", "must be one of"),
     ({"network_mode": "container:x"}, "network_mode", "must be one of"),
