@@ -123,3 +123,21 @@ def test_pages_read_the_index_only(seeded, monkeypatch):
         for s in queries:
             assert "LIMIT" in s.upper() or "COUNT(*)" in s.upper(), s
     srv.store._conn().set_trace_callback(None)
+
+
+def test_unknown_things_are_explained_not_crashed(seeded):
+    client = create_app(seeded.server).test_client()
+    r = client.get("/job/hello/" + "0" * 64, headers={"Accept": "text/html"})
+    assert r.status_code == 404 and "No build hello/" in r.get_data(as_text=True)
+    r = client.get("/project/nope")
+    assert r.status_code == 404 and "Unknown project" in r.get_data(as_text=True)
+    r = client.get("/builds?status=bogus")
+    assert r.status_code == 200 and 'class="build-row"' not in r.get_data(as_text=True)
+    r = client.get("/builds?page=999999")  # past the end: the last page
+    assert "Page 200 of 200" in r.get_data(as_text=True)
+    r = client.get("/find?id=" + seeded_id(5)[:12])
+    assert r.status_code == 302 and r.headers["Location"].endswith(f"/job/alpha/{seeded_id(5)}")
+    r = client.get(f"/job/hello/{seeded_id(4)}", headers={"Accept": "application/json"})
+    assert r.status_code == 200 and r.get_json()["Status"] == "succeeded"
+    r = client.get(f"/job/hello/{seeded_id(4)}/out.log")
+    assert r.status_code == 404  # the index knows the build; its folder is gone

@@ -105,3 +105,23 @@ def test_long_log_shows_the_tail_and_offers_the_whole(start_server, page, screen
     assert numbered == [f"line {i}" for i in range(1, 100_001)]
     assert download.value.suggested_filename == f"web-longlog-{build_id[:12]}.log"
     page.screenshot(path=screenshots / "build-long-log.png")
+
+
+def test_queued_build_page_follows_it_to_the_end(start_server, page):
+    rs = start_server(projects=("hello", "web-ticker"), job_concurrency=1)
+    first = rs.post_job({"project": "web-ticker", "params": {"ref": "queued-test"}},
+                        asynchronous=True)
+    assert first.status_code == 201, first.text
+    second = rs.post_job({"project": "hello", "params": {"who": "second"}}, asynchronous=True)
+    build_id = second.json()["id"]
+
+    page.goto(f"{rs.url}/job/hello/{build_id}")
+    expect(page.locator("#state .status")).to_have_text("queued")
+    expect(page.locator("#log-waiting")).to_be_visible()
+
+    expect(page.locator("#log")).to_contain_text("hello from the build", timeout=BUILD_TIMEOUT)
+    expect(page.locator("#log")).to_contain_text("param who=second")
+    expect(page.locator("#log-waiting")).to_be_hidden()
+    expect(page.locator("#state .status")).to_have_text("succeeded", timeout=BUILD_TIMEOUT)
+    expect(page.locator("#artifacts")).to_contain_text("out.txt")
+    expect(page.locator(".timings")).to_contain_text(re.compile(r"queued\s+[1-9]"))
