@@ -173,37 +173,40 @@ def job_page(project: str, build_id: str):
 def build_page(srv: Server, project: str, build_id: str) -> BuildPage | None:
     flight = srv.scheduler.in_flight(project, build_id)
     row = srv.store.get(project, build_id)
+    job = flight.job if flight is not None else None
     # The index row is the truth for the state: it turns finished before the flight is dropped,
-    # and during a rebuild the old ready/ folder is still there.
-    finished = row.status.finished if row is not None else flight is None
+    # and during a rebuild the old ready/ folder (and its log) is still there.
+    finished = row.status.finished if row is not None else job is None
+    live = job is not None and not finished
     info: dict = {}
     if finished:
         info = (row.info if row is not None else None) or \
             srv.layout.read_info(project, build_id) or {}
         if row is None and not info:
             return None
-    live = flight is not None and not finished
+
     if row is not None:
-        status = row.status.value
-    elif flight is not None:
-        status = "running" if flight.running else "queued"
-    else:
+        status, params, group = row.status.value, row.params, row.group
+    elif job is not None:
+        status = "running" if flight is not None and flight.running else "queued"
+        params, group = job.request.params, job.request.group
+    else:  # a finished folder the index does not know (yet)
         status = str(info.get("Status") or ("succeeded" if info.get("ExitCode") == 0
                                              else "failed"))
-    job = flight.job if flight is not None else None
-    params = dict(row.params if row is not None else
-                  (job.request.params if job is not None else info.get("Params") or {}))
-    group = row.group if row is not None else (job.request.group if job is not None
-                                               else info.get("Group", ""))
-    log_paths: list[Path] = []
+        params, group = info.get("Params") or {}, info.get("Group") or ""
+
+    log = LogTail()
     if live and job is not None and job.log.path is not None:
-        log_paths.append(job.log.path)
-    log_paths.append(srv.log_path(project, build_id))
-    artifacts, truncated = (_artifacts(srv, project, build_id) if finished else ([], False))
+        # pending/ first; if the build finished meanwhile, its folder is now in ready/
+        log = _log_tail([job.log.path, srv.log_path(project, build_id)], whole_lines_only=True)
+    elif finished:
+        log = _log_tail([srv.log_path(project, build_id)], whole_lines_only=False)
+    artifacts, truncated = _artifacts(srv, project, build_id) if finished else ([], False)
     duration = info.get("Duration")
     return BuildPage(
-        project=project, id=build_id, group=group or "", params=params, status=status,
-        live=live, exit_code=(row.exit_code if row is not None else info.get("ExitCode"))
+        project=project, id=build_id, group=group, params=dict(params), status=status,
+        live=live,
+        exit_code=(row.exit_code if row is not None else info.get("ExitCode"))
         if finished else None,
         error=str(info.get("ErrBuild") or (row.reason if row is not None and finished else "")),
         queued_at=row.queued_at if row is not None else (job.queued_at if job else None),
@@ -215,8 +218,7 @@ def build_page(srv: Server, project: str, build_id: str) -> BuildPage | None:
         incremental=bool(info.get("Incremental")),
         served_from_cache=bool(row is not None and finished and row.finished_at is not None
                                and row.last_used > row.finished_at + 0.001),
-        artifacts=artifacts, artifacts_truncated=truncated,
-        log=_log_tail(log_paths, whole_lines_only=live) if (live or finished) else LogTail(),
+        artifacts=artifacts, artifacts_truncated=truncated, log=log,
     )
 
 
