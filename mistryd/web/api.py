@@ -117,3 +117,10 @@ def log_stream(project: str, build_id: str):
 def metrics():
     return Response(generate_latest(server().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
 
+
+
+@bp.get("/healthz")
+def healthz():
+    """A liveness probe, and the floor the benchmarks measure other requests against: the cheapest
+    answer the server can give (no store, no disk)."""
+    return Response("ok\n", mimetype="text/plain")
