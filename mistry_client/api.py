@@ -3,6 +3,9 @@
     from mistry_client import Client
     info = Client("127.0.0.1", 8462).build("hello", params={"ref": "main"})
     Client("127.0.0.1", 8462).fetch(info, "out/")
+
+A server with access control wants a token: `Client(..., token="...")` sends it as
+`Authorization: Bearer <token>` on every request (jobs, log streams, artifacts).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 import requests
 
-from .errors import BuildTimeout, ServerError, Unreachable
+from .errors import AccessDenied, BuildTimeout, ServerError, Unreachable
 from .sse import events
 
 FINISHED = {"succeeded", "failed", "timed-out", "cancelled", "abandoned"}
@@ -31,12 +34,16 @@ class Submitted:
 
 class Client:
     def __init__(self, host: str = "127.0.0.1", port: int = 8462, scheme: str = "http",
-                 session: requests.Session | None = None, connect_timeout: float = 10.0):
+                 session: requests.Session | None = None, connect_timeout: float = 10.0,
+                 token: str | None = None):
         self.host = host
         self.port = port
         self.base = f"{scheme}://{host}:{port}"
         self.session = session or requests.Session()
         self.connect_timeout = connect_timeout
+        self.has_token = bool(token)
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -52,6 +59,8 @@ class Client:
             raise Unreachable(f"cannot reach mistryd at {self.base} ({_reason(e)})") from None
         except requests.Timeout:
             raise Unreachable(f"mistryd at {self.base} did not answer in time") from None
+        if r.status_code in (401, 403):
+            raise AccessDenied(r.status_code, _error_text(r), self.base, self.has_token)
         if r.status_code >= 400:
             raise ServerError(r.status_code, _error_text(r))
         return r

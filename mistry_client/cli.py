@@ -32,7 +32,22 @@ class Duration(click.ParamType):
         return seconds
 
 
+def _remember_token(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    ctx.meta["mistry.token"] = value or None
+
+
+def _client(host: str, port: int) -> Client:
+    """A Client for the command being run, with its --token (or MISTRY_TOKEN) if any."""
+    return Client(host, port, token=click.get_current_context().meta.get("mistry.token"))
+
+
 def _server_options(f):
+    # --token is not passed to the command function (expose_value=False): `_client` reads it,
+    # so every command with these options sends it without a parameter of its own
+    f = click.option("--token", envvar="MISTRY_TOKEN", expose_value=False,
+                     callback=_remember_token, metavar="TOKEN",
+                     help="API token of a server with access control, sent as a bearer header "
+                     "(env MISTRY_TOKEN).")(f)
     f = click.option("--port", "-p", type=click.IntRange(1, 65535), default=8462,
                      envvar="MISTRY_PORT", show_default=True, help="mistryd's port "
                      "(env MISTRY_PORT).")(f)
@@ -83,7 +98,7 @@ def build(project, group, target, host, port, transport, transport_user, transpo
         build_params = parse_params(params)
     except ParamError as e:
         raise click.UsageError(str(e)) from None
-    client = Client(host, port)
+    client = _client(host, port)
     say = _Say(json_result)
     _interrupt_on_sigterm()  # so a killed download still removes its staging folder
     try:
@@ -157,7 +172,7 @@ class _Say:
 def status(host, port, project, build_id):
     """Show a build's state as JSON; exit 0 when it succeeded, 1 when it failed or is unfinished."""
     try:
-        view = Client(host, port).job(project, build_id)
+        view = _client(host, port).job(project, build_id)
     except ClientError as e:
         click.echo(e.message, err=True)
         sys.exit(e.exit_code)
@@ -175,7 +190,7 @@ def status(host, port, project, build_id):
 @click.argument("build_id", metavar="ID")
 def logs(host, port, follow, project, build_id):
     """Print a build's log (with -f: follow it live until the build ends)."""
-    client = Client(host, port)
+    client = _client(host, port)
     try:
         if follow:
             client.follow_log(project, build_id, on_line=click.echo)

@@ -32,6 +32,22 @@ class ServerError(ClientError):
         super().__init__(message)
 
 
+class AccessDenied(ServerError):
+    """401 (no token, or one the server does not know) or 403 (the token's role is too low)."""
+
+    def __init__(self, status: int, error: str, base: str, token_given: bool):
+        super().__init__(status, error)
+        if status == 403:
+            self.message = f"mistryd at {base} refused the token: {error}"
+        elif token_given:
+            self.message = (f"mistryd at {base} does not accept the token given (--token or "
+                            f"MISTRY_TOKEN); check it against the server's `tokens` ({error})")
+        else:
+            self.message = (f"mistryd at {base} needs a token: pass --token TOKEN or set "
+                            f"MISTRY_TOKEN ({error})")
+        self.args = (self.message,)
+
+
 class Unreachable(ClientError):
     exit_code = EXIT_UNREACHABLE
 

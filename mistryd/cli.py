@@ -55,6 +55,7 @@ def main(ctx: click.Context, config_path, addr, filesystem):
 def serve(config: Config) -> None:
     from .server import Server
     from .web import create_app
+    from .web.auth import startup_warning
     from .web.http import make_http_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -67,6 +68,8 @@ def serve(config: Config) -> None:
     rsyncd = _start_rsyncd(config, server)
     app = create_app(server)
     http = make_http_server(app, config)
+    if warning := startup_warning(config):
+        logging.getLogger("mistryd").warning(warning)
 
     def stop(signum, frame):
         raise KeyboardInterrupt

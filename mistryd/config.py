@@ -33,7 +33,7 @@ class ProjectSettings:
 @dataclass(frozen=True)
 class Token:
     name: str
-    token: str
+    token: str = field(repr=False)  # a repr (a log line, a debugger) never shows it
     role: str
 
 

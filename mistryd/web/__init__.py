@@ -20,8 +20,10 @@ def create_app(server: Server) -> Flask:
     app.json.sort_keys = False
     app.extensions["mistryd"] = server
 
-    from . import api, views
+    from . import api, apidoc, auth, views
 
+    auth.init_app(app)  # first: every request is checked before any view runs
+    app.register_blueprint(apidoc.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(views.bp)
     _register_optional(app)

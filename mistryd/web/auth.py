@@ -1,0 +1,220 @@
+"""Access control: every request needs a role (read < build < admin), given by a bearer token.
+
+One `before_request` hook decides for every endpoint, from the method and the URL rule alone, so
+endpoints added later are covered the day they land: reads need `read`, `POST /jobs` needs
+`build`, any other write (cancel, delete, ...) needs `admin`. A browser has no bearer header:
+`/login` puts the token in an HttpOnly, SameSite=Strict cookie, which then counts as the token.
+There is no `?token=` query parameter on purpose: URLs end up in proxy logs and browser history,
+and the cookie already covers the browser's page loads and its EventSource.
+
+With no tokens configured the server is open, as upstream. Tokens are compared in constant time
+(every configured token, every time) and never appear in a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+
+from ..config import Config, Token
+
+bp = Blueprint("auth", __name__)
+
+ROLE_RANK = {"read": 1, "build": 2, "admin": 3}
+COOKIE = "mistryd_token"
+COOKIE_MAX_AGE = 30 * 24 * 3600
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Rules anyone may use: the login form, the API description, the liveness probe and the web
+# view's static assets (none of them tells anything about builds).
+PUBLIC_RULES = frozenset({"/login", "/logout", "/openapi.yaml", "/healthz",
+                          "/static/<path:filename>"})
+
+
+def required_role(method: str, rule: str | None) -> str | None:
+    """The role a request needs (None: public). `rule` is the matched URL rule, None when no
+    rule matched (a 404 or 405 to be); those need `read`, so an anonymous caller learns nothing."""
+    if rule in PUBLIC_RULES:
+        return None
+    if method in SAFE_METHODS:
+        return "read"
+    if method == "POST" and rule == "/jobs":
+        return "build"
+    return "admin"  # every other write; unknown ones fail closed
+
+
+def match_token(presented: str, tokens: tuple[Token, ...]) -> Token | None:
+    """The configured token equal to `presented`, compared in constant time with all of them."""
+    raw = presented.encode("utf-8", "surrogateescape")
+    found = None
+    for token in tokens:  # no early exit: the time taken does not tell which one matched
+        if hmac.compare_digest(raw, token.token.encode("utf-8")):
+            found = token
+    return found
+
+
+def listens_beyond_loopback(host: str) -> bool:
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return True
+
+
+def startup_warning(config: Config) -> str | None:
+    """What `mistryd` warns about at start-up when it is open to more than this machine."""
+    if config.tokens or not listens_beyond_loopback(config.host):
+        return None
+    return (f"no API tokens are configured and mistryd listens on {config.host}: anyone who can "
+            "reach it may build and read everything; add `tokens` to the config "
+            "(see README, Access control)")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    presented: str | None  # the token as sent, or None when none was sent
+    source: str  # "header", "cookie" or "none"
+
+
+def _credentials() -> Credentials | str:
+    """The request's token, or the problem with its Authorization header."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return "the Authorization header must be 'Bearer <token>'"
+        # WSGI hands headers over as latin-1: recover the bytes the client sent
+        return Credentials(value.strip().encode("latin-1").decode("utf-8", "surrogateescape"),
+                           "header")
+    cookie = request.cookies.get(COOKIE)
+    if cookie:
+        return Credentials(cookie, "cookie")
+    return Credentials(None, "none")
+
+
+def _fix(role: str) -> str:
+    return (f"send a token with role '{role}' or higher as 'Authorization: Bearer <token>' "
+            "(mistry: --token or MISTRY_TOKEN; browsers: /login)")
+
+
+def _unauthorized(message: str):
+    if request.method == "GET" and _prefers_html():
+        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+    response = jsonify(error=message)
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = 'Bearer realm="mistryd"'
+    return response
+
+
+def _forbidden(message: str):
+    response = jsonify(error=message)
+    response.status_code = 403
+    return response
+
+
+def _prefers_html() -> bool:
+    """A browser's page load (text/html over JSON); `*/*` alone, as curl sends, is not one."""
+    accept = request.accept_mimetypes
+    return accept["text/html"] > accept["application/json"]
+
+
+def check_access():
+    """The before_request hook: None lets the request through, a response refuses it."""
+    config: Config = current_app.extensions["mistryd"].config
+    rule = request.url_rule.rule if request.url_rule is not None else None
+    role = required_role(request.method, rule)
+    if role is None or not config.tokens:
+        return None
+    creds = _credentials()
+    what = f"{request.method} {rule or request.path}"
+    if isinstance(creds, str):
+        return _unauthorized(f"{creds}; {_fix(role)}")
+    if creds.presented is None:
+        if role == "read" and config.anonymous_read:
+            return None
+        return _unauthorized(f"{what} needs a token; {_fix(role)}")
+    token = match_token(creds.presented, config.tokens)
+    if token is None:
+        if creds.source == "cookie":
+            return _unauthorized(f"the login cookie holds an unknown token; log in again at "
+                                 f"/login, or {_fix(role)}")
+        return _unauthorized(f"unknown token; {_fix(role)}")
+    if ROLE_RANK[token.role] < ROLE_RANK[role]:
+        return _forbidden(f"token '{token.name}' has role '{token.role}' but {what} needs "
+                          f"'{role}'; use a token with role '{role}' or higher")
+    if creds.source == "cookie" and request.method not in SAFE_METHODS and not _same_origin():
+        # SameSite=Strict stops other sites, not other ports of the same host: ask for Origin
+        return _forbidden(f"{what} with the login cookie must come from this server's own pages "
+                          "(the Origin header did not match); use 'Authorization: Bearer' instead")
+    return None
+
+
+def _same_origin() -> bool:
+    origin = request.headers.get("Origin")
+    if not origin:
+        return False
+    parts = urlsplit(origin)
+    return f"{parts.scheme}://{parts.netloc}" == request.host_url.rstrip("/")
+
+
+def _local_next(value: str | None) -> str:
+    """Where to go after logging in: a path on this server only, never another site."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    return value
+
+
+# --- login for browsers -----------------------------------------------------------------------
+
+
+@bp.get("/login")
+def login():
+    return render_template("login.html", next=_local_next(request.args.get("next")),
+                           error=None, open_server=not _config().tokens)
+
+
+@bp.post("/login")
+def login_submit():
+    config = _config()
+    next_url = _local_next(request.form.get("next"))
+    if request.headers.get("Origin") and not _same_origin():
+        return _forbidden("log in from this server's own /login page")
+    token = match_token(request.form.get("token", ""), config.tokens) if config.tokens else None
+    if token is None:
+        error = ("this server has no tokens configured: no login is needed" if not config.tokens
+                 else "unknown token; paste a token from the server's config `tokens`")
+        return render_template("login.html", next=next_url, error=error,
+                               open_server=not config.tokens), 401
+    response = redirect(next_url, code=303)
+    response.set_cookie(COOKIE, request.form["token"], max_age=COOKIE_MAX_AGE, path="/",
+                        httponly=True, samesite="Strict", secure=request.is_secure)
+    return response
+
+
+@bp.route("/logout", methods=["GET", "POST"])
+def logout():
+    response = redirect(url_for("auth.login"), code=303)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
+    return response
+
+
+def _config() -> Config:
+    return current_app.extensions["mistryd"].config
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(check_access)
+    app.register_blueprint(bp)
