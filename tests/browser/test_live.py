@@ -83,7 +83,10 @@ def test_long_log_shows_the_tail_and_offers_the_whole(start_server, page, screen
     rs = start_server(projects=("web-longlog",))
     r = rs.post_job({"project": "web-longlog"}, asynchronous=True)
     build_id = r.json()["id"]
-    page.goto(f"{rs.url}/job/web-longlog/{build_id}")  # while it runs: the lines stream in
+    page.goto(f"{rs.url}/job/web-longlog/{build_id}")
+    # opened while it runs (printing 100,000 lines takes seconds): the lines stream in, and the
+    # page keeps only the newest 2,000 of them
+    expect(page.locator("#build")).to_have_attribute("data-live", "true")
 
     expect(page.locator("#state .status")).to_have_text("succeeded", timeout=BUILD_TIMEOUT)
     lines = page.locator("#log > span")
