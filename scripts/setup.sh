@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   docker.io btrfs-progs libbtrfsutil-dev rsync debootstrap git
   openssh-server openssh-client python3-venv python3-dev gcc
-  chromium
+  chromium wrk
 )
 BASE_IMAGE=debian:bookworm-slim
 VENV=.venv
@@ -57,7 +57,7 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$st
   log "installing mistryd into $VENV"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/pip" install -q -e '.[test,btrfs,browser]' 2>&1 | grep -v '^WARNING: Location' >&2 || true
+  "$VENV/bin/pip" install -q -e '.[test,btrfs,browser,bench]' 2>&1 | grep -v '^WARNING: Location' >&2 || true
   "$VENV/bin/python" -c 'import mistryd, btrfsutil, docker, flask, waitress' \
     || { log "the virtualenv is incomplete"; exit 1; }
   touch "$stamp"
