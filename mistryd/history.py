@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from .metrics import Metrics
+from .metrics import Metrics, UpstreamCounter
 from .store import BuildRow, Status, Store
 
 PAGE_SIZE = 50
@@ -147,11 +147,13 @@ class CacheUse:
         return None if self.requests == 0 else self.hits / self.requests
 
 
-def _counter_total(counter: Counter) -> int:
+def _counter_total(counter: Counter | UpstreamCounter) -> int:
+    """The sum over all label sets. A prometheus_client Counter names its samples `<name>_total`
+    (and adds `<name>_created`); upstream-named counters use the bare name."""
     total = 0.0
     for metric in counter.collect():
         for sample in metric.samples:
-            if sample.name.endswith("_total"):
+            if sample.name in (metric.name, metric.name + "_total"):
                 total += sample.value
     return int(total)
 

@@ -70,8 +70,13 @@ def test_dashboard_then_live_log_to_final_state(start_server, page, drop_proxy, 
     assert href == f"/artifacts/web-ticker/{build_id}/result.txt"
     page.screenshot(path=screenshots / "build-succeeded.png", full_page=True)
 
+    # The same request again is answered from the cache: half of the requests were hits.
+    again = rs.build("web-ticker", group="nightly", params={"ref": "main"})
+    assert again["Cached"] is True
     page.goto(proxy.url + "/")
     expect(page.locator("#count-running")).to_have_text("0")
+    expect(page.locator("#cache-rate")).to_contain_text("50%")
+    expect(page.locator("#cache-rate")).to_contain_text("1 of 2 build requests")
     page.screenshot(path=screenshots / "dashboard.png", full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=screenshots / "dashboard-phone.png", full_page=True)
