@@ -1,7 +1,37 @@
-/* mistryd build page: follow a running build's log over Server-Sent Events, then show the final
-   state without a reload. Log lines are only ever set with textContent, never as HTML. */
+/* mistryd web view, the only script: the build page follows a running build's log over
+   Server-Sent Events and then shows the final state without a reload; the dashboard refreshes its
+   lists in place. Text from builds is only ever set with textContent or comes inside HTML the
+   server rendered (and escaped); it is never assembled into HTML here. */
 (function () {
   "use strict";
+
+  // Replace every [data-swap] section of this page by the one with the same id in `doc`.
+  function swapSections(doc) {
+    var parts = document.querySelectorAll("[data-swap]");
+    for (var i = 0; i < parts.length; i++) {
+      var next = doc.getElementById(parts[i].id);
+      if (next) parts[i].replaceWith(document.importNode(next, true));
+    }
+  }
+
+  function fetchPage() {
+    return fetch(window.location.href, { headers: { Accept: "text/html" }, cache: "no-store" })
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.text(); })
+      .then(function (html) { return new DOMParser().parseFromString(html, "text/html"); });
+  }
+
+  // Dashboard: refresh the counts and lists every few seconds while the tab is visible.
+  var dashboard = document.getElementById("dashboard");
+  if (dashboard) {
+    var every = (parseFloat(dashboard.getAttribute("data-refresh-seconds")) || 5) * 1000;
+    var busy = false;
+    setInterval(function () {
+      if (busy || document.visibilityState !== "visible") return;
+      busy = true;
+      fetchPage().then(swapSections).catch(function () { /* try again next time */ })
+        .then(function () { busy = false; });
+    }, every);
+  }
 
   var root = document.getElementById("build");
   var log = document.getElementById("log");
@@ -89,20 +119,14 @@
 
   // The finished build's summary and artifacts, rendered by the server, swapped in place.
   function refresh(attempt) {
-    fetch(window.location.href, { headers: { Accept: "text/html" }, cache: "no-store" })
-      .then(function (r) { if (!r.ok) throw new Error(r.status); return r.text(); })
-      .then(function (html) {
-        var doc = new DOMParser().parseFromString(html, "text/html");
+    fetchPage()
+      .then(function (doc) {
         var fresh = doc.getElementById("build");
         if (fresh && fresh.getAttribute("data-live") === "true" && attempt < 10) {
           setTimeout(function () { refresh(attempt + 1); }, 300);
           return;
         }
-        var parts = document.querySelectorAll("[data-swap]");
-        for (var i = 0; i < parts.length; i++) {
-          var next = doc.getElementById(parts[i].id);
-          if (next) parts[i].replaceWith(document.importNode(next, true));
-        }
+        swapSections(doc);
         if (fresh) root.setAttribute("data-status", fresh.getAttribute("data-status"));
         root.setAttribute("data-live", "false");
         document.title = doc.title;

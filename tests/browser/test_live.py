@@ -133,3 +133,17 @@ def test_queued_build_page_follows_it_to_the_end(start_server, page):
     expect(page.locator("#state .status")).to_have_text("succeeded", timeout=BUILD_TIMEOUT)
     expect(page.locator("#artifacts")).to_contain_text("out.txt")
     expect(page.locator(".timings")).to_contain_text(re.compile(r"queued\s+[1-9]"))
+
+
+def test_dashboard_updates_in_place(start_server, page):
+    rs = start_server(projects=("hello",))
+    page.goto(f"{rs.url}/")
+    expect(page.locator("#recent")).to_contain_text("No builds yet")
+    page.evaluate("window.__sameDocument = true")
+
+    info = rs.build("hello", params={"who": "dashboard"})
+    row = page.locator("#recent tr.build-row", has=page.locator(f"a[href$='{info['ID']}']"))
+    expect(row.locator(".status")).to_have_text("succeeded", timeout=30_000)
+    expect(row).to_contain_text("who=dashboard")
+    expect(page.locator("#counts")).to_contain_text("1 succeeded")
+    assert page.evaluate("window.__sameDocument") is True
