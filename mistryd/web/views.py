@@ -320,6 +320,15 @@ def _chunks(f: BinaryIO, size: int = 256 << 10):
 # --- template helpers -------------------------------------------------------------------------
 
 
+@bp.app_context_processor
+def session_links() -> dict:
+    """Log in / log out links in the header, when the server has tokens (see web/auth.py)."""
+    srv = current_app.extensions.get("mistryd")
+    enabled = bool(srv is not None and getattr(srv.config, "tokens", ())
+                   and "auth.login" in current_app.view_functions)
+    return {"auth_enabled": enabled}
+
+
 @bp.app_template_filter("when")
 def when(ts: float | None) -> str:
     if not ts:

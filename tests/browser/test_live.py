@@ -147,3 +147,27 @@ def test_dashboard_updates_in_place(start_server, page):
     expect(row).to_contain_text("who=dashboard")
     expect(page.locator("#counts")).to_contain_text("1 succeeded")
     assert page.evaluate("window.__sameDocument") is True
+
+
+def test_with_tokens_the_browser_logs_in_and_still_follows_the_log(start_server, page):
+    """With tokens configured, a browser logs in once (a cookie), and the live log's EventSource
+    and the page's own refresh carry that cookie."""
+    viewer, ci = "read-token-0123456789abcdef", "build-token-0123456789abcdef"
+    rs = start_server(projects=("web-evil",),
+                      tokens=[{"name": "viewer", "token": viewer, "role": "read"},
+                              {"name": "ci", "token": ci, "role": "build"}])
+    page.goto(f"{rs.url}/")
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.locator("input[name=token]").fill(viewer)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#dashboard")).to_be_visible()
+    expect(page.get_by_role("link", name="Log out")).to_be_visible()
+
+    r = rs.post_job({"project": "web-evil"}, asynchronous=True,
+                    headers={"Authorization": f"Bearer {ci}"})
+    assert r.status_code == 201, r.text
+    page.goto(f"{rs.url}/job/web-evil/{r.json()['id']}")
+    expect(page.locator("#build")).to_have_attribute("data-live", "true")
+    expect(page.locator("#state .status")).to_have_text("succeeded", timeout=BUILD_TIMEOUT)
+    expect(page.locator("#log")).to_contain_text("after the pause")
+    expect(page.locator("#artifacts")).to_contain_text("underlined.txt")
