@@ -3,23 +3,26 @@ The builder executes; it decides nothing about when (that is the scheduler's).""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from .docker_runner import DockerRunner, ImageBuildError
-from .jobs import IMAGE_BUILD_FAILED, BuildInfo, JobRequest, rfc3339
+from .config import ProjectSettings
+from .docker_runner import DockerRunner, ImageBuildError, RunResult
+from .jobs import BuildInfo, JobRequest, rfc3339
 from .layout import INFO_FILE, LOG_FILE, Layout, point, publish, write_json_atomically
 from .logs import LiveLog
 from .metrics import Metrics
 from .storage import Storage
 from .store import Status, Store
 
-RESET_ON_CLONE = ("data/params", "data/artifacts")
+log = logging.getLogger("mistryd")
 
 
 @dataclass
@@ -28,9 +31,11 @@ class Job:
     id: str
     fingerprint: str
     context: Path  # the project folder (docker build context)
+    settings: ProjectSettings
     queued_at: float = field(default_factory=time.time)
     log: LiveLog = field(default_factory=LiveLog)
-    timeout: float | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = ""
 
     @property
     def project(self) -> str:
@@ -39,6 +44,11 @@ class Job:
     @property
     def url(self) -> str:
         return f"job/{self.project}/{self.id}"
+
+    def request_cancel(self, reason: str) -> None:
+        if not self.cancel.is_set():
+            self.cancel_reason = reason
+            self.cancel.set()
 
 
 class Builder:
@@ -50,20 +60,31 @@ class Builder:
         self.runner = runner
         self.metrics = metrics
 
+    def new_info(self, job: Job, started: float) -> BuildInfo:
+        return BuildInfo(
+            ID=job.id, Project=job.project, Params=dict(job.request.params),
+            Group=job.request.group, URL=job.url,
+            Path=str(self.layout.ready(job.project, job.id) / "data" / "artifacts"),
+            StartedAt=rfc3339(datetime.fromtimestamp(started, UTC)),
+        )
+
     def run(self, job: Job) -> BuildInfo:
+        """Never raises: whatever goes wrong (a full disk included) ends as a failed record that
+        every waiter gets, and the worker lives on."""
+        try:
+            return self._run(job)
+        except Exception as e:  # noqa: BLE001
+            return self._crashed(job, e)
+
+    def _run(self, job: Job) -> BuildInfo:
         started = time.time()
         project = job.project
         pending = self.layout.pending(project, job.id)
-        info = BuildInfo(
-            ID=job.id, Project=project, Params=dict(job.request.params), Group=job.request.group,
-            Path=str(self.layout.ready(project, job.id) / "data" / "artifacts"), URL=job.url,
-            StartedAt=rfc3339(datetime.fromtimestamp(started, timezone.utc)),
-        )
+        info = self.new_info(job, started)
         self.store.record_running(project, job.id, now=started)
         self.metrics.builds_started.labels(project).inc()
         timings = {"queued": round(started - job.queued_at, 3)}
-        status = Status.FAILED
-        reason = ""
+        status, reason = Status.FAILED, ""
         try:
             info.Incremental = self._prepare_workspace(job, pending)
             if info.Incremental:
@@ -74,40 +95,68 @@ class Builder:
                 image = self.runner.ensure_image(project, job.context, job.fingerprint, job.log,
                                                  rebuild=job.request.rebuild)
             except ImageBuildError as e:
-                info.ExitCode = IMAGE_BUILD_FAILED
                 info.ErrBuild = f"could not build the image: {e}"
                 reason = "image build failed"
             else:
                 timings["image"] = round(time.time() - t, 3)
-                t = time.time()
-                result = self.runner.run(image, self.runner.container_name(job.id), project,
-                                         pending / "data",
-                                         job.log, timeout=job.timeout)
-                timings["run"] = round(time.time() - t, 3)
-                info.ExitCode = result.exit_code
-                info.ContainerStderr = result.stderr
-                if result.timed_out:
-                    status, reason = Status.TIMED_OUT, f"timed out after {job.timeout:g}s"
-                    info.ErrBuild = reason
-                elif result.exit_code == 0:
-                    status = Status.SUCCEEDED
+                if job.cancel.is_set():
+                    status, reason = Status.CANCELLED, job.cancel_reason
                 else:
-                    reason = f"exit code {result.exit_code}"
+                    t = time.time()
+                    result = self.runner.run(image, self.runner.container_name(job.id), project,
+                                             pending / "data", job.log, job.settings, job.cancel)
+                    timings["run"] = round(time.time() - t, 3)
+                    info.ExitCode = result.exit_code
+                    info.ContainerStderr = result.stderr
+                    status, reason = _outcome(job, result)
         except Exception as e:  # noqa: BLE001 - any failure must still end as a record
             info.ErrBuild = info.ErrBuild or f"mistryd: {type(e).__name__}: {e}"
             reason = reason or info.ErrBuild
             job.log.line(info.ErrBuild)
             job.log.line(traceback.format_exc())
+            log.warning("mistryd: build %s/%s failed: %s", project, job.id, info.ErrBuild)
             status = Status.FAILED
+        if status in (Status.CANCELLED, Status.TIMED_OUT):
+            info.ErrBuild = reason
+            job.log.line(f"mistryd: {reason}")
         info.Duration = int((time.time() - started) * 1e9)
         info.Status = status.value
         info.Timings = timings
         self._finish(job, pending, info, status, reason)
         return info
 
+    def _crashed(self, job: Job, error: Exception) -> BuildInfo:
+        """The finish itself failed (e.g. no space left for the record or the index): nothing
+        was published; remove the half-made folder and answer with a failure."""
+        log.exception("mistryd: build %s/%s could not be finished", job.project, job.id)
+        info = self.new_info(job, time.time())
+        info.Status = Status.FAILED.value
+        info.ErrBuild = f"mistryd could not finish the build: {type(error).__name__}: {error}"
+        for attempt in (
+            lambda: self.storage.remove(self.layout.pending(job.project, job.id)),
+            lambda: self.store.record_finished(job.project, job.id, Status.FAILED,
+                                               info.to_json(), info.ErrBuild),
+        ):
+            try:
+                attempt()
+            except Exception:  # noqa: BLE001 - best effort; the answer matters more
+                log.exception("mistryd: clean-up after a failed finish failed too")
+        job.log.finish({"status": info.Status, "exit_code": info.ExitCode})
+        return info
+
+    def record_cancelled(self, job: Job) -> BuildInfo:
+        """A queued job cancelled before any worker took it: a record, no build folder."""
+        info = self.new_info(job, time.time())
+        info.Status = Status.CANCELLED.value
+        info.ErrBuild = job.cancel_reason
+        self.store.record_finished(job.project, job.id, Status.CANCELLED, info.to_json(),
+                                   job.cancel_reason)
+        job.log.finish({"status": info.Status, "exit_code": info.ExitCode})
+        return info
+
     def _prepare_workspace(self, job: Job, pending: Path) -> bool:
-        """An empty folder, or a clone of the group's last good build (params and artifacts reset,
-        /data/cache kept). Returns whether the build is incremental."""
+        """An empty folder, or a clone of the group's last good build of which only /data/cache
+        is kept. Returns whether the build is incremental."""
         pending.parent.mkdir(parents=True, exist_ok=True)
         if pending.exists():  # left by a crash: never build on a half-written folder
             self.storage.remove(pending)
@@ -115,12 +164,8 @@ class Builder:
             if job.request.group else None
         if source is not None:
             self.storage.clone(source, pending)
-            for name in (*RESET_ON_CLONE, LOG_FILE, INFO_FILE):
-                path = pending / name
-                if path.is_dir():
-                    _empty_dir(path)
-                elif path.exists():
-                    path.unlink()
+            _keep_only(pending, {"data"})
+            _keep_only(pending / "data", {"cache"})
         else:
             self.storage.create(pending)
         for sub in ("params", "artifacts", "cache"):
@@ -158,8 +203,21 @@ class Builder:
         job.log.finish({"status": status.value, "exit_code": info.ExitCode})
 
 
-def _empty_dir(path: Path) -> None:
-    for entry in os.scandir(path):
+def _outcome(job: Job, result: RunResult) -> tuple[Status, str]:
+    if result.cancelled:
+        return Status.CANCELLED, job.cancel_reason or "cancelled"
+    if result.timed_out:
+        return Status.TIMED_OUT, f"timed out after {job.settings.build_timeout}s"
+    if result.exit_code == 0:
+        return Status.SUCCEEDED, ""
+    return Status.FAILED, f"exit code {result.exit_code}"
+
+
+def _keep_only(folder: Path, keep: set[str]) -> None:
+    """Remove everything in `folder` but the entries named in `keep`."""
+    for entry in os.scandir(folder):
+        if entry.name in keep:
+            continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path)
         else:

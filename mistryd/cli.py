@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 
 import click
 
@@ -56,7 +57,7 @@ def serve(config: Config) -> None:
     from .server import Server
     from .web import create_app
     from .web.auth import startup_warning
-    from .web.http import make_http_server
+    from .web.http import make_http_server, stop_http_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -71,21 +72,31 @@ def serve(config: Config) -> None:
     if warning := startup_warning(config):
         logging.getLogger("mistryd").warning(warning)
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
+    def shut_down() -> None:
+        """New builds get 503 while running ones finish (their waiters are still answered);
+        then the HTTP server closes."""
+        server.stop()
+        stop_http_server(http)
 
-    signal.signal(signal.SIGTERM, stop)
+    def on_signal(signum, frame):
+        if not shutting_down.is_set():
+            shutting_down.set()
+            logging.getLogger("mistryd").warning(
+                "mistryd: stopping; running builds get %ss to finish", config.shutdown_grace)
+            threading.Thread(target=shut_down, name="mistryd-shutdown", daemon=True).start()
+
+    shutting_down = threading.Event()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     click.echo(f"mistryd {__version__} listening on http://{config.host}:{http.effective_port}/ "
                f"(storage: {server.storage.name})", err=True)
     try:
         http.run()
-    except KeyboardInterrupt:
-        pass
     finally:
-        http.close()
         if rsyncd is not None:
             rsyncd.stop()
-        server.stop()
+        if not shutting_down.is_set():
+            server.stop()
 
 
 def _start_rsyncd(config: Config, server):
@@ -145,6 +156,22 @@ def rebuild(ctx, config_path, addr, filesystem, projects, fail_fast, verbose):
         sys.exit(1)
     click.echo(f"Rebuilt {len(paths)} image(s).", err=True)
 
+
+@main.command()
+@_config_options
+@click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
+@click.pass_context
+def gc(ctx, config_path, addr, filesystem, dry_run):
+    """Remove builds over max_build_bytes or older than max_build_age now, least recently used
+    first (safe while the server runs)."""
+    from .gc import collect
+
+    config = _load(ctx, config_path, addr, filesystem)
+    if config.max_build_bytes is None and config.max_build_age is None:
+        click.echo("Nothing to do: set max_build_bytes or max_build_age in the config.")
+        return
+    for line in collect(config, dry_run=dry_run).lines():
+        click.echo(line)
 
 class _Console:
     """Where `rebuild` sends docker's output: the terminal with --verbose, else nowhere."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from .config import Config
+from .config import Config, ProjectSettings
 from .logs import LiveLog
 
 LABEL = "io.mistryd.managed"
@@ -34,6 +34,7 @@ class RunResult:
     exit_code: int
     stderr: str
     timed_out: bool = False
+    cancelled: bool = False
 
 
 def image_tag(project: str, fingerprint: str) -> str:
@@ -108,45 +109,77 @@ class DockerRunner:
         return f"mistry-{build_id}-{self.instance[:8]}"
 
     def run(self, image: str, name: str, project: str, data_dir: Path, log: LiveLog,
-            timeout: float | None = None) -> RunResult:
-        """Run one build container with `data_dir` at /data; stream its output into `log`."""
+            settings: ProjectSettings, cancel: threading.Event | None = None) -> RunResult:
+        """Run one build container with `data_dir` at /data; stream its output into `log`.
+        The container is killed when `settings.build_timeout` passes or `cancel` is set."""
         self._remove_container(name)  # a stale container with this name must not block the build
+        container = self.client.containers.create(
+            image, name=name, detach=True, **self._container_options(project, name, data_dir,
+                                                                     settings))
+        cancel = cancel or threading.Event()
+        ended = threading.Event()
+        outcome: dict[str, bool] = {}
+
+        def watch() -> None:
+            """Kill the container on cancel or timeout; whichever comes first is the reason."""
+            timeout = settings.build_timeout or None
+            if cancel.wait(timeout):
+                outcome["cancelled"] = not ended.is_set()
+            elif not ended.is_set():
+                outcome["timed_out"] = True
+            if outcome:
+                try:
+                    container.kill()
+                except docker.errors.APIError:
+                    pass  # it ended on its own meanwhile
+
+        try:
+            container.start()
+            watcher = threading.Thread(target=watch, daemon=True, name=f"watch-{name[:20]}")
+            watcher.start()
+            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                log.write(chunk)
+            status = container.wait()
+            ended.set()
+            cancel_was_set = cancel.is_set()
+            if not cancel_was_set:
+                cancel.set()  # ends the watcher
+            watcher.join(5)
+            stderr = container.logs(stdout=False, stderr=True)[-MAX_STDERR:]
+            return RunResult(status.get("StatusCode", -1), stderr.decode("utf-8", "replace"),
+                             timed_out=outcome.get("timed_out", False),
+                             cancelled=cancel_was_set and outcome.get("cancelled", False))
+        finally:
+            self._remove_container(name)
+
+    def _container_options(self, project: str, name: str, data_dir: Path,
+                           settings: ProjectSettings) -> dict:
+        """Never privileged, no new privileges, every capability dropped but `cap_add`, and the
+        memory, CPU and process limits of the project."""
         volumes = {str(data_dir): {"bind": "/data", "mode": "rw"}}
         for src, target in self.config.mounts.items():
             bind, _, mode = target.partition(":")
             volumes[src] = {"bind": bind, "mode": mode or "rw"}
-        container = self.client.containers.create(
-            image, name=name, detach=True, volumes=volumes,
-            labels={LABEL: "1", PROJECT_LABEL: project, BUILD_LABEL: name,
-                    INSTANCE_LABEL: self.instance},
-            user=str(self.config.container_uid), network_mode=self.config.network_mode,
-            environment=dict(self.config.container_env),
-            security_opt=["no-new-privileges"],
-        )
-        killed = threading.Event()
-
-        def kill() -> None:
-            killed.set()
-            try:
-                container.kill()
-            except docker.errors.APIError:
-                pass  # it ended on its own meanwhile
-
-        timer = threading.Timer(timeout, kill) if timeout else None
-        try:
-            container.start()
-            if timer:
-                timer.start()
-            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
-                log.write(chunk)
-            status = container.wait()
-            stderr = container.logs(stdout=False, stderr=True)[-MAX_STDERR:]
-            return RunResult(status.get("StatusCode", -1), stderr.decode("utf-8", "replace"),
-                             timed_out=killed.is_set())
-        finally:
-            if timer:
-                timer.cancel()
-            self._remove_container(name)
+        options: dict = {
+            "volumes": volumes,
+            "labels": {LABEL: "1", PROJECT_LABEL: project, BUILD_LABEL: name,
+                       INSTANCE_LABEL: self.instance},
+            "user": str(self.config.container_uid),
+            "network_mode": settings.network_mode,
+            "environment": dict(self.config.container_env),
+            "privileged": False,
+            "security_opt": ["no-new-privileges"],
+            "cap_drop": ["ALL"],
+            "cap_add": list(self.config.cap_add) or None,
+        }
+        if settings.memory:
+            options["mem_limit"] = settings.memory
+            options["memswap_limit"] = settings.memory
+        if settings.cpus:
+            options["nano_cpus"] = int(settings.cpus * 1e9)
+        if settings.pids_limit:
+            options["pids_limit"] = settings.pids_limit
+        return options
 
     def _remove_container(self, name: str) -> None:
         try:
@@ -162,7 +195,10 @@ class DockerRunner:
         removed = []
         mine = {"label": [LABEL, f"{INSTANCE_LABEL}={self.instance}"]}
         for c in self.client.containers.list(all=True, filters=mine):
-            c.remove(force=True, v=True)
+            try:
+                c.remove(force=True, v=True)
+            except docker.errors.NotFound:
+                continue  # gone meanwhile
             removed.append(c.name)
         return removed
 

@@ -19,6 +19,10 @@ class NotFound(MistryError):
     status = 404
 
 
+class Conflict(MistryError):
+    status = 409
+
+
 class UnknownProject(NotFound):
     def __init__(self, project: str):
         super().__init__(f"Unknown project '{project}'")

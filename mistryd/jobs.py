@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .errors import BadRequest
 from .names import check_name
@@ -22,7 +22,7 @@ class JobRequest:
     rebuild: bool = False
 
     @classmethod
-    def from_json(cls, body: object) -> "JobRequest":
+    def from_json(cls, body: object) -> JobRequest:
         """Validate a decoded `POST /jobs` body. Keys match case-insensitively, as upstream."""
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object like {\"project\": \"hello\"}")
@@ -82,7 +82,7 @@ def job_key(request: JobRequest, fingerprint: str) -> str:
 
 
 def rfc3339(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -117,6 +117,6 @@ class BuildInfo:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict) -> "BuildInfo":
+    def from_json(cls, raw: dict) -> BuildInfo:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})

@@ -36,7 +36,12 @@ class LiveLog:
         with self._cond:
             if self._file is None:
                 return
-            self._file.write(data)
+            try:
+                self._file.write(data)
+            except OSError:  # a full disk: the build goes on; its log is cut short here
+                self._file.close()
+                self._file = None
+                return
             self.size += len(data)
             self._cond.notify_all()
 

@@ -22,7 +22,7 @@ class UpstreamCounter:
         self._lock = threading.Lock()
         registry.register(self)
 
-    def labels(self, project: str) -> "_Child":
+    def labels(self, project: str) -> _Child:
         return _Child(self, project)
 
     def value(self, project: str) -> float:

@@ -1,4 +1,5 @@
-"""The queue: coalescing, a bounded backlog, `job_concurrency` workers.
+"""The queue: coalescing, a bounded backlog, `job_concurrency` workers, cancellation and a
+graceful stop.
 
 The scheduler decides what runs when; the builder executes. Identical requests (same job id) in
 flight share one Flight: waiters block on its event (no polling, no worker slot held) and all get
@@ -7,14 +8,18 @@ the same outcome, failures included.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .builder import Job
 from .errors import Overloaded, ShuttingDown
 from .jobs import BuildInfo
+
+log = logging.getLogger("mistryd")
 
 
 def may_queue(queued: int, backlog: int) -> bool:
@@ -28,6 +33,7 @@ class Flight:
     done: threading.Event = field(default_factory=threading.Event)
     result: BuildInfo | None = None
     running: bool = False
+    cancelled: bool = False  # cancelled while queued: the worker that takes it skips it
 
     def wait(self, timeout: float | None = None) -> BuildInfo | None:
         self.done.wait(timeout)
@@ -43,7 +49,8 @@ class Ticket:
 class Scheduler:
     def __init__(self, run: Callable[[Job], BuildInfo], concurrency: int, backlog: int,
                  on_change: Callable[[int, int], None] | None = None,
-                 on_queue: Callable[[Job], None] | None = None):
+                 on_queue: Callable[[Job], None] | None = None,
+                 on_cancel_queued: Callable[[Job], BuildInfo] | None = None):
         self._run = run
         self.concurrency = concurrency
         self.backlog = backlog
@@ -52,8 +59,10 @@ class Scheduler:
         self._queued = 0
         self._running = 0
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._on_change = on_change or (lambda queued, running: None)
         self._on_queue = on_queue or (lambda job: None)
+        self._on_cancel_queued = on_cancel_queued
         self._workers: list[threading.Thread] = []
         self._closed = False
 
@@ -64,9 +73,10 @@ class Scheduler:
             self._workers.append(t)
 
     def submit(self, job: Job, cached: Callable[[], BuildInfo | None] | None = None,
-               force: bool = False) -> Ticket | BuildInfo:
+               force: bool = False, admit: bool = False) -> Ticket | BuildInfo:
         """Join the identical build in flight, or queue a new one. `cached` is asked again under
-        the lock (a build may have finished since the caller looked) unless `force`."""
+        the lock (a build may have finished since the caller looked) unless `force`. `admit`
+        skips the backlog bound (jobs re-queued at start-up were admitted before)."""
         key = (job.project, job.id)
         with self._lock:
             if self._closed:
@@ -78,7 +88,7 @@ class Scheduler:
                 hit = cached()
                 if hit is not None:
                     return hit
-            if not may_queue(self._queued, self.backlog):
+            if not admit and not may_queue(self._queued, self.backlog):
                 raise Overloaded()
             flight = Flight(job)
             self._flights[key] = flight
@@ -88,6 +98,25 @@ class Scheduler:
         self._queue.put(flight)
         return Ticket(flight, coalesced=False)
 
+    def cancel(self, project: str, build_id: str, reason: str) -> Flight | None:
+        """Cancel a build in flight: a queued one ends at once, a running one is stopped by its
+        builder (the container is killed). None when no such build is in flight."""
+        with self._lock:
+            flight = self._flights.get((project, build_id))
+            if flight is None:
+                return None
+            flight.job.request_cancel(reason)
+            if flight.running or flight.cancelled:
+                return flight
+            flight.cancelled = True
+            self._flights.pop((project, build_id))
+            self._queued -= 1
+            self._changed()
+        if self._on_cancel_queued is not None:
+            flight.result = self._on_cancel_queued(flight.job)
+        flight.done.set()
+        return flight
+
     def in_flight(self, project: str, build_id: str) -> Flight | None:
         return self._flights.get((project, build_id))
 
@@ -95,13 +124,25 @@ class Scheduler:
         with self._lock:
             return list(self._flights.values())
 
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, grace: float = 0, reason: str = "mistryd stopped") -> None:
+        """Take no new work; give running builds `grace` seconds, then cancel them. Queued jobs
+        stay queued in the store (they run after a restart); their waiters get no result."""
         with self._lock:
             self._closed = True
+            deadline = time.monotonic() + grace
+            while self._running and time.monotonic() < deadline:
+                self._idle.wait(deadline - time.monotonic())
+            leftovers = list(self._flights.values())
+        for flight in leftovers:
+            if flight.running:
+                flight.job.request_cancel(f"{reason} (after a grace period of {grace:g}s)")
         for _ in self._workers:
             self._queue.put(None)
         for t in self._workers:
-            t.join(timeout)
+            t.join(30)
+        for flight in leftovers:
+            if not flight.running:
+                flight.done.set()  # result None: the waiter answers "shutting down"
 
     def _work(self) -> None:
         while True:
@@ -109,6 +150,10 @@ class Scheduler:
             if flight is None:
                 return
             with self._lock:
+                if flight.cancelled:
+                    continue
+                if self._closed:  # stopping: leave it queued in the store for the next start
+                    continue
                 self._queued -= 1
                 self._running += 1
                 flight.running = True
@@ -116,12 +161,15 @@ class Scheduler:
             result: BuildInfo | None = None
             try:
                 result = self._run(flight.job)
+            except Exception:  # the builder records its own failures; this is a last guard
+                log.exception("mistryd: worker error on %s/%s", flight.job.project, flight.job.id)
             finally:
                 with self._lock:
                     self._running -= 1
                     self._flights.pop((flight.job.project, flight.job.id), None)
                     flight.result = result
                     self._changed()
+                    self._idle.notify_all()
                 flight.done.set()
 
     def _changed(self) -> None:

@@ -4,19 +4,23 @@ answers the one question every entry point asks: `request(JobRequest)`."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 
 from .builder import Builder, Job
 from .config import Config
 from .docker_runner import DockerRunner
-from .errors import Overloaded
+from .errors import Conflict, MistryError, NotFound, Overloaded, ShuttingDown
+from .gc import Collector, check_free_space
 from .jobs import BuildInfo, JobRequest, job_key
 from .layout import LOG_FILE, Layout
 from .metrics import Metrics
 from .projects import Projects
 from .scheduler import Scheduler, Ticket
 from .storage import make_storage
-from .store import Status, Store
+from .store import BuildRow, Status, Store
+
+MAX_ATTEMPTS = 3  # a job interrupted this often (a crash loop?) is not queued again
 
 log = logging.getLogger("mistryd")
 
@@ -32,7 +36,8 @@ class Server:
         self.runner = runner or DockerRunner(config)
         self.builder = Builder(self.layout, self.store, self.storage, self.runner, self.metrics)
         self.scheduler = Scheduler(self.builder.run, config.job_concurrency, config.backlog,
-                                   on_change=self._queue_changed, on_queue=self._record_queued)
+                                   on_change=self._queue_changed, on_queue=self._record_queued,
+                                   on_cancel_queued=self.builder.record_cancelled)
         self.started = False
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -41,26 +46,59 @@ class Server:
         """Clean what a previous process left, then take work."""
         self.recover()
         self.scheduler.start()
+        self.collector = Collector.for_server(self)
+        self.collector.start()
         self.metrics.builds_hosted.set(self.store.count("status IN ('succeeded', 'failed')"))
         self.started = True
         log.info("mistryd: storage=%s build_path=%s projects=%s", self.storage.name,
                  self.config.build_path, ", ".join(self.projects.names()) or "(none)")
 
-    def stop(self) -> None:
-        self.scheduler.stop(timeout=5)
+    def stop(self, grace: float | None = None) -> None:
+        """Take no new work; running builds get `grace` seconds (config `shutdown_grace`) and
+        are then cancelled; queued jobs stay queued in the store for the next start."""
+        if (collector := getattr(self, "collector", None)) is not None:
+            collector.stop()
+        self.scheduler.stop(self.config.shutdown_grace if grace is None else grace)
 
     def recover(self) -> None:
+        """After a crash or a stop: remove half-built folders and orphaned containers, then queue
+        again every job that was queued or running (or record why it cannot run)."""
         removed = 0
         for pending_dir in self.layout.root.glob("*/pending/*"):
             self.storage.remove(pending_dir)
             removed += 1
         orphans = self.runner.remove_orphans()
-        unfinished = self.store.mark_unfinished(Status.ABANDONED,
-                                                "mistryd stopped before the build finished")
+        unfinished = self.store.unfinished()
+        outcomes = [self._resume(row) for row in unfinished]
         if removed or orphans or unfinished:
-            log.warning("mistryd: removed %d pending folder(s), %d orphaned container(s); "
-                        "%d unfinished build(s) recorded as abandoned",
-                        removed, len(orphans), len(unfinished))
+            log.warning("mistryd: removed %d pending folder(s) and %d orphaned container(s); "
+                        "of %d unfinished job(s): %d queued again", removed, len(orphans),
+                        len(unfinished), outcomes.count(True))
+
+    def _resume(self, row: BuildRow) -> bool:
+        """Queue an interrupted job again; False when it is recorded as ended instead."""
+        if row.attempts >= MAX_ATTEMPTS:
+            self.store.transition(row.project, row.id, Status.ABANDONED,
+                                  f"interrupted {row.attempts} times; not tried again")
+            return False
+        done = self.layout.read_info(row.project, row.id)
+        if done is not None and _same_run(done, row):  # it finished; only the index lagged
+            self.store.record_finished(row.project, row.id, Status(done.get("Status", "failed")),
+                                       done)
+            return False
+        try:
+            job = self.make_job(JobRequest(row.project, row.params, row.group, row.rebuild))
+        except MistryError as e:
+            self.store.transition(row.project, row.id, Status.FAILED,
+                                  f"cannot run again after a restart: {e.message}")
+            return False
+        if job.id != row.id:
+            self.store.transition(row.project, row.id, Status.ABANDONED,
+                                  f"the project changed while mistryd was down; "
+                                  f"queued again as {job.id}")
+        self.scheduler.submit(job, force=True, admit=True)
+        return True
+
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -68,7 +106,7 @@ class Server:
         context = self.projects.path(request.project)
         fingerprint = self.projects.fingerprint(request.project)
         return Job(request=request, id=job_key(request, fingerprint), fingerprint=fingerprint,
-                   context=context)
+                   context=context, settings=self.config.for_project(request.project))
 
     def cached(self, project: str, build_id: str) -> BuildInfo | None:
         """The finished, successful build with this id, marked as answered from cache."""
@@ -92,6 +130,8 @@ class Server:
             hit = self.cached(job.project, job.id)
             return self._hit(hit) if hit is not None else None
 
+        if self.scheduler.in_flight(job.project, job.id) is None:  # joining needs no disk
+            check_free_space(self.config.build_path, self.config.min_free_bytes)
         try:
             outcome = self.scheduler.submit(job, cached=cached_now, force=request.rebuild)
         except Overloaded:
@@ -117,11 +157,26 @@ class Server:
         if isinstance(outcome, BuildInfo):
             return outcome
         result = outcome.flight.wait()
-        if result is None:
-            raise RuntimeError(f"the build of {job.project}/{job.id} ended without a result")
+        if result is None:  # the server stopped before the job ran; it stays queued
+            raise ShuttingDown()
         if outcome.coalesced:
             result = BuildInfo.from_json(result.to_json())
             result.Coalesced = True
+        return result
+
+    def cancel(self, project: str, build_id: str, reason: str = "cancelled through the API",
+               wait: float = 60) -> BuildInfo:
+        """Cancel a queued or running build; its waiters get the same outcome."""
+        flight = self.scheduler.cancel(project, build_id, reason)
+        if flight is None:
+            row = self.store.get(project, build_id)
+            if row is None:
+                raise NotFound(f"no build {project}/{build_id}")
+            raise Conflict(f"build {project}/{build_id} has already ended ({row.status.value}); "
+                           "there is nothing to cancel")
+        result = flight.wait(wait)
+        if result is None:
+            raise Conflict(f"build {project}/{build_id} is being cancelled; ask again later")
         return result
 
     def log_path(self, project: str, build_id: str) -> Path:
@@ -141,3 +196,14 @@ class Server:
         self.metrics.queued.set(queued)
         self.metrics.running.set(running)
 
+
+
+def _same_run(info: dict, row: BuildRow) -> bool:
+    """Whether a build_info.json on disk is the record of the run the index saw start."""
+    if row.started_at is None or not info.get("StartedAt"):
+        return False
+    try:
+        started = datetime.fromisoformat(info["StartedAt"].replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return False
+    return abs(started - row.started_at) < 0.001

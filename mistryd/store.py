@@ -12,13 +12,12 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from enum import Enum
-from pathlib import Path
+from enum import StrEnum
 
 from .layout import INFO_FILE, Layout
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -74,7 +73,7 @@ class BuildRow:
     info: dict | None
 
     @classmethod
-    def from_sql(cls, row: sqlite3.Row) -> "BuildRow":
+    def from_sql(cls, row: sqlite3.Row) -> BuildRow:
         return cls(
             project=row["project"], id=row["id"], group=row["grp"],
             params=json.loads(row["params"]), status=Status(row["status"]),
@@ -157,13 +156,18 @@ class Store:
         self._conn().execute("UPDATE builds SET last_used=? WHERE project=? AND id=?",
                              (time.time() if now is None else now, project, build_id))
 
-    def mark_unfinished(self, status: Status, reason: str) -> list[BuildRow]:
-        """At start-up: every build the previous process left queued or running."""
-        rows = self.query("status IN ('queued', 'running')")
-        self._conn().execute(
+    def transition(self, project: str, build_id: str, to: Status, reason: str,
+                   now: float | None = None) -> bool:
+        """Move an unfinished build to a final state; False when it had already ended."""
+        cur = self._conn().execute(
             "UPDATE builds SET status=?, reason=?, finished_at=? "
-            "WHERE status IN ('queued', 'running')", (status.value, reason, time.time()))
-        return rows
+            "WHERE project=? AND id=? AND status IN ('queued', 'running')",
+            (to.value, reason, time.time() if now is None else now, project, build_id))
+        return cur.rowcount == 1
+
+    def unfinished(self) -> list[BuildRow]:
+        """Builds left queued or running (by a crash or a stop), oldest first."""
+        return self.query("status IN ('queued', 'running')", order="queued_at ASC")
 
     def forget(self, project: str, build_id: str) -> None:
         self._conn().execute("DELETE FROM builds WHERE project=? AND id=?", (project, build_id))
@@ -187,6 +191,39 @@ class Store:
 
     def find_by_prefix(self, prefix: str, limit: int = 20) -> list[BuildRow]:
         return self.query("id >= ? AND id < ?", (prefix, prefix + "\uffff"), limit=limit)
+
+    # --- garbage collection (mistryd/gc.py) ---------------------------------------------------
+
+    def ensure_size_columns(self) -> None:
+        """Add the columns GC keeps sizes in; idempotent, so an older index gains them."""
+        have = {r["name"] for r in self._conn().execute("PRAGMA table_info(builds)")}
+        for column, kind in (("size_bytes", "INTEGER"), ("size_of", "REAL")):
+            if column not in have:
+                try:
+                    self._conn().execute(f"ALTER TABLE builds ADD COLUMN {column} {kind}")
+                except sqlite3.OperationalError as e:  # another process added it meanwhile
+                    if "duplicate column" not in str(e):
+                        raise
+
+    def gc_rows(self) -> list[sqlite3.Row]:
+        return self._conn().execute(
+            "SELECT project, id, grp, status, last_used, finished_at, size_bytes, size_of "
+            "FROM builds").fetchall()
+
+    def record_size(self, project: str, build_id: str, size: int, finished_at: float) -> None:
+        """The size of a finished build's folder; `size_of` says which finish it measured (a
+        rebuild finishes again and is measured again)."""
+        self._conn().execute(
+            "UPDATE builds SET size_bytes=?, size_of=? WHERE project=? AND id=? AND finished_at=?",
+            (size, finished_at, project, build_id, finished_at))
+
+    def forget_unused(self, project: str, build_id: str, last_used: float) -> bool:
+        """Forget a finished build unless it was used or queued again after `last_used`;
+        whoever deletes the row owns the eviction (a server and `mistryd gc` may race)."""
+        cur = self._conn().execute(
+            "DELETE FROM builds WHERE project=? AND id=? AND last_used<=? "
+            "AND status NOT IN ('queued', 'running')", (project, build_id, last_used))
+        return cur.rowcount == 1
 
     # --- recovery -----------------------------------------------------------------------------
 

@@ -101,7 +101,7 @@ class RunningServer:
     def stop(self) -> None:
         stop_http_server(self._http)
         self._thread.join(5)
-        self.server.stop()
+        self.server.stop(grace=0)
 
 
 @pytest.fixture

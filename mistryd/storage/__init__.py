@@ -36,4 +36,4 @@ def make_storage(filesystem: str, build_path: Path) -> Storage:
     return PlainStorage()
 
 
-__all__ = ["Storage", "PlainStorage", "make_storage", "is_btrfs"]
+__all__ = ["PlainStorage", "Storage", "is_btrfs", "make_storage"]

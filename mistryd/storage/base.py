@@ -23,7 +23,7 @@ class Storage(Protocol):
 def disk_usage(path: Path) -> int:
     """Bytes used by the files below `path` (apparent sizes; shared extents counted each time)."""
     total = 0
-    for root, dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(path):
         for name in files:
             try:
                 total += os.lstat(os.path.join(root, name)).st_size

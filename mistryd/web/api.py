@@ -54,7 +54,7 @@ def index():
 
 
 def _checked(project: str, build_id: str) -> None:
-    for what, name in (("project", project), ("build id", build_id)):
+    for name in (project, build_id):
         if name_problem(name):
             raise NotFound(f"no build {project}/{build_id}")
 
@@ -70,6 +70,8 @@ def job_view(srv: Server, project: str, build_id: str) -> dict:
     """{ID, Project, State, BuildInfo} for any known build: queued, running or finished."""
     _checked(project, build_id)
     flight = srv.scheduler.in_flight(project, build_id)
+    if flight is not None and flight.job.log.finished:
+        flight = None  # its record is written; the scheduler lets go of it a moment later
     row = srv.store.get(project, build_id)
     if flight is None:
         raw = srv.layout.read_info(project, build_id)
@@ -113,10 +115,18 @@ def log_stream(project: str, build_id: str):
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+@bp.post("/jobs/<project>/<build_id>/cancel")
+@bp.delete("/jobs/<project>/<build_id>")
+def cancel(project: str, build_id: str):
+    """Cancel a queued or running build: every waiter gets the outcome (Status "cancelled")."""
+    _checked(project, build_id)
+    info = server().cancel(project, build_id)
+    return jsonify(server().with_log(info))
+
+
 @bp.get("/metrics")
 def metrics():
     return Response(generate_latest(server().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
-
 
 
 @bp.get("/healthz")

@@ -30,8 +30,8 @@ def test_start_up_removes_pending_folders_orphans_and_marks_unfinished_builds(st
         assert not (build_root / "hello" / "pending" / "deadbeef").exists()
         assert orphan.id not in {c.id for c in client.containers.list(all=True)}
         assert other.id in {c.id for c in client.containers.list(all=True)}  # not ours: kept
-        row = srv.server.store.get("hello", "cafe")
-        assert row.status is Status.ABANDONED and "stopped" in row.reason
+        row = srv.server.store.get("hello", "cafe")  # its key no longer matches the project
+        assert row.status is Status.ABANDONED and "queued again as" in row.reason
         assert srv.build("hello")["ExitCode"] == 0
     finally:
         other.remove(force=True)

@@ -6,13 +6,18 @@ from pathlib import Path
 import pytest
 
 from mistryd.builder import Job
-from mistryd.errors import Overloaded
+from mistryd.config import ProjectSettings
+from mistryd.errors import Overloaded, ShuttingDown
 from mistryd.jobs import BuildInfo, JobRequest
 from mistryd.scheduler import Scheduler, Ticket, may_queue
 
+SETTINGS = ProjectSettings(build_timeout=0, memory=None, cpus=None, pids_limit=None,
+                           network_mode="none")
+
 
 def job(build_id: str, project: str = "p") -> Job:
-    return Job(request=JobRequest(project), id=build_id, fingerprint="f", context=Path("/"))
+    return Job(request=JobRequest(project), id=build_id, fingerprint="f", context=Path("/"),
+               settings=SETTINGS)
 
 
 def info(j: Job, exit_code: int = 0) -> BuildInfo:
@@ -105,3 +110,44 @@ def test_concurrency_limit_is_kept():
     assert max(peak) <= 2
     assert len(peak) == 10
     s.stop()
+
+
+def test_cancelling_a_queued_build_answers_its_waiters_at_once():
+    gate = Gate()
+    cancelled = []
+
+    def on_cancel(j):
+        cancelled.append(j.id)
+        return info(j, exit_code=-999)
+
+    s = Scheduler(gate, concurrency=1, backlog=5, on_cancel_queued=on_cancel)
+    s.start()
+    s.submit(job("running"))
+    assert gate.started.acquire(timeout=5)
+    waiting = s.submit(job("queued"))
+    flight = s.cancel("p", "queued", "changed my mind")
+    assert flight is waiting.flight and waiting.flight.wait(5).ExitCode == -999
+    assert waiting.flight.job.cancel_reason == "changed my mind"
+    assert cancelled == ["queued"] and s.in_flight("p", "queued") is None
+    running = s.cancel("p", "running", "stop")
+    assert running.job.cancel.is_set()  # the builder stops the container
+    assert s.cancel("p", "nothing", "x") is None
+    gate.release.set()
+    s.stop()
+    assert gate.runs == ["running"]
+
+
+def test_stop_waits_for_running_builds_then_cancels_them():
+    gate = Gate()
+    s = Scheduler(gate, concurrency=1, backlog=5)
+    s.start()
+    running = s.submit(job("a"))
+    assert gate.started.acquire(timeout=5)
+    queued = s.submit(job("b"))
+    threading.Timer(0.1, gate.release.set).start()
+    s.stop(grace=5)
+    assert running.flight.result is not None  # finished within the grace period
+    assert queued.flight.done.is_set() and queued.flight.result is None
+    assert gate.runs == ["a"]
+    with pytest.raises(ShuttingDown):
+        s.submit(job("c"))
