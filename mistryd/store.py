@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS builds (
 CREATE INDEX IF NOT EXISTS builds_by_time ON builds (queued_at DESC);
 CREATE INDEX IF NOT EXISTS builds_by_project ON builds (project, queued_at DESC);
 CREATE INDEX IF NOT EXISTS builds_by_status ON builds (status, queued_at DESC);
+CREATE INDEX IF NOT EXISTS builds_by_group ON builds (project, grp, queued_at DESC);
 """
 
 

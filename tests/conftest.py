@@ -110,7 +110,12 @@ def start_server(docker_engine, tmp_path, build_root):
     running: list[RunningServer] = []
 
     def start(projects=("hello",), build_path: Path | None = None,
-              projects_path: Path | None = None, **config) -> RunningServer:
+              projects_path: Path | None = None, project_overrides: dict | None = None,
+              **config) -> RunningServer:
+        """`projects` names the test projects to copy; `project_overrides` is the config's
+        `projects` key (per-project limits)."""
+        if project_overrides:
+            config["projects"] = project_overrides
         pp = projects_path or tmp_path / "projects"
         if projects_path is None:
             pp.mkdir(exist_ok=True)
