@@ -4,53 +4,19 @@ left behind. Runs the real `mistryd` command as a separate process."""
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import docker
 import requests
-from conftest import copy_project
+from conftest import copy_project, free_port, start_mistryd, wait_for
 
 from mistryd.config import from_dict
 from mistryd.docker_runner import INSTANCE_LABEL, DockerRunner
-
-
-def start_mistryd(config_path, port):
-    proc = subprocess.Popen([sys.executable, "-m", "mistryd.cli", "--config", str(config_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"http://127.0.0.1:{port}/index/", timeout=1)
-            return proc
-        except requests.ConnectionError:
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.1)
-    raise AssertionError("mistryd did not start")
 
 
 def job_state(url, build_id):
     r = requests.get(f"{url}/job/sleeper/{build_id}", headers={"Accept": "application/json"},
                      timeout=10)
     return r.json()
-
-
-def wait_for(predicate, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_kill_9_with_builds_running_and_queued_then_restart(tmp_path, docker_engine):
