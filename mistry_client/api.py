@@ -81,6 +81,10 @@ class Client:
                          headers={"Accept": "application/json"})
         return r.json()
 
+    def cancel(self, project: str, build_id: str) -> dict:
+        """Cancel a queued or running build; the BuildInfo of its end (Status "cancelled")."""
+        return self.request("POST", f"jobs/{project}/{build_id}/cancel", read_timeout=120).json()
+
     def follow_log(self, project: str, build_id: str, on_line: Callable[[str], None] | None = None,
                    deadline: float | None = None, offset: int = 0) -> dict:
         """Stream the build's log from `offset` until it ends, calling `on_line` per line. A dropped

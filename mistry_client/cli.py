@@ -185,6 +185,20 @@ def status(host, port, project, build_id):
 
 @main.command(context_settings=CONTEXT)
 @_server_options
+@click.argument("project")
+@click.argument("build_id", metavar="ID")
+def cancel(host, port, project, build_id):
+    """Cancel a queued or running build; everyone waiting for it gets the outcome."""
+    try:
+        info = _client(host, port).cancel(project, build_id)
+    except ClientError as e:
+        click.echo(e.message, err=True)
+        sys.exit(e.exit_code)
+    click.echo(f"Cancelled {project}/{build_id}: {info.get('ErrBuild') or info.get('Status')}")
+
+
+@main.command(context_settings=CONTEXT)
+@_server_options
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming until the build ends.")
 @click.argument("project")
 @click.argument("build_id", metavar="ID")

@@ -83,3 +83,23 @@ def test_default_network_is_bridge(start_server):
     srv = start_server(projects=("inspect",))
     log = srv.build("inspect")["ContainerStdouterr"]
     assert "eth0" in log
+
+
+def test_mistry_cancel_command(start_server):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    srv = start_server(projects=("sleeper",))
+    build_id = srv.post_job({"project": "sleeper", "params": {"sleep": "60"}},
+                            asynchronous=True).json()["id"]
+    wait_running(srv, build_id)
+    port = srv.url.rsplit(":", 1)[1]
+    mistry = str(Path(sys.executable).parent / "mistry")
+    r = subprocess.run([mistry, "cancel", "--port", port, "sleeper", build_id],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"Cancelled sleeper/{build_id}" in r.stdout
+    again = subprocess.run([mistry, "cancel", "--port", port, "sleeper", build_id],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "already ended" in again.stderr
