@@ -59,6 +59,7 @@ class Server:
         if (collector := getattr(self, "collector", None)) is not None:
             collector.stop()
         self.scheduler.stop(self.config.shutdown_grace if grace is None else grace)
+        self.store.flush_usage()
 
     def recover(self) -> None:
         """After a crash or a stop: remove half-built folders and orphaned containers, then queue

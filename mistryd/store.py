@@ -17,6 +17,9 @@ from enum import StrEnum
 from .layout import INFO_FILE, Layout
 
 
+USAGE_FLUSH_SECONDS = 2.0
+
+
 class Status(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -96,6 +99,9 @@ class Store:
         self.path = layout.state_dir() / "index.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._usage: dict[tuple[str, str], float] = {}
+        self._usage_lock = threading.Lock()
+        self._usage_flushed = 0.0
         fresh = not self.path.exists()
         with self._conn() as db:
             db.executescript(SCHEMA)
@@ -153,9 +159,27 @@ class Store:
         )
 
     def touch(self, project: str, build_id: str, now: float | None = None) -> None:
-        """A cache hit counts as use (for least-recently-used eviction)."""
-        self._conn().execute("UPDATE builds SET last_used=? WHERE project=? AND id=?",
-                             (time.time() if now is None else now, project, build_id))
+        """A cache hit counts as use (for least-recently-used eviction). Hits are the hot path,
+        so uses are gathered in memory and written in one transaction at most every
+        USAGE_FLUSH_SECONDS (and before garbage collection reads them)."""
+        now = time.time() if now is None else now
+        with self._usage_lock:
+            self._usage[(project, build_id)] = now
+            due = now - self._usage_flushed >= USAGE_FLUSH_SECONDS
+        if due:
+            self.flush_usage()
+
+    def flush_usage(self) -> None:
+        with self._usage_lock:
+            batch, self._usage = self._usage, {}
+            self._usage_flushed = time.time()
+        if batch:
+            db = self._conn()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(
+                    "UPDATE builds SET last_used=MAX(last_used, ?) WHERE project=? AND id=?",
+                    [(t, p, i) for (p, i), t in batch.items()])
 
     def transition(self, project: str, build_id: str, to: Status, reason: str,
                    now: float | None = None) -> bool:
@@ -207,6 +231,7 @@ class Store:
                         raise
 
     def gc_rows(self) -> list[sqlite3.Row]:
+        self.flush_usage()
         return self._conn().execute(
             "SELECT project, id, grp, status, last_used, finished_at, size_bytes, size_of "
             "FROM builds").fetchall()
