@@ -8,23 +8,20 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
+from support import copy_project
 
 from mistryd.config import from_dict
 from mistryd.server import Server
 from mistryd.web import create_app
 from mistryd.web.http import make_http_server, stop_http_server
-
-TEST_PROJECTS = Path(__file__).parent / "projects"
 
 
 @pytest.fixture(scope="session")
@@ -72,13 +69,6 @@ def build_root(request, tmp_path, btrfs_root):
         path = tmp_path / "builds"
         path.mkdir()
         yield path
-
-
-def copy_project(dest_root: Path, name: str, source: str | None = None) -> Path:
-    """Copy tests/projects/<source or name> to dest_root/<name>."""
-    dest = dest_root / name
-    shutil.copytree(TEST_PROJECTS / (source or name), dest, symlinks=True)
-    return dest
 
 
 @dataclass
@@ -139,40 +129,3 @@ def start_server(docker_engine, tmp_path, build_root):
     yield start
     for rs in running:
         rs.stop()
-
-
-# --- mistryd as a separate process (crash, signal and load tests) ------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_mistryd(config_path: Path, port: int) -> subprocess.Popen:
-    """Start the real `mistryd` command; its log goes to mistryd.log beside the config."""
-    log = open(Path(config_path).parent / "mistryd.log", "ab")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen([sys.executable, "-m", "mistryd.cli", "--config", str(config_path)],
-                            stdout=log, stderr=log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"http://127.0.0.1:{port}/index/?limit=1", timeout=1)
-            return proc
-        except requests.ConnectionError:
-            assert proc.poll() is None, (Path(config_path).parent / "mistryd.log").read_text()
-            time.sleep(0.1)
-    raise AssertionError("mistryd did not start")
-
-
-def wait_for(predicate, timeout: float = 120, interval: float = 0.2):
-    """Poll `predicate` until it is true (for conditions only visible from outside a process)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")

@@ -10,8 +10,7 @@ import subprocess
 
 import pytest
 from client_helpers import MISTRYD, TREE_FILES, free_port, run_mistry, tree_of
-
-from tests.conftest import copy_project
+from support import copy_project
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import signal
 
 import docker
 import requests
-from conftest import copy_project, free_port, start_mistryd, wait_for
+from support import copy_project, free_port, start_mistryd, wait_for
 
 from mistryd.config import from_dict
 from mistryd.docker_runner import INSTANCE_LABEL, DockerRunner

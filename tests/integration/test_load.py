@@ -8,8 +8,7 @@ import time
 from collections import Counter
 
 import requests
-
-from conftest import copy_project, free_port, start_mistryd, wait_for
+from support import copy_project, free_port, start_mistryd, wait_for
 
 CLIENTS = 200
 SECONDS = 60

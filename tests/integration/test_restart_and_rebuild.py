@@ -70,7 +70,7 @@ def run_cli(*args, cwd=None):
 @pytest.fixture
 def config_file(tmp_path):
     projects = tmp_path / "projects"
-    from conftest import copy_project
+    from support import copy_project
 
     projects.mkdir()
     copy_project(projects, "hello")
