@@ -16,7 +16,6 @@ from enum import StrEnum
 
 from .layout import INFO_FILE, Layout
 
-
 USAGE_FLUSH_SECONDS = 2.0
 
 

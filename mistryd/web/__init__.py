@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from ..errors import MistryError
@@ -38,6 +38,8 @@ def create_app(server: Server) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
+        if e.code == 404 and _browser_wants_html():
+            return render_template("error.html", message=f"There is no page at {request.path}."), 404
         response = jsonify(error=f"{e.name}: {e.description}")
         response.status_code = e.code or 500
         if e.code == 405 and e.valid_methods:
@@ -59,6 +61,12 @@ def _register_optional(app: Flask) -> None:
                 raise
             continue
         app.register_blueprint(module.bp)
+
+
+def _browser_wants_html() -> bool:
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "text/html" and request.accept_mimetypes[best] > request.accept_mimetypes[
+        "application/json"]
 
 
 def server_of(app: Flask) -> Server:

@@ -60,3 +60,12 @@ def test_wrong_method_and_unknown_paths(srv):
                  "/job/hello/%00"):
         r = requests.get(srv.url + path, headers={"Accept": "application/json"}, timeout=10)
         assert r.status_code == 404, path
+
+
+def test_a_browser_gets_an_html_not_found_page_and_an_api_client_json(srv):
+    html = requests.get(f"{srv.url}/no/such/page", timeout=10,
+                        headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert html.status_code == 404 and html.headers["Content-Type"].startswith("text/html")
+    assert "/no/such/page" in html.text
+    api = requests.get(f"{srv.url}/no/such/page", timeout=10)
+    assert api.status_code == 404 and "error" in api.json()
