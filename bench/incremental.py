@@ -45,6 +45,8 @@ def run(env: Env) -> list[Row]:
             ms = timed(lambda: storage.clone(source, dest))
         storage.remove(dest)
         os.sync()
+        if storage is btrfs:  # wait for the cleaner to drop the deleted snapshot: a quiet disk
+            sh(["btrfs", "subvolume", "sync", str(source.parent)])
         return ms
 
     snap_big = [clone(btrfs, big_b, "adapter") for _ in range(env.scale.reps(20, 3))]
