@@ -56,7 +56,18 @@ def _server_options(f):
     return f
 
 
-@click.group(context_settings=CONTEXT)
+class _Mistry(click.Group):
+    """Turns a ClientError from any command into its message and exit code, in one place."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ClientError as e:
+            click.echo(e.message, err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=_Mistry, context_settings=CONTEXT)
 @click.version_option(package_name="mistryd", prog_name="mistry")
 def main() -> None:
     """mistry: ask a mistryd server for a build and fetch its artifacts."""
@@ -171,11 +182,7 @@ class _Say:
 @click.argument("build_id", metavar="ID")
 def status(host, port, project, build_id):
     """Show a build's state as JSON; exit 0 when it succeeded, 1 when it failed or is unfinished."""
-    try:
-        view = _client(host, port).job(project, build_id)
-    except ClientError as e:
-        click.echo(e.message, err=True)
-        sys.exit(e.exit_code)
+    view = _client(host, port).job(project, build_id)
     info = dict(view.get("BuildInfo") or {})
     info.pop("ContainerStdouterr", None)  # the log is what `mistry logs` is for
     view["BuildInfo"] = info or None
@@ -189,11 +196,7 @@ def status(host, port, project, build_id):
 @click.argument("build_id", metavar="ID")
 def cancel(host, port, project, build_id):
     """Cancel a queued or running build; everyone waiting for it gets the outcome."""
-    try:
-        info = _client(host, port).cancel(project, build_id)
-    except ClientError as e:
-        click.echo(e.message, err=True)
-        sys.exit(e.exit_code)
+    info = _client(host, port).cancel(project, build_id)
     click.echo(f"Cancelled {project}/{build_id}: {info.get('ErrBuild') or info.get('Status')}")
 
 
@@ -205,19 +208,15 @@ def cancel(host, port, project, build_id):
 def logs(host, port, follow, project, build_id):
     """Print a build's log (with -f: follow it live until the build ends)."""
     client = _client(host, port)
-    try:
-        if follow:
-            client.follow_log(project, build_id, on_line=click.echo)
-        else:
-            view = client.job(project, build_id)
-            if view.get("State") == "ready":
-                text = (view.get("BuildInfo") or {}).get("ContainerStdouterr") or ""
-                click.echo(text, nl=False)
-            else:  # running: what is there so far, then stop
-                _print_log_so_far(client, project, build_id)
-    except ClientError as e:
-        click.echo(e.message, err=True)
-        sys.exit(e.exit_code)
+    if follow:
+        client.follow_log(project, build_id, on_line=click.echo)
+        return
+    view = client.job(project, build_id)
+    if view.get("State") == "ready":
+        text = (view.get("BuildInfo") or {}).get("ContainerStdouterr") or ""
+        click.echo(text, nl=False)
+    else:  # running: what is there so far, then stop
+        _print_log_so_far(client, project, build_id)
 
 
 def _print_log_so_far(client: Client, project: str, build_id: str) -> None:

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -30,6 +32,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@dataclass
+class Setup:
+    """A config file for a mistryd process: its projects, build folder, port and URL."""
+
+    config: Path
+    projects: Path
+    builds: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> subprocess.Popen:
+        return start_mistryd(self.config, self.port)
+
+
+def make_setup(root: Path, projects: tuple[str, ...], **config) -> Setup:
+    """root/config.json serving copies of the named test projects on a free loopback port."""
+    (root / "projects").mkdir()
+    for name in projects:
+        copy_project(root / "projects", name)
+    port = free_port()
+    path = root / "config.json"
+    path.write_text(json.dumps({"projects_path": "projects", "build_path": "builds",
+                                "addr": f"127.0.0.1:{port}", "gc_interval": 0, **config}))
+    return Setup(path, root / "projects", root / "builds", port)
 
 
 def start_mistryd(config_path: Path, port: int) -> subprocess.Popen:

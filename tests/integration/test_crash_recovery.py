@@ -7,7 +7,7 @@ import signal
 
 import docker
 import requests
-from support import copy_project, free_port, start_mistryd, wait_for
+from support import make_setup, wait_for
 
 from mistryd.config import from_dict
 from mistryd.docker_runner import INSTANCE_LABEL, DockerRunner
@@ -20,20 +20,13 @@ def job_state(url, build_id):
 
 
 def test_kill_9_with_builds_running_and_queued_then_restart(tmp_path, docker_engine):
-    projects, builds = tmp_path / "projects", tmp_path / "builds"
-    projects.mkdir()
-    copy_project(projects, "sleeper")
-    port = free_port()
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"projects_path": "projects", "build_path": "builds",
-                                  "addr": f"127.0.0.1:{port}", "job_concurrency": 3,
-                                  "job_backlog": 5, "gc_interval": 0}))
-    url = f"http://127.0.0.1:{port}"
+    setup = make_setup(tmp_path, ("sleeper",), job_concurrency=3, job_backlog=5)
+    projects, builds, url = setup.projects, setup.builds, setup.url
     instance = DockerRunner(from_dict({"projects_path": str(projects),
                                        "build_path": str(builds)})).instance
     client = docker.from_env()
     mine = {"label": f"{INSTANCE_LABEL}={instance}", "status": "running"}
-    proc = start_mistryd(config, port)
+    proc = setup.start()
     ids = []
     try:
         for i in range(5):
@@ -51,7 +44,7 @@ def test_kill_9_with_builds_running_and_queued_then_restart(tmp_path, docker_eng
 
     # shorten the interrupted builds: same job ids, so the params must stay; the project
     # content decides the key, so it must stay too. Restart and let everything run again.
-    proc = start_mistryd(config, port)
+    proc = setup.start()
     try:
         # coalescing holds after the restart: a request for a re-queued job joins it
         joined = requests.post(f"{url}/jobs?async", timeout=10, json={
@@ -72,16 +65,9 @@ def test_kill_9_with_builds_running_and_queued_then_restart(tmp_path, docker_eng
 
 
 def test_sigterm_lets_running_builds_finish_and_keeps_queued_jobs(tmp_path, docker_engine):
-    projects = tmp_path / "projects"
-    projects.mkdir()
-    copy_project(projects, "sleeper")
-    port = free_port()
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"projects_path": "projects", "build_path": "builds",
-                                  "addr": f"127.0.0.1:{port}", "job_concurrency": 1,
-                                  "shutdown_grace": 60, "gc_interval": 0}))
-    url = f"http://127.0.0.1:{port}"
-    proc = start_mistryd(config, port)
+    setup = make_setup(tmp_path, ("sleeper",), job_concurrency=1, shutdown_grace=60)
+    url = setup.url
+    proc = setup.start()
     running = requests.post(f"{url}/jobs?async", timeout=10, json={
         "project": "sleeper", "params": {"sleep": "3"}}).json()["id"]
     queued = requests.post(f"{url}/jobs?async", timeout=10, json={
@@ -95,7 +81,7 @@ def test_sigterm_lets_running_builds_finish_and_keeps_queued_jobs(tmp_path, dock
     info = json.loads((tmp_path / "builds" / "sleeper" / "ready" / running /
                        "build_info.json").read_text())
     assert info["Status"] == "succeeded"
-    proc = start_mistryd(config, port)  # the queued job was kept and runs now
+    proc = setup.start()  # the queued job was kept and runs now
     try:
         wait_for(lambda: job_state(url, queued)["State"] == "ready", timeout=60)
         assert job_state(url, queued)["Status"] == "succeeded"

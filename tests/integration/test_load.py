@@ -1,30 +1,22 @@
 """200 concurrent clients for 60 s mixing cache hits, new builds and bad requests against the
 real `mistryd` command: no 5xx but the backlog's 503s, and every accepted job ends well."""
 
-import json
 import random
 import threading
 import time
 from collections import Counter
 
 import requests
-from support import copy_project, free_port, start_mistryd, wait_for
+from support import make_setup, wait_for
 
 CLIENTS = 200
 SECONDS = 60
 
 
 def test_200_clients_for_60_seconds(tmp_path, docker_engine):
-    projects = tmp_path / "projects"
-    projects.mkdir()
-    copy_project(projects, "hello")
-    port = free_port()
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"projects_path": "projects", "build_path": "builds",
-                                  "addr": f"127.0.0.1:{port}", "job_concurrency": 2,
-                                  "job_backlog": 8, "http_threads": 256, "gc_interval": 0}))
-    url = f"http://127.0.0.1:{port}"
-    proc = start_mistryd(config, port)
+    setup = make_setup(tmp_path, ("hello",), job_concurrency=2, job_backlog=8, http_threads=256)
+    url = setup.url
+    proc = setup.start()
     statuses: Counter = Counter()
     unexpected: list = []
     accepted: set[str] = set()
