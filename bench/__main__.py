@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import time
 import traceback
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
 
+    # `timeout` and CI stop with SIGTERM: clean up (containers, mounts, temp dirs) as on Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     rows: list[Row] = []
     errors: dict[str, str] = {}
