@@ -37,7 +37,7 @@ def wrk(port: int, path: str, seconds: float, method: str = "GET", body: str | N
         f.write(SCRIPT % {"method": _lua_string(method), "body": _lua_string(body)})
         script = f.name
     try:
-        out = sh(["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+        out = sh(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
                    "--timeout", "10s", "-s", script, f"http://127.0.0.1:{port}{path}"])
     finally:
         Path(script).unlink()
