@@ -163,11 +163,13 @@ def check_access():
 
 
 def _same_origin() -> bool:
+    """Whether the request's Origin is this server's host and port. The scheme is left out: a
+    proxy that ends TLS in front of mistryd makes it differ, and host:port is what tells sites
+    on the same machine apart."""
     origin = request.headers.get("Origin")
     if not origin:
         return False
-    parts = urlsplit(origin)
-    return f"{parts.scheme}://{parts.netloc}" == request.host_url.rstrip("/")
+    return urlsplit(origin).netloc.lower() == request.host.lower()
 
 
 def _local_next(value: str | None) -> str:
