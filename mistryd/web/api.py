@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -100,19 +101,37 @@ def log_stream(project: str, build_id: str):
     srv = server()
     _checked(project, build_id)
     flight = srv.scheduler.in_flight(project, build_id)
-    offset = request.headers.get("Last-Event-ID") or request.args.get("offset") or "0"
-    if not offset.isdigit():
-        raise BadRequest("Last-Event-ID must be a byte offset from an earlier event")
+    offset = _resume_offset(request.headers.get("Last-Event-ID") or request.args.get("offset"))
     if flight is not None:
-        stream = sse_stream(flight.job.log, None, int(offset))
+        _check_offset(offset, flight.job.log.size)
+        stream = sse_stream(flight.job.log, None, offset)
     else:
         raw = srv.layout.read_info(project, build_id)
         if raw is None:
-            raise NotFound(f"no build {project}/{build_id}")
+            row = srv.store.get(project, build_id)
+            if row is None or not row.status.finished:
+                raise NotFound(f"no build {project}/{build_id}")
+            raw = row.info or {"Status": row.status.value}  # ended before it ran (cancelled)
+        path = srv.log_path(project, build_id)
+        _check_offset(offset, path.stat().st_size if path.exists() else 0)
         end = {"status": raw.get("Status"), "exit_code": raw.get("ExitCode")}
-        stream = sse_stream(None, srv.log_path(project, build_id), int(offset), end)
+        stream = sse_stream(None, path, offset, end)
     return Response(stream, mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _resume_offset(value: str | None) -> int:
+    if value is None:
+        return 0
+    if not re.fullmatch(r"[0-9]{1,18}", value):
+        raise BadRequest("Last-Event-ID (or ?offset=) must be the byte offset of an earlier event")
+    return int(value)
+
+
+def _check_offset(offset: int, size: int) -> None:
+    if offset > size:
+        raise BadRequest(f"offset {offset} is past the end of the log ({size} bytes); "
+                         "resume from the id of an event you received")
 
 
 @bp.post("/jobs/<project>/<build_id>/cancel")

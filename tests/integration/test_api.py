@@ -142,3 +142,16 @@ def test_concurrency_limit(start_server):
     stop.set()
     watcher.join()
     assert max(peak) == 1
+
+
+def test_log_offsets_past_the_end_or_malformed_are_400(start_server):
+    srv = start_server()
+    info = srv.build("hello")
+    url = f"{srv.url}/log/hello/{info['ID']}"
+    for bad in ("20000000000000", "99999999999999999999", "\u00b2", "-1", "1e3"):
+        r = requests.get(url, headers={"Last-Event-ID": bad.encode("utf-8")}, timeout=10)
+        assert r.status_code == 400, bad
+        assert "error" in r.json()
+    size = len(info["ContainerStdouterr"].encode())
+    end = read_sse(requests.get(url, params={"offset": str(size)}, stream=True, timeout=10))
+    assert [e for e, _, _ in end] == ["end"]
