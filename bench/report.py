@@ -105,3 +105,19 @@ def write(rows: list[Row], out_dir: Path, seconds: float, errors: dict[str, str]
     body = "# Benchmark results (latest `make bench`)\n\nSee docs/performance.md for the method.\n\n"
     (out_dir / "results.md").write_text(body + md)
     return md
+
+
+def compact(results: dict) -> str:
+    """The short table for README.md's Performance section, from results.json."""
+    lines = ["| # | figure | median | baseline (median) | ratio | target | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        unit = r["unit"]
+        lines.append(f"| {r['measurement']} | {r['figure']} | {_num(r['value']['median'])} {unit} "
+                     f"| {r['baseline']}: {_num(r['base']['median'])} {unit} | {r['ratio']:.2f}x "
+                     f"| {r['target'] or '-'} | {r['verdict']} |")
+    return "\n".join(lines) + f"\n\nMachine: {machine_line(results['machine'])}.\n"
+
+
+if __name__ == "__main__":  # python -m bench.report: the README table of the latest run
+    print(compact(json.loads((Path(__file__).resolve().parent / "results.json").read_text())))
