@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
 from .errors import BadRequest
@@ -114,9 +114,15 @@ class BuildInfo:
         return self.ExitCode == 0
 
     def to_json(self) -> dict:
-        return asdict(self)
+        # by hand: dataclasses.asdict deep-copies recursively and shows up in every cache hit
+        out = {name: getattr(self, name) for name in _FIELD_NAMES}
+        out["Params"] = dict(self.Params)
+        out["Timings"] = dict(self.Timings)
+        return out
 
     @classmethod
     def from_json(cls, raw: dict) -> BuildInfo:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        return cls(**{k: v for k, v in raw.items() if k in _FIELD_NAMES})
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(BuildInfo))

@@ -12,6 +12,7 @@ from .config import Config
 from .docker_runner import DockerRunner
 from .errors import Conflict, MistryError, NotFound, Overloaded, ShuttingDown
 from .gc import Collector, check_free_space
+from .hits import Hit, HitCache
 from .jobs import BuildInfo, JobRequest, job_key
 from .layout import LOG_FILE, Layout
 from .metrics import Metrics
@@ -32,6 +33,7 @@ class Server:
         self.projects = Projects(config.projects_path)
         self.storage = make_storage(config.filesystem, config.build_path)
         self.store = Store(self.layout)
+        self.hits = HitCache(self.layout)
         self.metrics = Metrics()
         self.runner = runner or DockerRunner(config)
         self.builder = Builder(self.layout, self.store, self.storage, self.runner, self.metrics)
@@ -103,32 +105,30 @@ class Server:
 
     # --- requests -----------------------------------------------------------------------------
 
-    def make_job(self, request: JobRequest) -> Job:
-        context = self.projects.path(request.project)
+    def make_job(self, request: JobRequest, key: tuple[str, str] | None = None) -> Job:
+        build_id, fingerprint = key or self.key_of(request)
+        return Job(request=request, id=build_id, fingerprint=fingerprint,
+                   context=self.projects.root / request.project,
+                   settings=self.config.for_project(request.project))
+
+    def key_of(self, request: JobRequest) -> tuple[str, str]:
+        """(job id, project fingerprint); UnknownProject when there is no such project."""
         fingerprint = self.projects.fingerprint(request.project)
-        return Job(request=request, id=job_key(request, fingerprint), fingerprint=fingerprint,
-                   context=context, settings=self.config.for_project(request.project))
+        return job_key(request, fingerprint), fingerprint
 
-    def cached(self, project: str, build_id: str) -> BuildInfo | None:
-        """The finished, successful build with this id, marked as answered from cache."""
-        raw = self.layout.read_info(project, build_id)
-        if raw is None or raw.get("ExitCode") != 0:
-            return None
-        info = BuildInfo.from_json(raw)
-        info.Cached = True
-        info.Coalesced = False
-        return info
-
-    def submit(self, request: JobRequest) -> tuple[Job, Ticket | BuildInfo]:
-        """A cached BuildInfo at once, or a Ticket for a build in flight (joined or new)."""
-        job = self.make_job(request)
+    def submit(self, request: JobRequest) -> tuple[str, Ticket | Hit]:
+        """(job id, outcome): a Hit at once, or a Ticket for a build in flight (joined or new).
+        A hit builds no Job and touches no lock: key, one stat, bytes made earlier."""
+        key = self.key_of(request)
+        build_id = key[0]
         if not request.rebuild:
-            hit = self.cached(job.project, job.id)
+            hit = self.hits.get(request.project, build_id)
             if hit is not None:
-                return job, self._hit(hit)
+                return build_id, self._hit(hit)
+        job = self.make_job(request, key)
 
-        def cached_now() -> BuildInfo | None:
-            hit = self.cached(job.project, job.id)
+        def cached_now() -> Hit | None:
+            hit = self.hits.get(job.project, job.id)
             return self._hit(hit) if hit is not None else None
 
         if self.scheduler.in_flight(job.project, job.id) is None:  # joining needs no disk
@@ -140,27 +140,30 @@ class Server:
             raise
         if isinstance(outcome, Ticket) and outcome.coalesced:
             self.metrics.builds_coalesced.labels(job.project).inc()
-        return job, outcome
+        return build_id, outcome
 
     def _record_queued(self, job: Job) -> None:
         r = job.request
         self.store.record_queued(job.project, job.id, r.group, r.params, r.rebuild,
                                  now=job.queued_at)
 
-    def _hit(self, info: BuildInfo) -> BuildInfo:
-        self.metrics.cache_hits.labels(info.Project).inc()
-        self.store.touch(info.Project, info.ID)
-        return info
+    def _hit(self, hit: Hit) -> Hit:
+        self.metrics.cache_hits.labels(hit.info.Project).inc()
+        self.store.touch(hit.info.Project, hit.info.ID)
+        return hit
 
     def build(self, request: JobRequest) -> BuildInfo:
         """Submit and wait: the BuildInfo of the finished build, cached or coalesced."""
-        job, outcome = self.submit(request)
-        if isinstance(outcome, BuildInfo):
-            return outcome
-        result = outcome.flight.wait()
+        _, outcome = self.submit(request)
+        if isinstance(outcome, Hit):
+            return outcome.info
+        return self.wait(outcome)
+
+    def wait(self, ticket: Ticket) -> BuildInfo:
+        result = ticket.flight.wait()
         if result is None:  # the server stopped before the job ran; it stays queued
             raise ShuttingDown()
-        if outcome.coalesced:
+        if ticket.coalesced:
             result = BuildInfo.from_json(result.to_json())
             result.Coalesced = True
         return result

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import BadRequest, NotFound
+from ..hits import Hit
 from ..jobs import BuildInfo, JobRequest
 from ..logs import sse_stream
 from ..names import name_problem
@@ -25,11 +26,13 @@ def server() -> Server:
 def post_job():
     srv = server()
     job_request = JobRequest.from_json(_json_body())
+    build_id, outcome = srv.submit(job_request)
     if "async" in request.args:
-        job, outcome = srv.submit(job_request)
-        return jsonify(id=job.id, url=job.url, cached=isinstance(outcome, BuildInfo)), 201
-    info = srv.build(job_request)
-    return jsonify(srv.with_log(info)), 201
+        return jsonify(id=build_id, url=f"job/{job_request.project}/{build_id}",
+                       cached=isinstance(outcome, Hit)), 201
+    if isinstance(outcome, Hit):
+        return Response(outcome.body, status=201, mimetype="application/json")
+    return jsonify(srv.with_log(srv.wait(outcome))), 201
 
 
 def _json_body() -> object:
