@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from .metrics import Metrics, UpstreamCounter
-from .store import BuildRow, Status, Store
+from .store import BuildRow, Store
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -98,14 +98,8 @@ def page_of(store: Store, filters: Filters, number: int = 1, size: int = PAGE_SI
 
 
 def status_counts(store: Store, project: str = "") -> dict[str, int]:
-    """Builds per status (every status present, zero or not), one indexed count each."""
-    out = {}
-    for status in Status:
-        if project:
-            out[status.value] = store.count("project = ? AND status = ?", (project, status.value))
-        else:
-            out[status.value] = store.count("status = ?", (status.value,))
-    return out
+    """Builds per status (every status present, zero or not)."""
+    return store.status_counts(project)
 
 
 def recent_finished(store: Store, limit: int = 20, project: str = "") -> list[BuildRow]:

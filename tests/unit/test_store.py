@@ -1,0 +1,34 @@
+"""The SQLite index: state moves and the trigger-kept counts."""
+
+from mistryd.layout import Layout
+from mistryd.store import Status, Store
+
+
+def test_counts_follow_every_move(tmp_path):
+    store = Store(Layout(tmp_path))
+    store.record_queued("p", "a", "", {}, False)
+    store.record_queued("p", "b", "", {}, False)
+    store.record_queued("q", "c", "g", {}, False)
+    store.record_running("p", "a")
+    store.record_finished("p", "a", Status.SUCCEEDED, {"ExitCode": 0})
+    store.transition("p", "b", Status.ABANDONED, "gone")
+    store.record_queued("p", "a", "", {}, True)  # a rebuild queues it again
+    counts = store.status_counts()
+    assert counts["queued"] == 2 and counts["abandoned"] == 1 and counts["succeeded"] == 0
+    assert store.status_counts("p") == {**{s.value: 0 for s in Status}, "queued": 1,
+                                        "abandoned": 1}
+    store.forget("q", "c")
+    assert store.status_counts()["queued"] == 1
+    # the same figures as counting the rows
+    for status in Status:
+        assert store.status_counts()[status.value] == store.count("status = ?", (status.value,))
+
+
+def test_counts_of_an_index_made_before_they_existed(tmp_path):
+    store = Store(Layout(tmp_path))
+    store.record_finished("p", "a", Status.FAILED, {"ExitCode": 1})
+    db = store._conn()
+    db.executescript("DROP TRIGGER build_counts_insert; DROP TRIGGER build_counts_delete;"
+                     "DROP TRIGGER build_counts_update; DROP TABLE build_counts;")
+    again = Store(Layout(tmp_path))
+    assert again.status_counts()["failed"] == 1
