@@ -79,6 +79,7 @@ class RunningServer:
     build_path: Path
     _http: object
     _thread: threading.Thread
+    _stopped: bool = False
 
     def post_job(self, body: dict | str | bytes, asynchronous: bool = False, **kw):
         data = body if isinstance(body, (str, bytes)) else json.dumps(body)
@@ -91,9 +92,12 @@ class RunningServer:
         return r.json()
 
     def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.server.stop(grace=0)  # first, so that waiting requests get their answers
         stop_http_server(self._http)
         self._thread.join(5)
-        self.server.stop(grace=0)
 
 
 @pytest.fixture

@@ -28,3 +28,6 @@ def stop_http_server(http: BaseWSGIServer) -> None:
             channel.close()
 
     http.trigger.pull_trigger(close_all)
+    # the request threads end too (a server started and stopped in one process, as the tests
+    # do, would otherwise leave http_threads idle threads behind each time)
+    http.task_dispatcher.shutdown(cancel_pending=True, timeout=5)

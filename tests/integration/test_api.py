@@ -155,3 +155,11 @@ def test_log_offsets_past_the_end_or_malformed_are_400(start_server):
     size = len(info["ContainerStdouterr"].encode())
     end = read_sse(requests.get(url, params={"offset": str(size)}, stream=True, timeout=10))
     assert [e for e, _, _ in end] == ["end"]
+
+
+def test_a_stopped_server_leaves_no_threads_behind(start_server):
+    before = threading.active_count()
+    srv = start_server()
+    srv.build("hello")
+    srv.stop()
+    assert threading.active_count() <= before + 1  # at most a thread that is just ending
