@@ -31,17 +31,21 @@ class _Seen:
 class Projects:
     def __init__(self, projects_path: Path):
         self.root = Path(projects_path)
+        self._root = str(self.root)  # plain strings on the hot path: pathlib joins cost more
         self._file_hashes: dict[str, _Seen] = {}
         self._lock = threading.Lock()
 
     def path(self, name: str) -> Path:
         """The project's folder; UnknownProject when there is no such project."""
+        return Path(self._folder(name))
+
+    def _folder(self, name: str) -> str:
         if name_problem(name):
             raise UnknownProject(name)
-        path = self.root / name
-        if not (path / "Dockerfile").is_file():
+        folder = os.path.join(self._root, name)
+        if not os.path.isfile(os.path.join(folder, "Dockerfile")):
             raise UnknownProject(name)
-        return path
+        return folder
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -52,18 +56,18 @@ class Projects:
         )
 
     def fingerprint(self, name: str) -> str:
-        root = self.path(name)
+        root = self._folder(name)
         h = hashlib.sha256()
         for rel, kind, detail in self._walk(root):
             h.update(f"{len(rel)}:{rel}\0{kind}\0{detail}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
-    def _walk(self, root: Path):
+    def _walk(self, root: str):
         entries = []
         stack = [""]
         while stack:
             rel_dir = stack.pop()
-            with os.scandir(root / rel_dir if rel_dir else root) as it:
+            with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
                 for entry in it:
                     rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                     st = entry.stat(follow_symlinks=False)
