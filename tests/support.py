@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,3 +89,77 @@ def wait_for(predicate, timeout: float = 120, interval: float = 0.2):
             return
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+# --- a TCP proxy on loopback, to break connections on purpose ----------------------------------
+
+
+class TcpProxy:
+    """A TCP forwarder on 127.0.0.1 in front of a server. `forward` (for subclasses) sees each
+    chunk and may record it or cut the connection after part of it, as a flaky network would."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._closed = False
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def forward(self, data: bytes, to_client: bool, sent: int) -> tuple[bytes, bool]:
+        """What to pass on of `data` (after `sent` bytes in that direction), and whether to cut
+        the connection after it."""
+        return data, False
+
+    def drop_all(self) -> int:
+        """Cut every connection open now; returns how many sockets were closed."""
+        with self._lock:
+            sockets, self._open = self._open, []
+        for s in sockets:
+            _shut(s)
+        return len(sockets)
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        self.drop_all()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self._open += [client, upstream]
+                self.connections += 1
+            for src, dst, to_client in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(src, dst, to_client),
+                                 daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, to_client: bool) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                data, cut = self.forward(data, to_client, sent)
+                dst.sendall(data)
+                sent += len(data)
+                if cut:
+                    break
+        except OSError:
+            pass
+        finally:
+            _shut(src)
+            _shut(dst)
+
+
+def _shut(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    s.close()

@@ -8,12 +8,11 @@ and an index seeded with thousands of builds.
 from __future__ import annotations
 
 import hashlib
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import TcpProxy
 
 from mistryd.store import Status, Store
 
@@ -61,59 +60,19 @@ def screenshots() -> Path:
     return SCREENSHOTS
 
 
-class DropProxy:
-    """A TCP forwarder on 127.0.0.1 in front of the server, so a test can cut every open
-    connection (as a flaky network would) and see what the browser asks for afterwards."""
+class DropProxy(TcpProxy):
+    """A proxy in front of the server that records what the browser sends, so a test can cut
+    every open connection and see what the browser asks for afterwards."""
 
     def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[bytes] = []  # client-to-server data, one entry per read
-        self._open: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+    def forward(self, data: bytes, to_client: bool, sent: int) -> tuple[bytes, bool]:
+        if not to_client:
             with self._lock:
-                self._open += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False),
-                             daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if record:
-                    with self._lock:
-                        self.requests.append(data)
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def drop_all(self) -> int:
-        """Cut every connection open now; returns how many sockets were closed."""
-        with self._lock:
-            sockets, self._open = self._open, []
-        for s in sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-        return len(sockets)
+                self.requests.append(data)
+        return data, False
 
     def requests_for(self, path_prefix: str) -> list[str]:
         """Request heads sent for paths starting with `path_prefix`."""
@@ -126,10 +85,6 @@ class DropProxy:
                 if part.startswith(f"GET {path_prefix}"):
                     heads.append(part)
         return heads
-
-    def close(self) -> None:
-        self.listener.close()
-        self.drop_all()
 
 
 @pytest.fixture

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import threading
 from pathlib import Path
+
+from support import TcpProxy, free_port  # noqa: F401 - re-exported for the client suite
 
 REPO = Path(__file__).resolve().parents[2]
 MISTRY = REPO / ".venv" / "bin" / "mistry"
 MISTRYD = REPO / ".venv" / "bin" / "mistryd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_of(url: str) -> int:
@@ -36,55 +30,20 @@ def run_mistry(args: list[str], port: int | None = None, timeout: float = 180,
 CLIENT_PROJECTS = ("hello", "client-params", "client-failing", "client-tree", "client-big")
 
 
-class CuttingProxy:
-    """A TCP proxy to a server on loopback that cuts a connection once the server has sent
-    `cut_after` bytes on it, `cuts` times in all: a dropped link, made on purpose."""
+class CuttingProxy(TcpProxy):
+    """A proxy that cuts a connection once the server has sent `cut_after` bytes on it, `cuts`
+    times in all: a dropped link, made on purpose."""
 
     def __init__(self, upstream_port: int, cut_after: int, cuts: int):
-        self.upstream_port = upstream_port
         self.cut_after = cut_after
         self.cuts_left = cuts
         self.cuts_done = 0
-        self.connections = 0
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port)
 
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            with self._lock:
-                self.connections += 1
-            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, may_cut: bool) -> None:
-        sent = 0
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if may_cut and sent + len(data) >= self.cut_after and self._take_cut():
-                    dst.sendall(data[: self.cut_after - sent])
-                    break
-                dst.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
+    def forward(self, data: bytes, to_client: bool, sent: int) -> tuple[bytes, bool]:
+        if to_client and sent + len(data) >= self.cut_after and self._take_cut():
+            return data[: self.cut_after - sent], True
+        return data, False
 
     def _take_cut(self) -> bool:
         with self._lock:
@@ -93,10 +52,6 @@ class CuttingProxy:
             self.cuts_left -= 1
             self.cuts_done += 1
             return True
-
-    def close(self) -> None:
-        self._closed = True
-        self._listener.close()
 
 
 # What `client-tree` makes: {relative path: ("file", mode, content) | ("dir", mode) |
