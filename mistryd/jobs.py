@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
@@ -66,13 +67,19 @@ class JobRequest:
 def job_key(request: JobRequest, fingerprint: str) -> str:
     """The job id: sha256 of a canonical JSON encoding, so no two inputs can collide by
     concatenation (upstream's `project + group + params` could)."""
+    return _job_key(request.project, fingerprint, request.group,
+                    tuple(request.key_params().items()))
+
+
+@functools.lru_cache(maxsize=4096)  # the same requests come again and again (cache hits)
+def _job_key(project: str, fingerprint: str, group: str, params: tuple) -> str:
     canonical = json.dumps(
         {
             "v": KEY_VERSION,
-            "project": request.project,
+            "project": project,
             "fingerprint": fingerprint,
-            "group": request.group,
-            "params": request.key_params(),
+            "group": group,
+            "params": dict(params),
         },
         sort_keys=True,
         separators=(",", ":"),

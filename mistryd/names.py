@@ -1,12 +1,20 @@
 """Which names may become path components: projects, groups and param keys."""
 
+import re
+
 from .errors import BadRequest
 
 MAX_NAME_BYTES = 255
 
 
+# the common case, checked in one step on the hot path: letters, digits, `_`, `-` and single dots
+_PLAIN = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_-]|\.(?!\.)){0,254}")
+
+
 def name_problem(name: object) -> str | None:
     """Why `name` cannot be used as a single path component, or None when it can."""
+    if isinstance(name, str) and _PLAIN.fullmatch(name):
+        return None
     if not isinstance(name, str):
         return "must be a string"
     if not name:
