@@ -176,10 +176,14 @@ class _Say:
         click.echo(text, err=True)
 
 
-@main.command(context_settings=CONTEXT)
-@_server_options
-@click.argument("project")
-@click.argument("build_id", metavar="ID")
+def _build_command(f):
+    """A command about one build: `mistry <command> [options] PROJECT ID`."""
+    f = click.argument("build_id", metavar="ID")(f)
+    f = click.argument("project")(f)
+    return main.command(context_settings=CONTEXT)(_server_options(f))
+
+
+@_build_command
 def status(host, port, project, build_id):
     """Show a build's state as JSON; exit 0 when it succeeded, 1 when it failed or is unfinished."""
     view = _client(host, port).job(project, build_id)
@@ -190,21 +194,15 @@ def status(host, port, project, build_id):
     sys.exit(EXIT_OK if view.get("Status") == "succeeded" else EXIT_BUILD_FAILED)
 
 
-@main.command(context_settings=CONTEXT)
-@_server_options
-@click.argument("project")
-@click.argument("build_id", metavar="ID")
+@_build_command
 def cancel(host, port, project, build_id):
     """Cancel a queued or running build; everyone waiting for it gets the outcome."""
     info = _client(host, port).cancel(project, build_id)
     click.echo(f"Cancelled {project}/{build_id}: {info.get('ErrBuild') or info.get('Status')}")
 
 
-@main.command(context_settings=CONTEXT)
-@_server_options
+@_build_command
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming until the build ends.")
-@click.argument("project")
-@click.argument("build_id", metavar="ID")
 def logs(host, port, follow, project, build_id):
     """Print a build's log (with -f: follow it live until the build ends)."""
     client = _client(host, port)
