@@ -37,6 +37,17 @@ class RunResult:
     cancelled: bool = False
 
 
+def build_args(context: Path, uid: int) -> dict[str, str]:
+    """Upstream passes the build arg `uid`; we pass it to Dockerfiles that declare `ARG uid`
+    only, so every other build log is spared docker's "build-args [uid] were not consumed"."""
+    try:
+        dockerfile = (Path(context) / "Dockerfile").read_text(errors="replace")
+    except OSError:
+        return {}
+    declared = re.search(r"^\s*ARG\s+uid\b", dockerfile, re.IGNORECASE | re.MULTILINE)
+    return {"uid": str(uid)} if declared else {}
+
+
 def image_tag(project: str, fingerprint: str) -> str:
     """A tag per project *content*, so jobs of different project versions never race on one tag."""
     slug = re.sub(r"[^a-z0-9_.-]+", "-", project.lower()).strip("-._") or "project"
@@ -79,7 +90,7 @@ class DockerRunner:
         stream = self.client.api.build(
             path=str(context), tag=tag, rm=True, forcerm=True, nocache=nocache, pull=pull,
             decode=True, labels={LABEL: "1", PROJECT_LABEL: project},
-            buildargs={"uid": str(self.config.container_uid)},
+            buildargs=build_args(context, self.config.container_uid),
         )
         for chunk in stream:
             if "stream" in chunk:

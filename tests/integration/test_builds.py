@@ -105,3 +105,12 @@ def test_hundred_concurrent_mixed_requests_all_succeed(start_server):
     assert len({r.json()["ID"] for r in responses}) == 5
     started = srv.server.metrics.builds_started.value("hello")
     assert started == 5
+
+
+def test_build_arg_uid_reaches_dockerfiles_that_declare_it(start_server):
+    import os
+
+    srv = start_server(projects=("uid-arg", "hello"))
+    info = srv.build("uid-arg")
+    assert (Path(info["Path"]) / "uid.txt").read_text() == f"built for uid {os.getuid()}\n"
+    assert "were not consumed" not in srv.build("hello")["ContainerStdouterr"]
