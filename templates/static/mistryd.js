@@ -145,5 +145,24 @@
     };
   }
 
+  // Cancel: the server ends the build; the log stream's `end` event then shows the new state.
+  var cancel = document.getElementById("cancel");
+  if (cancel) {
+    cancel.addEventListener("click", function () {
+      cancel.disabled = true;
+      fetch(cancel.getAttribute("data-url"), { method: "POST", credentials: "same-origin" })
+        .then(function (r) {
+          if (r.ok) return;
+          return r.json().then(function (body) { throw new Error(body.error || ("HTTP " + r.status)); });
+        })
+        .catch(function (e) {
+          var problem = document.getElementById("cancel-problem");
+          problem.textContent = e.message;
+          problem.hidden = false;
+          cancel.disabled = false;
+        });
+    });
+  }
+
   connect();
 })();

@@ -171,3 +171,19 @@ def test_with_tokens_the_browser_logs_in_and_still_follows_the_log(start_server,
     expect(page.locator("#state .status")).to_have_text("succeeded", timeout=BUILD_TIMEOUT)
     expect(page.locator("#log")).to_contain_text("after the pause")
     expect(page.locator("#artifacts")).to_contain_text("underlined.txt")
+
+
+def test_cancel_a_running_build_from_its_page(start_server, page):
+    rs = start_server(projects=("web-ticker",))
+    build_id = rs.post_job({"project": "web-ticker", "params": {"cancel": "me"}},
+                           asynchronous=True).json()["id"]
+    page.goto(f"{rs.url}/job/web-ticker/{build_id}")
+    expect(page.locator("#log")).to_contain_text("tick 1", timeout=BUILD_TIMEOUT)
+    page.evaluate("window.__sameDocument = true")
+    page.locator("#cancel").click()
+    expect(page.locator("#state .status")).to_have_text("cancelled", timeout=30_000)
+    expect(page.locator("#cancel")).to_have_count(0)  # the finished page has no button
+    assert page.evaluate("window.__sameDocument") is True  # no reload
+    view = requests.get(f"{rs.url}/job/web-ticker/{build_id}",
+                        headers={"Accept": "application/json"}, timeout=10).json()
+    assert view["Status"] == "cancelled"
