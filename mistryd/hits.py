@@ -27,6 +27,17 @@ class Hit:
     signature: tuple[int, int, int]
 
 
+def wire_form(layout: Layout, info: BuildInfo) -> dict:
+    """A BuildInfo as the API answers it: with the whole log, as upstream does."""
+    body = info.to_json()
+    try:
+        body["ContainerStdouterr"] = (layout.ready(info.Project, info.ID) / LOG_FILE) \
+            .read_text(errors="replace")
+    except FileNotFoundError:
+        pass
+    return body
+
+
 class HitCache:
     def __init__(self, layout: Layout, max_bytes: int = MAX_BYTES):
         self.layout = layout
@@ -60,13 +71,7 @@ class HitCache:
             return None  # failed builds are never served
         info = BuildInfo.from_json(raw)
         info.Cached, info.Coalesced = True, False
-        body = info.to_json()
-        try:
-            body["ContainerStdouterr"] = (self.layout.ready(project, build_id) / LOG_FILE) \
-                .read_text(errors="replace")
-        except FileNotFoundError:
-            pass
-        return Hit(info, json.dumps(body).encode(), signature)
+        return Hit(info, json.dumps(wire_form(self.layout, info)).encode(), signature)
 
     def _keep(self, key: tuple[str, str], hit: Hit) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ from .config import Config
 from .docker_runner import DockerRunner
 from .errors import Conflict, MistryError, NotFound, Overloaded, ShuttingDown
 from .gc import Collector, check_free_space
-from .hits import Hit, HitCache
+from .hits import Hit, HitCache, wire_form
 from .jobs import BuildInfo, JobRequest, job_key
 from .layout import LOG_FILE, Layout
 from .metrics import Metrics
@@ -188,13 +188,7 @@ class Server:
 
     def with_log(self, info: BuildInfo) -> dict:
         """The wire form of a BuildInfo: with the whole log, as upstream answers."""
-        body = info.to_json()
-        try:
-            body["ContainerStdouterr"] = self.log_path(info.Project, info.ID).read_text(
-                errors="replace")
-        except FileNotFoundError:
-            pass
-        return body
+        return wire_form(self.layout, info)
 
     def _queue_changed(self, queued: int, running: int) -> None:
         self.metrics.queued.set(queued)
