@@ -40,7 +40,6 @@ class Server:
         self.scheduler = Scheduler(self.builder.run, config.job_concurrency, config.backlog,
                                    on_change=self._queue_changed, on_queue=self._record_queued,
                                    on_cancel_queued=self.builder.record_cancelled)
-        self.started = False
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -51,7 +50,6 @@ class Server:
         self.collector = Collector.for_server(self)
         self.collector.start()
         self.metrics.builds_hosted.set(self.store.count("status IN ('succeeded', 'failed')"))
-        self.started = True
         log.info("mistryd: storage=%s build_path=%s projects=%s", self.storage.name,
                  self.config.build_path, ", ".join(self.projects.names()) or "(none)")
 
