@@ -127,11 +127,28 @@
           return;
         }
         swapSections(doc);
+        catchUpLog(doc, fresh);
         if (fresh) root.setAttribute("data-status", fresh.getAttribute("data-status"));
         root.setAttribute("data-live", "false");
         document.title = doc.title;
       })
       .catch(function () { if (attempt < 10) setTimeout(function () { refresh(attempt + 1); }, 1000); });
+  }
+
+  // If the finished log holds lines this page never received (a stream cut short at the end),
+  // show the server's tail instead: the final state is the server's, never a partial log.
+  function catchUpLog(doc, fresh) {
+    if (!fresh) return;
+    var url = fresh.getAttribute("data-log-url") || "";
+    var end = parseInt(new URLSearchParams(url.split("?")[1] || "").get("offset"), 10);
+    if (isNaN(end) || end <= lastOffset) return;
+    ["log", "log-note"].forEach(function (id) {
+      var next = doc.getElementById(id), current = document.getElementById(id);
+      if (next && current) current.replaceWith(document.importNode(next, true));
+    });
+    log = document.getElementById("log");
+    lastOffset = end;
+    log.scrollTop = log.scrollHeight;
   }
 
   function connect() {
