@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from mistryd.docker_runner import image_tag
+from mistryd.docker_runner import image_tag, instance_id
 from mistryd.projects import Projects
 
 from .harness import Env, nonce, sh
@@ -19,7 +19,8 @@ MAX_OVERHEAD_MS = 300.0
 def run(env: Env) -> list[Row]:
     srv = env.server({"hit": 0}, "build-overhead")
     srv.build("hit")  # builds the image
-    image = image_tag("hit", Projects(srv.projects_path).fingerprint("hit"))
+    image = image_tag("hit", Projects(srv.projects_path).fingerprint("hit"),
+                      instance_id(srv.build_path))
     c = srv.client()
     work = env.dir("docker-run")
     counter = iter(range(1_000_000))

@@ -67,7 +67,7 @@ class Env:
             make_project(projects_path, project, big)
         srv = BenchServer(home, projects_path, build_path or home / "builds", config,
                           self.profile_dir and self.profile_dir / f"{name}.txt")
-        self.stack.callback(remove_images, projects_path)  # runs after the server stopped
+        self.stack.callback(remove_images, srv.build_path)  # runs after the server stopped
         self.stack.callback(srv.stop)
         srv.start()
         return srv
@@ -305,15 +305,11 @@ def remove_containers(build_path: Path) -> None:
         subprocess.run(["docker", "rm", "-f", *ids], check=False, capture_output=True)
 
 
-def remove_images(projects_path: Path) -> None:
-    """The images a bench server built for these projects (their tags name the content)."""
-    from mistryd.docker_runner import image_tag
-    from mistryd.projects import Projects
+def remove_images(build_path: Path) -> None:
+    """The images a bench server built (they carry its instance label)."""
+    from mistryd.docker_runner import remove_instance_images
 
-    known = Projects(projects_path)
-    tags = [image_tag(name, known.fingerprint(name)) for name in known.names()]
-    if tags:  # no -f: an image another run still uses stays
-        subprocess.run(["docker", "rmi", *tags], check=False, capture_output=True)
+    remove_instance_images(build_path)
 
 
 def nonce() -> str:

@@ -14,15 +14,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import ProjectSettings
-from .docker_runner import DockerRunner, ImageBuildError, RunResult
+from .docker_runner import (
+    DockerRunner,
+    ImageBuildCancelled,
+    ImageBuildError,
+    ImageBuildTimedOut,
+    RunResult,
+)
 from .jobs import BuildInfo, JobRequest, rfc3339
 from .layout import INFO_FILE, LOG_FILE, Layout, point, publish, write_json_atomically
 from .logs import LiveLog
 from .metrics import Metrics
+from .outputs import hand_over, replace_bad_data_dirs, sanitize
 from .storage import Storage
 from .store import Status, Store
 
 log = logging.getLogger("mistryd")
+REFUSED = "refused: "  # the reason of a build whose leftovers could not be kept
 
 
 @dataclass
@@ -53,7 +61,8 @@ class Job:
 
 class Builder:
     def __init__(self, layout: Layout, store: Store, storage: Storage, runner: DockerRunner,
-                 metrics: Metrics):
+                 metrics: Metrics, uid: int = -1, gid: int = -1):
+        self.uid, self.gid = uid, gid  # who builds run as (-1: the server's own)
         self.layout = layout
         self.store = store
         self.storage = storage
@@ -62,7 +71,7 @@ class Builder:
 
     def new_info(self, job: Job, started: float) -> BuildInfo:
         return BuildInfo(
-            ID=job.id, Project=job.project, Params=dict(job.request.params),
+            ID=job.id, Project=job.project, Params=job.request.key_params(),
             Group=job.request.group, URL=job.url,
             Path=str(self.layout.ready(job.project, job.id) / "data" / "artifacts"),
             StartedAt=rfc3339(datetime.fromtimestamp(started, UTC)),
@@ -93,7 +102,12 @@ class Builder:
             t = time.time()
             try:
                 image = self.runner.ensure_image(project, job.context, job.fingerprint, job.log,
-                                                 rebuild=job.request.rebuild)
+                                                 rebuild=job.request.rebuild,
+                                                 settings=job.settings, cancel=job.cancel)
+            except ImageBuildCancelled:
+                status, reason = Status.CANCELLED, job.cancel_reason or "cancelled"
+            except ImageBuildTimedOut as e:
+                status, reason = Status.TIMED_OUT, str(e)
             except ImageBuildError as e:
                 info.ErrBuild = f"could not build the image: {e}"
                 reason = "image build failed"
@@ -109,6 +123,9 @@ class Builder:
                     info.ExitCode = result.exit_code
                     info.ContainerStderr = result.stderr
                     status, reason = _outcome(job, result)
+                    status, reason = self._defuse(job, pending / "data", status, reason)
+                    if reason.startswith(REFUSED):
+                        info.ErrBuild = reason
         except Exception as e:  # noqa: BLE001 - any failure must still end as a record
             info.ErrBuild = info.ErrBuild or f"mistryd: {type(e).__name__}: {e}"
             reason = reason or info.ErrBuild
@@ -124,6 +141,25 @@ class Builder:
         info.Timings = timings
         self._finish(job, pending, info, status, reason)
         return info
+
+    def _defuse(self, job: Job, data: Path, status: Status, reason: str) -> tuple[Status, str]:
+        """The container has exited: what it left is hostile. Remove the opaque params (they were
+        for the container only), defuse the rest, and refuse a build whose folders were swapped
+        for links or files."""
+        for name in job.request.opaque_params():
+            try:
+                os.unlink(os.path.join(data, "params", name))
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+        findings = sanitize(data)
+        if findings.summary():
+            job.log.line(f"mistryd: {findings.summary()}")
+        if findings.refused:
+            problem = "; ".join(findings.refused)
+            job.log.line(f"mistryd: the build is refused: {problem}")
+            self.metrics.builds_refused.labels(job.project).inc()
+            return Status.FAILED, f"{REFUSED}{problem}"
+        return status, reason
 
     def _crashed(self, job: Job, error: Exception) -> BuildInfo:
         """The finish itself failed (e.g. no space left for the record or the index): nothing
@@ -165,42 +201,75 @@ class Builder:
         if source is not None:
             self.storage.clone(source, pending)
             _keep_only(pending, {"data"})
+            if not (pending / "data").is_dir() or (pending / "data").is_symlink():
+                raise RuntimeError(f"the group's last build {source.name} has no data folder")
             _keep_only(pending / "data", {"cache"})
         else:
             self.storage.create(pending)
-        for sub in ("params", "artifacts", "cache"):
-            (pending / "data" / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(pending, 0o750)  # other users of the host never reach into a build
+        (pending / "data").mkdir(exist_ok=True)
+        replace_bad_data_dirs(pending / "data")  # a cache carried from before sanitizing existed
         for key, value in job.request.params.items():
             (pending / "data" / "params" / key).write_text(value)
+        hand_over(pending / "data", self.uid, self.gid)
         return source is not None
 
     def _finish(self, job: Job, pending: Path, info: BuildInfo, status: Status,
                 reason: str) -> None:
-        """build_info.json, then the atomic move to ready/, then (on success) the pointer."""
+        """build_info.json, then the atomic move to ready/, then (on success) the pointer.
+
+        Which record wins: until the move, nothing is published, and a failure makes the build
+        failed (its half-made folder is removed). From the move on, the folder in ready/ with
+        its build_info.json is the build: what fails after it (removing the build it replaced,
+        moving the group pointer, writing the index row) is logged and mended later, and never
+        changes the outcome the waiters get (the index is reconciled from the folder at the next
+        start)."""
         project = job.project
+        ready = self.layout.ready(project, job.id)
         try:
             if not pending.exists():
                 self.storage.create(pending)
             write_json_atomically(pending / INFO_FILE, info.to_json())
-            ready = self.layout.ready(project, job.id)
             replaced = publish(pending, ready)
-            if replaced is not None:
-                self.storage.remove(replaced)
-            else:
-                self.metrics.builds_hosted.inc()
-            if status is Status.SUCCEEDED:
-                point(self.layout.pointer(project, job.request.group), ready)
         except Exception as e:  # noqa: BLE001
             status, reason = Status.FAILED, f"mistryd could not store the build: {e}"
             info.ErrBuild = info.ErrBuild or reason
             info.Status = status.value
-        self.store.record_finished(project, job.id, status, info.to_json(), reason)
+            self._discard(pending)
+        else:
+            self._after_publish(job, ready, replaced, status)
+        try:
+            self.store.record_finished(project, job.id, status, info.to_json(), reason)
+        except Exception:  # noqa: BLE001
+            log.exception("mistryd: the index row of %s/%s was not written; it is mended from "
+                          "the build folder at the next start", project, job.id)
         self.metrics.builds_finished.labels(project).inc()
         seconds = info.Duration / 1e9
         hist = self.metrics.succeeded_seconds if status is Status.SUCCEEDED \
             else self.metrics.failed_seconds
         hist.labels(project).observe(seconds)
         job.log.finish({"status": status.value, "exit_code": info.ExitCode})
+
+    def _after_publish(self, job: Job, ready: Path, replaced: Path | None,
+                       status: Status) -> None:
+        if replaced is None:
+            self.metrics.builds_hosted.inc()
+        else:
+            self._discard(replaced)  # left in pending/: the next start removes it
+        if status is Status.SUCCEEDED:
+            try:
+                point(self.layout.pointer(job.project, job.request.group), ready)
+            except OSError:
+                log.exception("mistryd: the pointer of %s group %r was not moved to %s; the "
+                              "group's next build starts from its previous cache", job.project,
+                              job.request.group, job.id)
+
+    def _discard(self, folder: Path) -> None:
+        try:
+            if os.path.lexists(folder):
+                self.storage.remove(folder)
+        except Exception:  # noqa: BLE001 - best effort: start-up removes what is left in pending/
+            log.exception("mistryd: could not remove %s", folder)
 
 
 def _outcome(job: Job, result: RunResult) -> tuple[Status, str]:

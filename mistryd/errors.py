@@ -55,3 +55,14 @@ class ConfigError(MistryError):
     def __init__(self, key: str, problem: str):
         super().__init__(f"config: {key}: {problem}")
         self.key = key
+
+
+class Unavailable(MistryError):
+    """The server cannot take this request now (its index could not be written: a busy or full
+    disk); nothing was started, and asking again later may work."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .jobs import BuildInfo
+from .jobs import BuildInfo, servable
 from .layout import INFO_FILE, LOG_FILE, Layout
 
 MAX_BYTES = 64 << 20  # answers kept at most, least recently used dropped first
@@ -27,15 +27,35 @@ class Hit:
     signature: tuple[int, int, int]
 
 
+# An answer carries at most this much of the log (its end, where the errors are); the whole log
+# is at /job/<project>/<id>/out.log. Without a cap every hit of a build with a 100 MB log read and
+# sent 100 MB, and eight at once took 1.7 GB of memory.
+MAX_LOG_IN_ANSWER = 1 << 20
+
+
 def wire_form(layout: Layout, info: BuildInfo) -> dict:
-    """A BuildInfo as the API answers it: with the whole log, as upstream does."""
+    """A BuildInfo as the API answers it: with the log, as upstream does (its last
+    MAX_LOG_IN_ANSWER bytes when it is longer, after a line that says so)."""
     body = info.to_json()
     try:
-        body["ContainerStdouterr"] = (layout.ready(info.Project, info.ID) / LOG_FILE) \
-            .read_text(errors="replace")
-    except FileNotFoundError:
+        body["ContainerStdouterr"] = log_tail(layout.ready(info.Project, info.ID) / LOG_FILE,
+                                              f"/job/{info.Project}/{info.ID}/out.log")
+    except (FileNotFoundError, NotADirectoryError):
         pass
     return body
+
+
+def log_tail(path: os.PathLike, whole_url: str, limit: int = MAX_LOG_IN_ANSWER) -> str:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= limit:
+            return f.read().decode("utf-8", "replace")
+        f.seek(size - limit)
+        tail = f.read(limit)
+    tail = tail[tail.find(b"\n") + 1:] or tail  # from the first whole line
+    note = (f"[mistryd: the log has {size} bytes; this answer holds its last {len(tail)}; "
+            f"the whole log: {whole_url}]\n")
+    return note + tail.decode("utf-8", "replace")
 
 
 class HitCache:
@@ -67,7 +87,7 @@ class HitCache:
 
     def _load(self, project: str, build_id: str, signature: tuple[int, int, int]) -> Hit | None:
         raw = self.layout.read_info(project, build_id)
-        if raw is None or raw.get("ExitCode") != 0:
+        if raw is None or not servable(raw):
             return None  # failed builds are never served
         info = BuildInfo.from_json(raw)
         info.Cached, info.Coalesced = True, False

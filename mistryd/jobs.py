@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
 from .errors import BadRequest
-from .names import check_name
+from .names import check_name, is_scalar_text
 
 KEY_VERSION = 1
 IMAGE_BUILD_FAILED = -999  # upstream's exit code for "the container never ran"
@@ -29,6 +29,9 @@ class JobRequest:
             raise BadRequest("the request body must be a JSON object like {\"project\": \"hello\"}")
         lowered: dict[str, object] = {}
         for key, value in body.items():
+            if key.lower() in lowered:
+                raise BadRequest(f"field {key.lower()!r} is given twice (keys match "
+                                 "case-insensitively); send it once")
             lowered[key.lower()] = value
         unknown = set(lowered) - {"project", "params", "group", "rebuild"}
         if unknown:
@@ -54,6 +57,8 @@ class JobRequest:
             check_name("param key", key)
             if not isinstance(value, str):
                 raise BadRequest(f"param {key!r} must be a string, got {json.dumps(value)}")
+            if not is_scalar_text(value):
+                raise BadRequest(f"param {key!r} must be valid Unicode text (no lone surrogates)")
         rebuild = lowered.get("rebuild", False)
         if not isinstance(rebuild, bool):
             raise BadRequest("'rebuild' must be true or false")
@@ -61,7 +66,21 @@ class JobRequest:
 
     def key_params(self) -> dict[str, str]:
         """Params that identify the job: those whose key starts with '_' are opaque."""
-        return {k: v for k, v in sorted(self.params.items()) if not k.startswith("_")}
+        return public_params(self.params)
+
+    def opaque_params(self) -> dict[str, str]:
+        """The '_' params: secrets, for this request's container only. They are never part of
+        a key, an answer, the index's history or a page."""
+        return {k: v for k, v in sorted(self.params.items()) if is_opaque(k)}
+
+
+def is_opaque(param: str) -> bool:
+    return param.startswith("_")
+
+
+def public_params(params: dict[str, str]) -> dict[str, str]:
+    """`params` without the opaque ones, sorted: what may be stored, shown and answered."""
+    return {k: v for k, v in sorted(params.items()) if not is_opaque(k)}
 
 
 def job_key(request: JobRequest, fingerprint: str) -> str:
@@ -86,6 +105,21 @@ def _job_key(project: str, fingerprint: str, group: str, params: tuple) -> str:
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def record_status(raw: dict) -> str:
+    """A build record's status; records without one (upstream's) by their exit code."""
+    status = raw.get("Status")
+    if isinstance(status, str) and status:
+        return status
+    return "succeeded" if raw.get("ExitCode") == 0 else "failed"
+
+
+def servable(raw: dict) -> bool:
+    """The one definition of a build that may be answered from cache, joined as a group's
+    cache source or downloaded: it succeeded. A cancelled, refused or failed build is never
+    servable, whatever its exit code."""
+    return record_status(raw) == "succeeded" and raw.get("ExitCode") == 0
 
 
 def rfc3339(dt: datetime) -> str:
@@ -118,7 +152,7 @@ class BuildInfo:
 
     @property
     def succeeded(self) -> bool:
-        return self.ExitCode == 0
+        return servable(self.to_json())
 
     def to_json(self) -> dict:
         # by hand: dataclasses.asdict deep-copies recursively and shows up in every cache hit
@@ -129,7 +163,12 @@ class BuildInfo:
 
     @classmethod
     def from_json(cls, raw: dict) -> BuildInfo:
-        return cls(**{k: v for k, v in raw.items() if k in _FIELD_NAMES})
+        """From a record on disk or in the index. Opaque params of records written before they
+        were kept out are dropped here, so no reader can pass them on."""
+        info = cls(**{k: v for k, v in raw.items() if k in _FIELD_NAMES})
+        if isinstance(info.Params, dict):
+            info.Params = public_params(info.Params)
+        return info
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(BuildInfo))

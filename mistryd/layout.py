@@ -18,6 +18,8 @@ import os
 import threading
 from pathlib import Path
 
+from .jobs import servable
+
 STATE_DIR = ".mistryd"
 INFO_FILE = "build_info.json"
 LOG_FILE = "out.log"
@@ -45,6 +47,14 @@ class Layout:
             return self.root / project / "groups" / group
         return self.root / project / "latest"
 
+    def make_private(self) -> None:
+        """Other users of the host never reach into build_path: what builds leave there is
+        hostile (the review found setuid shells in artifacts), and the index holds every
+        build's params. The server's group keeps read access (an scp account can be put in it)."""
+        mode = self.root.stat().st_mode & 0o7777
+        if mode & 0o007:
+            os.chmod(self.root, mode & ~0o007)
+
     def state_dir(self) -> Path:
         return self.root / STATE_DIR
 
@@ -58,7 +68,7 @@ class Layout:
         if not resolved.is_dir():
             return None
         info = self.read_info(project, resolved.name)
-        return resolved if info is not None and info.get("ExitCode") == 0 else None
+        return resolved if info is not None and servable(info) else None
 
     def read_info(self, project: str, build_id: str) -> dict | None:
         try:
@@ -68,6 +78,32 @@ class Layout:
             return None
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None  # a damaged record is never served; the build runs again
+
+
+class BuildPathInUse(Exception):
+    """Another mistryd serves this build_path."""
+
+
+def lock_build_path(layout: Layout) -> int:
+    """Take the build_path for this process (an exclusive `flock` held until the descriptor is
+    closed, by `Server.stop` or by the process's end, a crash included). A second server on the
+    same build_path would remove the first one's pending builds and kill its containers."""
+    import fcntl
+
+    state = layout.state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise BuildPathInUse(f"build_path {layout.root} is in use by another mistryd (pid "
+                             f"{holder}); stop it first or give this one another build_path") \
+            from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def write_json_atomically(path: Path, value: dict) -> None:

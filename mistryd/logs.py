@@ -76,6 +76,8 @@ def read_lines(f: BinaryIO, offset: int, limit: int = 1 << 20) -> tuple[list[tup
     while (nl := chunk.find(b"\n", start)) >= 0:
         lines.append((offset + nl + 1, chunk[start:nl].decode("utf-8", "replace")))
         start = nl + 1
+    if start == 0 and len(chunk) == limit:  # one line longer than `limit`: send it in parts
+        return [(offset + limit, chunk.decode("utf-8", "replace"))], offset + limit
     return lines, offset + start
 
 
@@ -96,6 +98,9 @@ def follow(live: LiveLog | None, path: Path | None, offset: int,
                         f = open(source, "rb")
                     except FileNotFoundError:
                         return
+            # what the log held before this read: when the read ends in a partial line, wait
+            # for more than that (waiting for more than `offset` would return at once, for ever)
+            seen = live.size if live is not None else 0
             if f is not None:
                 lines, offset = read_lines(f, offset)
                 if lines:
@@ -109,8 +114,9 @@ def follow(live: LiveLog | None, path: Path | None, offset: int,
                         yield offset + len(rest), rest.decode("utf-8", "replace")
                 return
             assert live is not None
-            live.wait(offset, timeout=heartbeat)
-            if not live.finished and (live.path is None or live.size <= offset):
+            seen = max(seen, offset)
+            live.wait(seen, timeout=heartbeat)
+            if not live.finished and (live.path is None or live.size <= seen):
                 yield None
     finally:
         if f is not None:

@@ -68,5 +68,8 @@ class Metrics:
         self.running = Gauge("mistryd_jobs_running", "Builds running", registry=r)
         self.rejected = Counter("mistryd_jobs_rejected", "Requests refused because the backlog "
                                 "was full", registry=r)
+        self.builds_refused = Counter(
+            "mistryd_builds_refused", "Builds refused after they ran: their /data folders were "
+            "swapped for links or files", ["project"], registry=r)
         self.evicted = Counter("mistryd_builds_evicted", "Builds removed by garbage collection",
                                registry=r)

@@ -29,9 +29,29 @@ def name_problem(name: object) -> str | None:
         return "must not start with '.'"
     if ".." in name:
         return "must not contain '..'"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
         return "must not contain control characters"
+    if not is_scalar_text(name):
+        return "must be valid Unicode (no lone surrogates)"
+    if any(c in BIDI_CONTROLS for c in name):
+        return "must not contain bidirectional control characters"
     return None
+
+
+# Characters that reorder how text is displayed: a name that contains them can look like another
+# name in a log, a terminal or a web page.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                          "\u2066\u2067\u2068\u2069")
+
+
+def is_scalar_text(text: str) -> bool:
+    """Whether `text` is valid Unicode scalar text: JSON can carry lone UTF-16 surrogates
+    ("\\ud800"), which no file name, SQLite row or UTF-8 page can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_name(what: str, name: object) -> str:

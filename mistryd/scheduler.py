@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .builder import Job
-from .errors import Overloaded, ShuttingDown
+from .errors import Overloaded, ShuttingDown, Unavailable
 from .jobs import BuildInfo
 
 log = logging.getLogger("mistryd")
@@ -34,9 +34,13 @@ class Flight:
     result: BuildInfo | None = None
     running: bool = False
     cancelled: bool = False  # cancelled while queued: the worker that takes it skips it
+    error: Exception | None = None  # it could not be admitted (its record was not written)
 
     def wait(self, timeout: float | None = None) -> BuildInfo | None:
+        """The outcome; None when the server stopped first. Raises the admission error."""
         self.done.wait(timeout)
+        if self.error is not None:
+            raise self.error
         return self.result
 
 
@@ -50,7 +54,8 @@ class Scheduler:
     def __init__(self, run: Callable[[Job], BuildInfo], concurrency: int, backlog: int,
                  on_change: Callable[[int, int], None] | None = None,
                  on_queue: Callable[[Job], None] | None = None,
-                 on_cancel_queued: Callable[[Job], BuildInfo] | None = None):
+                 on_cancel_queued: Callable[[Job], BuildInfo] | None = None,
+                 blocked_on: Callable[[Job], threading.Event | None] | None = None):
         self._run = run
         self.concurrency = concurrency
         self.backlog = backlog
@@ -63,6 +68,9 @@ class Scheduler:
         self._on_change = on_change or (lambda queued, running: None)
         self._on_queue = on_queue or (lambda job: None)
         self._on_cancel_queued = on_cancel_queued
+        # what a job would wait for before it can use a worker (another job building its image):
+        # such a job is parked until then instead of holding a worker while it waits
+        self._blocked_on = blocked_on or (lambda job: None)
         self._workers: list[threading.Thread] = []
         self._closed = False
 
@@ -91,10 +99,26 @@ class Scheduler:
             if not admit and not may_queue(self._queued, self.backlog):
                 raise Overloaded()
             flight = Flight(job)
-            self._flights[key] = flight
+            self._flights[key] = flight  # identical requests join it from now on
             self._queued += 1
+        # Admission is transactional: the job is recorded before any worker can see it, and if
+        # the record cannot be written (a busy or full disk), nothing stays registered and
+        # whoever joined meanwhile gets the same error.
+        try:
+            self._on_queue(job)
+        except Exception as e:
+            with self._lock:
+                self._flights.pop(key, None)
+                self._queued -= 1
+            flight.error = e
+            flight.done.set()
+            raise
+        with self._lock:
+            cancelled_meanwhile = flight.cancelled
             self._changed()
-            self._on_queue(job)  # recorded before any worker can see it
+        if cancelled_meanwhile:  # its cancel was recorded before our "queued": record it again
+            self._record_cancel(flight)
+            return Ticket(flight, coalesced=False)
         self._queue.put(flight)
         return Ticket(flight, coalesced=False)
 
@@ -112,10 +136,21 @@ class Scheduler:
             self._flights.pop((project, build_id))
             self._queued -= 1
             self._changed()
-        if self._on_cancel_queued is not None:
-            flight.result = self._on_cancel_queued(flight.job)
-        flight.done.set()
+        self._record_cancel(flight)
         return flight
+
+    def _record_cancel(self, flight: Flight) -> None:
+        """A queued flight was cancelled: record it, and answer its waiters whatever happens."""
+        try:
+            if self._on_cancel_queued is not None:
+                flight.result = self._on_cancel_queued(flight.job)
+        except Exception as e:
+            log.exception("mistryd: could not record the cancel of %s/%s", flight.job.project,
+                          flight.job.id)
+            flight.error = Unavailable(f"the cancel was not recorded ({e}); it is cancelled "
+                                       "in this process only")
+        finally:
+            flight.done.set()
 
     def in_flight(self, project: str, build_id: str) -> Flight | None:
         return self._flights.get((project, build_id))
@@ -154,6 +189,12 @@ class Scheduler:
                     continue
                 if self._closed:  # stopping: leave it queued in the store for the next start
                     continue
+            if (blocker := self._blocked_on(flight.job)) is not None:
+                self._park(flight, blocker)
+                continue
+            with self._lock:
+                if flight.cancelled or self._closed:
+                    continue
                 self._queued -= 1
                 self._running += 1
                 flight.running = True
@@ -171,6 +212,17 @@ class Scheduler:
                     self._changed()
                     self._idle.notify_all()
                 flight.done.set()
+
+    def _park(self, flight: Flight, blocker: threading.Event) -> None:
+        """Queue `flight` again once `blocker` is set; it stays queued meanwhile (a cancel ends
+        it as usual), and no worker waits for it."""
+
+        def requeue() -> None:
+            blocker.wait()
+            self._queue.put(flight)
+
+        threading.Thread(target=requeue, daemon=True,
+                         name=f"mistryd-parked-{flight.job.id[:12]}").start()
 
     def _changed(self) -> None:
         self._on_change(self._queued, self._running)

@@ -4,24 +4,27 @@ answers the one question every entry point asks: `request(JobRequest)`."""
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
+import threading
 from datetime import datetime
 from pathlib import Path
 
 from .builder import Builder, Job
 from .config import Config
 from .docker_runner import DockerRunner
-from .errors import Conflict, MistryError, NotFound, Overloaded, ShuttingDown
+from .errors import ConfigError, Conflict, MistryError, NotFound, Overloaded, ShuttingDown, Unavailable
 from .gc import Collector, check_free_space
 from .hits import Hit, HitCache, wire_form
-from .jobs import BuildInfo, JobRequest, job_key
-from .layout import LOG_FILE, Layout
+from .jobs import BuildInfo, JobRequest, job_key, record_status
+from .layout import LOG_FILE, BuildPathInUse, Layout, lock_build_path
 from .metrics import Metrics
 from .projects import Projects
 from .scheduler import Scheduler, Ticket
 from .storage import make_storage
 from .store import BuildRow, Status, Store
 
-MAX_ATTEMPTS = 3  # a job interrupted this often (a crash loop?) is not queued again
+MAX_INTERRUPTIONS = 3  # a job cut short this often in a row (a crash loop?) is not queued again
 
 log = logging.getLogger("mistryd")
 
@@ -30,21 +33,29 @@ class Server:
     def __init__(self, config: Config, runner: DockerRunner | None = None):
         self.config = config
         self.layout = Layout(config.build_path)
+        self.layout.make_private()
         self.projects = Projects(config.projects_path)
         self.storage = make_storage(config.filesystem, config.build_path)
         self.store = Store(self.layout)
         self.hits = HitCache(self.layout)
         self.metrics = Metrics()
         self.runner = runner or DockerRunner(config)
-        self.builder = Builder(self.layout, self.store, self.storage, self.runner, self.metrics)
+        self.builder = Builder(self.layout, self.store, self.storage, self.runner, self.metrics,
+                               uid=config.container_uid, gid=config.container_gid)
         self.scheduler = Scheduler(self.builder.run, config.job_concurrency, config.backlog,
                                    on_change=self._queue_changed, on_queue=self._record_queued,
-                                   on_cancel_queued=self.builder.record_cancelled)
+                                   on_cancel_queued=self.builder.record_cancelled,
+                                   blocked_on=self._image_being_built)
 
     # --- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Clean what a previous process left, then take work."""
+        """Take build_path for this process, clean what a previous process left, then take
+        work. ConfigError when another mistryd holds build_path."""
+        try:
+            self._lock_fd = lock_build_path(self.layout)
+        except BuildPathInUse as e:
+            raise ConfigError("build_path", str(e)) from None
         self.recover()
         self.scheduler.start()
         self.collector = Collector.for_server(self)
@@ -60,6 +71,9 @@ class Server:
             collector.stop()
         self.scheduler.stop(self.config.shutdown_grace if grace is None else grace)
         self.store.flush_usage()
+        if (fd := getattr(self, "_lock_fd", None)) is not None:
+            os.close(fd)
+            self._lock_fd = None
 
     def recover(self) -> None:
         """After a crash or a stop: remove half-built folders and orphaned containers, then queue
@@ -78,17 +92,20 @@ class Server:
 
     def _resume(self, row: BuildRow) -> bool:
         """Queue an interrupted job again; False when it is recorded as ended instead."""
-        if row.attempts >= MAX_ATTEMPTS:
-            self.store.transition(row.project, row.id, Status.ABANDONED,
-                                  f"interrupted {row.attempts} times; not tried again")
-            return False
         done = self.layout.read_info(row.project, row.id)
         if done is not None and _same_run(done, row):  # it finished; only the index lagged
-            self.store.record_finished(row.project, row.id, Status(done.get("Status", "failed")),
-                                       done)
+            self.store.record_finished(row.project, row.id, Status(record_status(done)), done)
             return False
+        if row.status is Status.RUNNING:
+            interruptions = self.store.count_interruption(row.project, row.id)
+            if interruptions >= MAX_INTERRUPTIONS:
+                self.store.transition(row.project, row.id, Status.ABANDONED,
+                                      f"interrupted {interruptions} times in a row; "
+                                      "not tried again")
+                return False
         try:
-            job = self.make_job(JobRequest(row.project, row.params, row.group, row.rebuild))
+            job = self.make_job(JobRequest(row.project, {**row.params, **row.opaque}, row.group,
+                                           row.rebuild))
         except MistryError as e:
             self.store.transition(row.project, row.id, Status.FAILED,
                                   f"cannot run again after a restart: {e.message}")
@@ -142,8 +159,13 @@ class Server:
 
     def _record_queued(self, job: Job) -> None:
         r = job.request
-        self.store.record_queued(job.project, job.id, r.group, r.params, r.rebuild,
-                                 now=job.queued_at)
+        try:
+            self.store.record_queued(job.project, job.id, r.group, r.params, r.rebuild,
+                                     now=job.queued_at)
+        except (sqlite3.Error, OSError) as e:
+            log.error("mistryd: could not record job %s/%s: %s", job.project, job.id, e)
+            raise Unavailable(f"mistryd could not record the job in its index ({e}); nothing "
+                              "was started, try again later") from None
 
     def _hit(self, hit: Hit) -> Hit:
         self.metrics.cache_hits.labels(hit.info.Project).inc()
@@ -179,6 +201,9 @@ class Server:
         result = flight.wait(wait)
         if result is None:
             raise Conflict(f"build {project}/{build_id} is being cancelled; ask again later")
+        if result.Status != Status.CANCELLED.value:
+            raise Conflict(f"build {project}/{build_id} ended ({result.Status}) before the "
+                           "cancel took effect")
         return result
 
     def log_path(self, project: str, build_id: str) -> Path:
@@ -187,6 +212,10 @@ class Server:
     def with_log(self, info: BuildInfo) -> dict:
         """The wire form of a BuildInfo: with the whole log, as upstream answers."""
         return wire_form(self.layout, info)
+
+    def _image_being_built(self, job: Job) -> threading.Event | None:
+        """Set when another job's build of this job's image ends (None: nobody builds it)."""
+        return self.runner.image_build_in_progress(job.project, job.fingerprint)
 
     def _queue_changed(self, queued: int, running: int) -> None:
         self.metrics.queued.set(queued)

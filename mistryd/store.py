@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .jobs import is_opaque, public_params, record_status
 from .layout import INFO_FILE, Layout
 
 USAGE_FLUSH_SECONDS = 2.0
@@ -43,7 +44,7 @@ CREATE TABLE IF NOT EXISTS builds (
     exit_code   INTEGER,
     reason      TEXT NOT NULL DEFAULT '',
     rebuild     INTEGER NOT NULL DEFAULT 0,
-    attempts    INTEGER NOT NULL DEFAULT 0,
+    attempts    INTEGER NOT NULL DEFAULT 0,  -- consecutive interruptions (crashes while running)
     queued_at   REAL NOT NULL,
     started_at  REAL,
     finished_at REAL,
@@ -103,22 +104,26 @@ class BuildRow:
     exit_code: int | None
     reason: str
     rebuild: bool
-    attempts: int
+    interruptions: int  # consecutive runs a crash or stop cut short; 0 once it finishes
     queued_at: float
     started_at: float | None
     finished_at: float | None
     last_used: float
     info: dict | None
+    opaque: dict  # the '_' params, kept only while the job may still run; never shown
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> BuildRow:
+        info = json.loads(row["info"]) if row["info"] else None
+        if info is not None and isinstance(info.get("Params"), dict):  # rows of older versions
+            info["Params"] = public_params(info["Params"])
         return cls(
             project=row["project"], id=row["id"], group=row["grp"],
-            params=json.loads(row["params"]), status=Status(row["status"]),
+            params=public_params(json.loads(row["params"])), status=Status(row["status"]),
             exit_code=row["exit_code"], reason=row["reason"], rebuild=bool(row["rebuild"]),
-            attempts=row["attempts"], queued_at=row["queued_at"], started_at=row["started_at"],
-            finished_at=row["finished_at"], last_used=row["last_used"],
-            info=json.loads(row["info"]) if row["info"] else None,
+            interruptions=row["attempts"], queued_at=row["queued_at"], started_at=row["started_at"],
+            finished_at=row["finished_at"], last_used=row["last_used"], info=info,
+            opaque=json.loads(row["opaque"]),
         )
 
     @property
@@ -140,6 +145,7 @@ class Store:
         db = self._conn()
         db.executescript(SCHEMA)
         self._add_counts(db)
+        self._add_column(db, "opaque", "TEXT NOT NULL DEFAULT '{}'")
         if fresh:
             self.reindex_from_disk()
 
@@ -159,6 +165,17 @@ class Store:
             db.execute("ROLLBACK")
             raise
 
+    @staticmethod
+    def _add_column(db: sqlite3.Connection, column: str, kind: str) -> None:
+        have = {r["name"] for r in db.execute("PRAGMA table_info(builds)")}
+        if column in have:
+            return
+        try:
+            db.execute(f"ALTER TABLE builds ADD COLUMN {column} {kind}")
+        except sqlite3.OperationalError as e:  # another process added it meanwhile
+            if "duplicate column" not in str(e):
+                raise
+
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
@@ -168,6 +185,7 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA secure_delete=ON")  # opaque params leave no bytes behind
             self._local.conn = conn
         return conn
 
@@ -175,21 +193,26 @@ class Store:
 
     def record_queued(self, project: str, build_id: str, group: str, params: dict,
                       rebuild: bool, now: float | None = None) -> None:
+        """The opaque '_' params are kept apart (the job needs them if it runs after a restart)
+        and dropped when it finishes."""
         now = time.time() if now is None else now
+        opaque = {k: v for k, v in params.items() if is_opaque(k)}
         self._conn().execute(
-            """INSERT INTO builds (project, id, grp, params, status, rebuild, queued_at, last_used)
-               VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)
+            """INSERT INTO builds (project, id, grp, params, opaque, status, rebuild, queued_at,
+                                   last_used)
+               VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)
                ON CONFLICT (project, id) DO UPDATE SET
-                 status='queued', params=excluded.params, rebuild=excluded.rebuild,
-                 queued_at=excluded.queued_at, started_at=NULL, finished_at=NULL,
-                 exit_code=NULL, reason='', last_used=excluded.last_used""",
-            (project, build_id, group, json.dumps(params, sort_keys=True), int(rebuild), now, now),
+                 status='queued', params=excluded.params, opaque=excluded.opaque,
+                 rebuild=excluded.rebuild, queued_at=excluded.queued_at, started_at=NULL,
+                 finished_at=NULL, exit_code=NULL, reason='', last_used=excluded.last_used""",
+            (project, build_id, group, json.dumps(public_params(params)),
+             json.dumps(opaque, sort_keys=True), int(rebuild), now, now),
         )
 
     def record_running(self, project: str, build_id: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
         self._conn().execute(
-            "UPDATE builds SET status='running', started_at=?, attempts=attempts+1 "
+            "UPDATE builds SET status='running', started_at=? "
             "WHERE project=? AND id=?", (now, project, build_id),
         )
 
@@ -197,15 +220,17 @@ class Store:
                         reason: str = "", now: float | None = None) -> None:
         now = time.time() if now is None else now
         slim = {k: v for k, v in info.items() if k not in ("ContainerStdouterr",)}
+        slim["Params"] = public_params(slim.get("Params") or {})
         self._conn().execute(
             """INSERT INTO builds (project, id, grp, params, status, exit_code, reason, queued_at,
                                    started_at, finished_at, last_used, info, attempts)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)
                ON CONFLICT (project, id) DO UPDATE SET
                  status=excluded.status, exit_code=excluded.exit_code, reason=excluded.reason,
                  finished_at=excluded.finished_at, last_used=excluded.last_used,
-                 info=excluded.info""",
-            (project, build_id, info.get("Group", ""), json.dumps(info.get("Params", {})),
+                 info=excluded.info, opaque='{}', attempts=0""",
+            (project, build_id, info.get("Group", ""),
+             json.dumps(public_params(info.get("Params", {}))),
              status.value, info.get("ExitCode"), reason, now, now, now, now, json.dumps(slim)),
         )
 
@@ -240,6 +265,14 @@ class Store:
             "WHERE project=? AND id=? AND status IN ('queued', 'running')",
             (to.value, reason, time.time() if now is None else now, project, build_id))
         return cur.rowcount == 1
+
+    def count_interruption(self, project: str, build_id: str) -> int:
+        """A running build was cut short by a crash or a stop: count it; returns how many times
+        in a row that has happened."""
+        row = self._conn().execute(
+            "UPDATE builds SET attempts=attempts+1 WHERE project=? AND id=? RETURNING attempts",
+            (project, build_id)).fetchone()
+        return row[0] if row else 0
 
     def unfinished(self) -> list[BuildRow]:
         """Builds left queued or running (by a crash or a stop), oldest first."""
@@ -291,10 +324,25 @@ class Store:
                         raise
 
     def gc_rows(self) -> list[sqlite3.Row]:
-        self.flush_usage()
-        return self._conn().execute(
-            "SELECT project, id, grp, status, last_used, finished_at, size_bytes, size_of "
-            "FROM builds").fetchall()
+        try:
+            self.flush_usage()
+        except sqlite3.OperationalError:  # a full disk: plan with older uses; GC frees space
+            pass
+        return self._select_gc_rows(self._conn())
+
+    @staticmethod
+    def read_gc_rows(index_path: str) -> list[sqlite3.Row]:
+        """gc_rows without opening a Store and without writing (`mistryd gc` on a full disk).
+        An ordinary WAL connection must first make and grow the `-shm` file, which fails on a
+        full disk; a connection in exclusive locking mode keeps that index in its own memory.
+        While a server holds the index open (its `-shm` exists) the exclusive lock is refused,
+        and the index is read the ordinary way."""
+        try:
+            return Store._read_gc_rows_once(index_path, exclusive=True)
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+        return Store._read_gc_rows_once(index_path, exclusive=False)
 
     def record_size(self, project: str, build_id: str, size: int, finished_at: float) -> None:
         """The size of a finished build's folder; `size_of` says which finish it measured (a
@@ -303,6 +351,13 @@ class Store:
             "UPDATE builds SET size_bytes=?, size_of=? WHERE project=? AND id=? AND finished_at=?",
             (size, finished_at, project, build_id, finished_at))
 
+    def remeasure_group(self, project: str, group: str) -> None:
+        """Measure a group's builds again at the next pass: on Btrfs a snapshot is charged only
+        for what it does not share with older builds of its group, so when one of those goes,
+        the rest own more than they were charged for."""
+        self._conn().execute("UPDATE builds SET size_of=NULL WHERE project=? AND grp=?",
+                             (project, group))
+
     def forget_unused(self, project: str, build_id: str, last_used: float) -> bool:
         """Forget a finished build unless it was used or queued again after `last_used`;
         whoever deletes the row owns the eviction (a server and `mistryd gc` may race)."""
@@ -310,6 +365,42 @@ class Store:
             "DELETE FROM builds WHERE project=? AND id=? AND last_used<=? "
             "AND status NOT IN ('queued', 'running')", (project, build_id, last_used))
         return cur.rowcount == 1
+
+    def reindex_build(self, project: str, build_id: str) -> bool:
+        """Index one finished folder under ready/ that has no row (an eviction interrupted by
+        an older mistryd, or a copied-in build); False when it has a row or no readable record."""
+        if self.get(project, build_id) is not None:
+            return False
+        info_file = self.layout.ready(project, build_id) / INFO_FILE
+        try:
+            info = json.loads(info_file.read_text())
+            finished = info_file.stat().st_mtime
+        except (OSError, ValueError):
+            return False
+        self.record_finished(project, build_id, Status(record_status(info)), info, now=finished)
+        return True
+
+    _GC_COLUMNS = ("project", "id", "grp", "status", "last_used", "finished_at", "size_bytes",
+                   "size_of")
+
+    @staticmethod
+    def _select_gc_rows(db: sqlite3.Connection) -> list[sqlite3.Row]:
+        """The rows GC plans with; an index made before the size columns reads them as NULL."""
+        have = {r[1] for r in db.execute("PRAGMA table_info(builds)")}
+        columns = ", ".join(c if c in have else f"NULL AS {c}" for c in Store._GC_COLUMNS)
+        return db.execute(f"SELECT {columns} FROM builds").fetchall()
+
+    @staticmethod
+    def _read_gc_rows_once(index_path: str, exclusive: bool) -> list[sqlite3.Row]:
+        db = sqlite3.connect(f"file:{index_path}?mode=rw", uri=True, isolation_level=None,
+                             timeout=0.2 if exclusive else 30)
+        try:
+            db.row_factory = sqlite3.Row
+            if exclusive:
+                db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            return Store._select_gc_rows(db)
+        finally:
+            db.close()
 
     # --- recovery -----------------------------------------------------------------------------
 
@@ -323,8 +414,7 @@ class Store:
             except (OSError, ValueError):
                 continue
             project, build_id = info_file.parent.parent.parent.name, info_file.parent.name
-            status = Status(info.get("Status") or ("succeeded" if info.get("ExitCode") == 0
-                                                   else "failed"))
+            status = Status(record_status(info))
             started = info_file.stat().st_mtime
             self.record_finished(project, build_id, status, info, now=started)
             count += 1

@@ -19,6 +19,7 @@ import requests
 from support import copy_project
 
 from mistryd.config import from_dict
+from mistryd.docker_runner import remove_instance_images
 from mistryd.server import Server
 from mistryd.web import create_app
 from mistryd.web.http import make_http_server, stop_http_server
@@ -98,6 +99,7 @@ class RunningServer:
         self.server.stop(grace=0)  # first, so that waiting requests get their answers
         stop_http_server(self._http)
         self._thread.join(5)
+        remove_instance_images(self.build_path)  # image tags are per server: no pile-up
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 
 from .. import history
+from ..jobs import record_status
 from ..names import name_problem
 from ..server import Server
 from ..store import BuildRow, Status
@@ -189,10 +190,9 @@ def build_page(srv: Server, project: str, build_id: str) -> BuildPage | None:
         status, params, group = row.status.value, row.params, row.group
     elif job is not None:
         status = "running" if flight is not None and flight.running else "queued"
-        params, group = job.request.params, job.request.group
+        params, group = job.request.key_params(), job.request.group
     else:  # a finished folder the index does not know (yet)
-        status = str(info.get("Status") or ("succeeded" if info.get("ExitCode") == 0
-                                             else "failed"))
+        status = record_status(info)
         params, group = info.get("Params") or {}, info.get("Group") or ""
 
     log = LogTail()

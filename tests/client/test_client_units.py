@@ -88,3 +88,9 @@ def test_manifest_may_not_put_files_beneath_a_symlink():
                {"path": "link/passwd", "type": "file", "size": 1, "sha256": "0"}]
     with pytest.raises(TransferError, match="beneath a symlink"):
         _checked_entries(entries)
+
+
+def test_log_text_cannot_drive_the_terminal():
+    from mistry_client.terminal import terminal_safe
+
+    assert terminal_safe("\x1b]0;owned\x07red \x1b[31mtext\x9b2J\ttab\r") == "]0;ownedred [31mtext2J\ttab"

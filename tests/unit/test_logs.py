@@ -40,3 +40,43 @@ def test_finished_stream_replays_and_ends(tmp_path):
     events = "".join(sse_stream(None, path, 0, {"status": "failed"}))
     assert "data: x\n" in events and "data: y\n" in events
     assert events.endswith('event: end\ndata: {"status": "failed"}\n\n')
+
+
+class CountingLog(LiveLog):
+    """A LiveLog that counts how often a follower waits on it."""
+
+    waits = 0
+
+    def wait(self, seen_size: int, timeout: float) -> None:
+        self.waits += 1
+        super().wait(seen_size, timeout)
+
+
+def test_a_partial_last_line_does_not_make_the_follower_spin(tmp_path):
+    """Docker splits lines longer than 16 KiB, so logs often end in a partial line for a while:
+    the follower must sleep until more comes, not re-read in a loop (it did, at 100% CPU)."""
+    import threading
+    import time
+
+    live = CountingLog()
+    live.open(tmp_path / "out.log")
+    live.write(b"a whole line\npartial")
+    got = []
+    follower = threading.Thread(target=lambda: got.extend(follow(live, None, 0, heartbeat=5)))
+    follower.start()
+    time.sleep(0.5)
+    assert live.waits <= 2, f"the follower woke {live.waits} times in 0.5 s with nothing new"
+    live.write(b" line\n")
+    live.finish()
+    follower.join(5)
+    assert [text for _, text in got if text is not None] == ["a whole line", "partial line"]
+
+
+def test_a_line_longer_than_a_read_comes_in_parts(tmp_path):
+    from mistryd.logs import read_lines
+
+    path = tmp_path / "out.log"
+    path.write_bytes(b"x" * 100 + b"\n")
+    with open(path, "rb") as f:
+        lines, offset = read_lines(f, 0, limit=40)
+        assert lines == [(40, "x" * 40)] and offset == 40

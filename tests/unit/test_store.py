@@ -32,3 +32,31 @@ def test_counts_of_an_index_made_before_they_existed(tmp_path):
                      "DROP TRIGGER build_counts_update; DROP TABLE build_counts;")
     again = Store(Layout(tmp_path))
     assert again.status_counts()["failed"] == 1
+
+
+def test_interruptions_count_crashes_in_a_row_not_runs(tmp_path):
+    """A build rebuilt twice and then cut short once has been interrupted once, not three
+    times (it was abandoned after its first real crash)."""
+    store = Store(Layout(tmp_path))
+    for _ in range(3):  # built, then rebuilt twice: three runs, no interruption
+        store.record_queued("p", "a", "", {}, True)
+        store.record_running("p", "a")
+        store.record_finished("p", "a", Status.SUCCEEDED, {"ExitCode": 0})
+    store.record_queued("p", "a", "", {}, True)
+    store.record_running("p", "a")
+    assert store.count_interruption("p", "a") == 1
+    assert store.count_interruption("p", "a") == 2
+    store.record_finished("p", "a", Status.SUCCEEDED, {"ExitCode": 0})
+    assert store.get("p", "a").interruptions == 0
+
+
+def test_opaque_params_are_kept_apart_and_dropped_at_the_end(tmp_path):
+    store = Store(Layout(tmp_path))
+    store.record_queued("p", "a", "", {"env": "prod", "_token": "secret"}, False)
+    row = store.get("p", "a")
+    assert row.params == {"env": "prod"} and row.opaque == {"_token": "secret"}
+    store.record_finished("p", "a", Status.SUCCEEDED,
+                          {"ExitCode": 0, "Params": {"env": "prod", "_token": "secret"}})
+    row = store.get("p", "a")
+    assert row.opaque == {} and row.info["Params"] == {"env": "prod"}
+    assert "secret" not in str(store._conn().execute("SELECT * FROM builds").fetchall())
