@@ -12,6 +12,7 @@ from .api import Client
 from .durations import format_duration, parse_duration
 from .errors import EXIT_BUILD_FAILED, EXIT_OK, EXIT_USAGE, BuildTimeout, ClientError
 from .params import ParamError, parse_params
+from .terminal import terminal_safe
 from .transports import TRANSPORTS, HttpTransport, RsyncTransport, ScpTransport
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -81,7 +82,8 @@ def main() -> None:
 @_server_options
 @click.option("--transport", type=click.Choice(TRANSPORTS), default="http", show_default=True,
               help="How artifacts are fetched: http (verified), rsync (daemon) or scp (ssh).")
-@click.option("--transport-user", default=None, help="User name for rsync/scp.")
+@click.option("--transport-user", default=None, help="User name for rsync/scp (rsync to a "
+              "server with tokens: the token's name; the token is the password).")
 @click.option("--transport-port", type=click.IntRange(1, 65535), default=None,
               envvar="MISTRY_TRANSPORT_PORT",
               help="Port of the rsync daemon (873) or sshd (22). Not in upstream.")
@@ -92,6 +94,8 @@ def main() -> None:
 @click.option("--rebuild", is_flag=True, help="Build again even when a result is cached, and "
               "rebuild the image.")
 @click.option("--clear-target", is_flag=True, help="Empty the target folder first.")
+@click.option("--keep-special-bits", is_flag=True, help="Keep setuid, setgid and sticky bits of "
+              "downloaded files (by default files get their permission bits only).")
 @click.option("--timeout", type=Duration(), default="60m", show_default=True,
               help="How long to wait for the build (Go durations: 90s, 5m, 1h30m).")
 @click.option("--verbose", "-v", is_flag=True, help="Stream the build log while waiting.")
@@ -99,7 +103,8 @@ def main() -> None:
               "and nothing else there.")
 @click.argument("params", nargs=-1, type=click.UNPROCESSED, metavar="[-- --KEY VALUE ...]")
 def build(project, group, target, host, port, transport, transport_user, transport_port,
-          transport_args, no_wait, rebuild, clear_target, timeout, verbose, json_result, params):
+          transport_args, no_wait, rebuild, clear_target, keep_special_bits, timeout, verbose,
+          json_result, params):
     """Build PROJECT on the server and fetch its artifacts into --target.
 
     Params follow `--`: `--key value`, `--key=value` or `key=value`; a value `@file` is that
@@ -119,7 +124,8 @@ def build(project, group, target, host, port, transport, transport_user, transpo
             if json_result:
                 click.echo(json.dumps({"ID": job.id, "URL": job.url, "Cached": job.cached}))
             sys.exit(EXIT_OK)
-        on_line = (lambda line: click.echo(line, err=json_result)) if verbose else None
+        on_line = (lambda line: click.echo(terminal_safe(line), err=json_result)) \
+            if verbose else None
         try:
             info = client.wait(project, job.id, timeout, on_line)
         except BuildTimeout:
@@ -137,7 +143,8 @@ def build(project, group, target, host, port, transport, transport_user, transpo
                 click.echo(detail.rstrip("\n"), err=True)
             sys.exit(EXIT_BUILD_FAILED)
         transporter = _transport(client, transport, host, transport_user, transport_port,
-                                 transport_args, progress=sys.stderr.isatty())
+                                 transport_args, progress=sys.stderr.isatty(),
+                                 keep_special_bits=keep_special_bits)
         transporter.fetch(info, Path(target), clear_target)
         if json_result:
             click.echo(json.dumps(info, indent=2))
@@ -155,12 +162,18 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def _transport(client, name, host, user, port, extra, progress):
+def _transport(client, name, host, user, port, extra, progress, keep_special_bits):
     if name == "rsync":
-        return RsyncTransport(host, user, port, extra)
+        token = click.get_current_context().meta.get("mistry.token")
+        return RsyncTransport(host, user, port, extra, token=token,
+                              keep_special_bits=keep_special_bits)
     if name == "scp":
         return ScpTransport(host, user, port, extra)
-    return HttpTransport(client, progress=progress)
+    return HttpTransport(client, progress=progress, keep_special_bits=keep_special_bits)
+
+
+def print_log_line(line: str) -> None:
+    click.echo(terminal_safe(line))
 
 
 class _Say:
@@ -207,12 +220,12 @@ def logs(host, port, follow, project, build_id):
     """Print a build's log (with -f: follow it live until the build ends)."""
     client = _client(host, port)
     if follow:
-        client.follow_log(project, build_id, on_line=click.echo)
+        client.follow_log(project, build_id, on_line=print_log_line)
         return
     view = client.job(project, build_id)
     if view.get("State") == "ready":
         text = (view.get("BuildInfo") or {}).get("ContainerStdouterr") or ""
-        click.echo(text, nl=False)
+        click.echo("\n".join(terminal_safe(line) for line in text.split("\n")), nl=False)
     else:  # running: what is there so far, then stop
         _print_log_so_far(client, project, build_id)
 
@@ -222,7 +235,7 @@ def _print_log_so_far(client: Client, project: str, build_id: str) -> None:
 
     # the stream of a running build never ends by itself: read until it goes quiet briefly
     try:
-        client.follow_log(project, build_id, on_line=click.echo,
+        client.follow_log(project, build_id, on_line=print_log_line,
                           deadline=time.monotonic() + 1.0)
     except BuildTimeout:
         pass

@@ -29,9 +29,12 @@ class HttpTransport:
     """GET the manifest, then each file (resuming with Range after a dropped connection) into a
     staging folder; every size and sha256 must match before anything moves into the target."""
 
-    def __init__(self, client: Client, progress: bool = False):
+    def __init__(self, client: Client, progress: bool = False, keep_special_bits: bool = False):
         self.client = client
         self.progress = progress
+        # setuid, setgid and sticky bits come along only when asked for (--keep-special-bits):
+        # a build is untrusted, and a setuid file in a target folder is a way to root
+        self.mode_mask = 0o7777 if keep_special_bits else 0o777
 
     def fetch(self, info: dict, target: str | Path, clear_target: bool = False) -> None:
         project, build_id = info["Project"], info["ID"]
@@ -53,10 +56,10 @@ class HttpTransport:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     os.symlink(entry["target"], dest)
                 elif entry["type"] == "file":
-                    os.chmod(dest, entry.get("mode", 0o644) & 0o7777)
+                    os.chmod(dest, entry.get("mode", 0o644) & self.mode_mask)
             for entry in reversed(entries):  # deepest first: a read-only dir is set last
                 if entry["type"] == "dir":
-                    os.chmod(staging.path / entry["path"], entry.get("mode", 0o755) & 0o7777)
+                    os.chmod(staging.path / entry["path"], entry.get("mode", 0o755) & self.mode_mask)
             staging.commit(clear_target)
 
     def _download(self, project: str, build_id: str, entry: dict, dest: Path, bar) -> None:
@@ -156,6 +159,10 @@ class CommandTransport:
     def command(self, info: dict, target: Path) -> list[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        """The command's environment; None: this process's."""
+        return None
+
     def fetch(self, info: dict, target: str | Path, clear_target: bool = False) -> None:
         target = Path(target)
         program = self.command(info, target)[0]
@@ -165,19 +172,36 @@ class CommandTransport:
         if clear_target:
             empty_folder(target)
         out = subprocess.run(self.command(info, target), check=False, stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=self.environment())
         if out.returncode != 0:
             raise TransferError(f"{self.name} failed (exit code {out.returncode}): "
                                 f"{out.stderr.strip()}")
 
 
 class RsyncTransport(CommandTransport):
+    """A server with tokens asks its rsync daemon's users for a login: --transport-user is the
+    token's name, and the token (--token, MISTRY_TOKEN) goes to rsync as RSYNC_PASSWORD."""
+
     name = "rsync"
+
+    def __init__(self, host: str, user: str | None = None, port: int | None = None,
+                 extra_args: tuple[str, ...] = (), token: str | None = None,
+                 keep_special_bits: bool = False):
+        super().__init__(host, user, port, extra_args)
+        self.token = token
+        self.keep_special_bits = keep_special_bits
+
+    def environment(self) -> dict[str, str] | None:
+        if not self.token:
+            return None  # an RSYNC_PASSWORD of the caller's own still applies
+        return {**os.environ, "RSYNC_PASSWORD": self.token}
 
     def command(self, info: dict, target: Path) -> list[str]:
         src = f"{self.remote()}::mistry/{info['Project']}/ready/{info['ID']}/data/artifacts/"
         port = [f"--port={self.port}"] if self.port else []
-        return ["rsync", "-rtlp", *port, *self.extra_args, src, f"{target}/"]
+        # -p as upstream, but no setuid/setgid bits unless asked (--keep-special-bits)
+        chmod = [] if self.keep_special_bits else ["--chmod=ug-s"]
+        return ["rsync", "-rtlp", *chmod, *port, *self.extra_args, src, f"{target}/"]
 
 
 class ScpTransport(CommandTransport):

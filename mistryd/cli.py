@@ -3,6 +3,7 @@ config) or 1 (the work itself failed)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -54,21 +55,32 @@ def main(ctx: click.Context, config_path, addr, filesystem):
 
 
 def serve(config: Config) -> None:
+    from .gc import startup_disk_problem
     from .server import Server
     from .web import create_app
     from .web.auth import startup_warning
     from .web.http import make_http_server, stop_http_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if problem := startup_disk_problem(config.build_path):
+        click.echo(f"mistryd: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
     try:
         server = Server(config)
+        # the port first, then build_path's lock, and only then recovery: a second `mistryd`
+        # must not touch the first one's builds before it finds out that it cannot serve
+        http = make_http_server(create_app(server), config)
         server.start()
     except MistryError as e:
         click.echo(f"mistryd: {e.message}", err=True)
         sys.exit(EXIT_USAGE)
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise
+        click.echo(f"mistryd: config: addr: {config.addr} is already in use (another mistryd? "
+                   "see `ss -ltnp`); choose another with --addr", err=True)
+        sys.exit(EXIT_USAGE)
     rsyncd = _start_rsyncd(config, server)
-    app = create_app(server)
-    http = make_http_server(app, config)
     if warning := startup_warning(config):
         logging.getLogger("mistryd").warning(warning)
 
@@ -100,15 +112,17 @@ def serve(config: Config) -> None:
 
 
 def _start_rsyncd(config: Config, server):
-    """The read-only rsync daemon of config `rsync_addr`, or None when it is off."""
+    """The read-only rsync daemon of config `rsync_addr`, or None when it is off. With tokens
+    (and no anonymous reads) it asks for a login: a token's name and the token."""
     if config.rsync_addr is None:
         return None
     from .config import split_addr
-    from .rsyncd import RsyncDaemon
+    from .rsyncd import RsyncDaemon, rsync_users
 
     host, port = split_addr(config.rsync_addr)
-    rsyncd = RsyncDaemon(config.build_path, host, port)
     try:
+        users = rsync_users(config.tokens) if config.tokens and not config.anonymous_read else None
+        rsyncd = RsyncDaemon(config.build_path, host, port, users)
         rsyncd.start()
     except RuntimeError as e:
         server.stop()
@@ -125,8 +139,9 @@ def _start_rsyncd(config: Config, server):
 @click.option("--verbose", "-v", is_flag=True, help="Show docker's build output.")
 @click.pass_context
 def rebuild(ctx, config_path, addr, filesystem, projects, fail_fast, verbose):
-    """Rebuild project images without Docker's layer cache, then prune our old images."""
-    from .docker_runner import DockerRunner, ImageBuildError, image_tag
+    """Rebuild project images without Docker's layer cache, then prune this server's old images
+    (never those of another mistryd on the same engine)."""
+    from .docker_runner import DockerRunner, ImageBuildError
     from .projects import Projects
 
     config = _load(ctx, config_path, addr, filesystem)
@@ -141,10 +156,10 @@ def rebuild(ctx, config_path, addr, filesystem, projects, fail_fast, verbose):
     failed = []
     for name, path in paths.items():
         click.echo(f"Rebuilding {name}...", err=True)
-        tag = image_tag(name, known.fingerprint(name))
-        try:
+        tag = runner.image_tag(name, known.fingerprint(name))
+        try:  # under the project's limits and build_timeout, as the server builds it
             runner.build_image(name, path, tag, _Console(verbose), nocache=True,
-                               pull=config.pull_base)
+                               pull=config.pull_base, settings=config.for_project(name))
         except ImageBuildError as e:
             failed.append(name)
             click.echo(f"mistryd: the image of '{name}' did not build: {e}", err=True)
@@ -164,13 +179,20 @@ def rebuild(ctx, config_path, addr, filesystem, projects, fail_fast, verbose):
 def gc(ctx, config_path, addr, filesystem, dry_run):
     """Remove builds over max_build_bytes or older than max_build_age now, least recently used
     first (safe while the server runs)."""
+    import sqlite3
+
     from .gc import collect
 
     config = _load(ctx, config_path, addr, filesystem)
     if config.max_build_bytes is None and config.max_build_age is None:
         click.echo("Nothing to do: set max_build_bytes or max_build_age in the config.")
         return
-    for line in collect(config, dry_run=dry_run).lines():
+    try:
+        report = collect(config, dry_run=dry_run)
+    except (OSError, sqlite3.Error) as e:
+        click.echo(f"mistryd: gc: cannot collect in build_path={config.build_path}: {e}", err=True)
+        sys.exit(1)
+    for line in report.lines():
         click.echo(line)
 
 class _Console:

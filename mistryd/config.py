@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,9 @@ DEFAULT_ADDR = "127.0.0.1:8462"
 
 
 ROLES = ("read", "build", "admin")
+# The uid builds run as when mistryd runs as root and `uid` is not set: unprivileged, owned by no
+# account on a usual system (65532 is the "nonroot" of distroless images).
+BUILD_UID = 65532
 PROJECT_KEYS = {"build_timeout": int, "memory": str, "cpus": (int, float), "pids_limit": int,
                 "network_mode": str}
 
@@ -48,7 +52,7 @@ class Config:
     filesystem: str = "auto"
     network_mode: str = "bridge"
     container_env: dict[str, str] = field(default_factory=dict)
-    uid: int | None = None  # None: the server's own uid, as upstream
+    uid: int | None = None  # None: the server's own uid, as upstream; BUILD_UID instead of root
     pull_base: bool = False  # `rebuild` pulls base images only when asked: there may be no registry
     http_threads: int = 128
     max_body_bytes: int = 1 << 20
@@ -69,6 +73,9 @@ class Config:
     # access
     tokens: tuple[Token, ...] = ()
     anonymous_read: bool = False
+    # Host names (HOST or HOST:PORT) this server answers to besides its listen address and
+    # loopback, e.g. the name a reverse proxy forwards: other names are refused (DNS rebinding)
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def backlog(self) -> int:
@@ -76,7 +83,16 @@ class Config:
 
     @property
     def container_uid(self) -> int:
-        return self.uid if self.uid is not None else os.getuid()
+        """Who builds run as: config `uid`, else the server's own uid as upstream, except that a
+        server running as root never runs builds as root (BUILD_UID instead)."""
+        if self.uid is not None:
+            return self.uid
+        return BUILD_UID if os.getuid() == 0 else os.getuid()
+
+    @property
+    def container_gid(self) -> int:
+        """The builds' group: their own (never root's group) when mistryd runs as root."""
+        return self.container_uid if os.getuid() == 0 else os.getgid()
 
     def for_project(self, project: str) -> ProjectSettings:
         o = self.projects.get(project, {})
@@ -126,7 +142,7 @@ _FIELDS = {
     "max_body_bytes": int, "rsync_addr": str, "build_timeout": int, "memory": str,
     "cpus": (int, float), "pids_limit": int, "cap_add": list, "projects": dict,
     "shutdown_grace": int, "max_build_bytes": int, "max_build_age": int, "gc_interval": int,
-    "min_free_bytes": int, "tokens": list, "anonymous_read": bool,
+    "min_free_bytes": int, "tokens": list, "anonymous_read": bool, "allowed_hosts": list,
 }
 _NULLABLE = {"rsync_addr", "memory", "cpus", "pids_limit", "max_build_bytes", "max_build_age",
              "job_backlog", "uid"}
@@ -196,10 +212,11 @@ def from_dict(raw: dict, base: Path | None = None) -> Config:
         if not isinstance(cap, str) or not cap.isupper():
             raise ConfigError("cap_add", f"{json.dumps(cap)} is not a capability like \"CHOWN\"")
     values = {k: v for k, v in raw.items()
-              if k not in ("projects_path", "build_path", "mounts", "tokens", "cap_add")}
+              if k not in ("projects_path", "build_path", "mounts", "tokens", "cap_add",
+                           "allowed_hosts")}
     cfg = Config(projects_path=projects_path, build_path=build_path, mounts=mounts,
                  tokens=_tokens(raw.get("tokens", [])), cap_add=tuple(raw.get("cap_add", [])),
-                 **values)
+                 allowed_hosts=_allowed_hosts(raw.get("allowed_hosts", [])), **values)
     split_addr(cfg.addr)
     if cfg.rsync_addr is not None:
         try:
@@ -221,6 +238,22 @@ def _check_project_overrides(name: str, overrides) -> None:
             _check_type(f"{where}.{key}", value, PROJECT_KEYS[key])
     if overrides.get("network_mode", "bridge") not in NETWORK_MODES:
         raise ConfigError(f"{where}.network_mode", f"must be one of {', '.join(NETWORK_MODES)}")
+
+
+_HOST_ENTRY = re.compile(r"(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def _allowed_hosts(raw: list) -> tuple[str, ...]:
+    """`allowed_hosts`: ["builds.example.org", "proxy.lan:8080"], kept lower-case."""
+    hosts = []
+    for i, entry in enumerate(raw):
+        host = entry.strip().lower().rstrip(".") if isinstance(entry, str) else ""
+        if not _HOST_ENTRY.fullmatch(host):
+            raise ConfigError(f"allowed_hosts[{i}]",
+                              f"{json.dumps(entry)} is not a host name like \"builds.example.org\" "
+                              "or \"builds.example.org:8462\"")
+        hosts.append(host)
+    return tuple(hosts)
 
 
 def _tokens(raw: list) -> tuple[Token, ...]:

@@ -25,6 +25,19 @@ from mistryd.web import create_app
 from mistryd.web.http import make_http_server, stop_http_server
 
 
+def pytest_collection_modifyitems(items):
+    """Markers follow the fixtures a test really uses, so `pytest -m "not docker"` is an honest,
+    fast subset (pure logic and real files only) and `-m "not btrfs"` needs no loop device."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & {"docker_engine", "start_server"}:
+            item.add_marker(pytest.mark.docker)
+        callspec = getattr(item, "callspec", None)
+        on_btrfs = callspec is not None and callspec.params.get("fs_kind") == "btrfs"
+        if "btrfs_root" in used or on_btrfs:
+            item.add_marker(pytest.mark.btrfs)
+
+
 @pytest.fixture(scope="session")
 def docker_engine():
     """The Docker engine must answer: `make test` starts it."""
@@ -57,11 +70,12 @@ def fs_kind(request):
 
 
 @pytest.fixture
-def build_root(request, tmp_path, btrfs_root):
-    """A fresh build_path on the file system the test asks for (plain by default)."""
+def build_root(request, tmp_path):
+    """A fresh build_path on the file system the test asks for (plain by default); the loopback
+    Btrfs is made only for tests that ask for it."""
     kind = request.getfixturevalue("fs_kind") if "fs_kind" in request.fixturenames else "plain"
     if kind == "btrfs":
-        path = btrfs_root / f"builds-{uuid.uuid4().hex[:8]}"
+        path = request.getfixturevalue("btrfs_root") / f"builds-{uuid.uuid4().hex[:8]}"
         path.mkdir()
         yield path
         subprocess.run(["btrfs", "subvolume", "list", "-o", str(path)], capture_output=True)

@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import MistryError
 from ..server import Server
+from .http import SECURITY_HEADERS
 
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
 
@@ -44,6 +45,12 @@ def create_app(server: Server) -> Flask:
         response.status_code = e.code or 500
         if e.code == 405 and e.valid_methods:
             response.headers["Allow"] = ", ".join(e.valid_methods)
+        return response
+
+    @app.after_request
+    def security_headers(response):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
         return response
 
     return app

@@ -43,13 +43,20 @@ def _json_body() -> object:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"the request body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise BadRequest("the request body nests too deeply; a job is a flat JSON object like "
+                         "{\"project\": \"hello\", \"params\": {\"k\": \"v\"}}") from None
 
 
 @bp.get("/index/")
 def index():
     srv = server()
-    limit = request.args.get("limit", type=int, default=-1)
-    rows = srv.store.query(limit=limit)
+    raw = request.args.get("limit", "").strip()
+    # SQLite's LIMIT is a 64-bit integer: a longer number would be a 500, not an answer
+    if raw and not re.fullmatch(r"-?[0-9]{1,18}", raw):
+        raise BadRequest(f"limit must be a whole number (at most 18 digits), got {raw[:30]!r}; "
+                         "leave it out (or negative) for every build")
+    rows = srv.store.query(limit=int(raw or -1))
     return jsonify([
         {"id": r.id, "project": r.project, "startedAt": (r.info or {}).get("StartedAt"),
          "buildInfo": r.info, "state": r.state, "status": r.status.value}

@@ -9,12 +9,19 @@ and the cookie already covers the browser's page loads and its EventSource.
 
 With no tokens configured the server is open, as upstream. Tokens are compared in constant time
 (every configured token, every time) and never appear in a log line or an error message.
+
+Two checks run before the role check, whatever the tokens, because a browser can be made to send
+requests from any web page: the Host must be one this server answers to (a DNS name that an
+attacker points at 127.0.0.1 would otherwise read everything), and a write a browser sends from
+another origin (`Origin` or `Sec-Fetch-Site` tells) is refused. Clients other than browsers (curl,
+upstream's Go client, `mistry`) send neither header and are not affected.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -78,9 +85,12 @@ def startup_warning(config: Config) -> str | None:
     """What `mistryd` warns about at start-up when it is open to more than this machine."""
     if config.tokens or not listens_beyond_loopback(config.host):
         return None
+    hosts = ("" if config.allowed_hosts or config.host not in WILDCARD_HOSTS else
+             "; and set `allowed_hosts` to the names clients use, so that web pages cannot reach "
+             "it through a name of their own (DNS rebinding)")
     return (f"no API tokens are configured and mistryd listens on {config.host}: anyone who can "
             "reach it may build and read everything; add `tokens` to the config "
-            "(see README, Access control)")
+            f"(see README, Access control){hosts}")
 
 
 @dataclass(frozen=True)
@@ -163,20 +173,137 @@ def check_access():
 
 
 def _same_origin() -> bool:
-    """Whether the request's Origin is this server's host and port. The scheme is left out: a
-    proxy that ends TLS in front of mistryd makes it differ, and host:port is what tells sites
-    on the same machine apart."""
+    """Whether the request carries an Origin and it is this server's own."""
     origin = request.headers.get("Origin")
-    if not origin:
-        return False
-    return urlsplit(origin).netloc.lower() == request.host.lower()
+    return bool(origin) and same_origin(origin, request.host)
 
 
-def _local_next(value: str | None) -> str:
-    """Where to go after logging in: a path on this server only, never another site."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+def local_next(value: str | None) -> str:
+    """Where to go after logging in: a path on this server only, never another site. Browsers
+    drop tabs and newlines from URLs and read a backslash as a slash, so `/\t/evil` and `/\\evil`
+    would leave the site: any such character refuses the value."""
+    if not value or not value.startswith("/") or "\\" in value:
+        return "/"
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        return "/"
+    if value.startswith("//") or urlsplit(value).netloc or urlsplit(value).scheme:
         return "/"
     return value
+
+
+# --- which hosts and origins may talk to this server ------------------------------------------
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """A Host header (or an origin's netloc) as (lower-case name, port or None); None when it is
+    not HOST[:PORT]. IPv6 addresses keep no brackets."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, bracket, rest = value[1:].partition("]")
+        if not bracket:
+            return None
+    else:
+        name, colon, port = value.partition(":")
+        rest = colon + port
+    if rest and not re.fullmatch(r":[0-9]{1,5}", rest):
+        return None
+    name = name.rstrip(".")
+    if not name or not re.fullmatch(r"[a-z0-9_.:-]+", name) or (":" in name and not _is_ip(name)):
+        return None
+    return name, int(rest[1:]) if rest else None
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def host_allowed(host: str, listen_host: str, allowed_hosts: tuple[str, ...]) -> bool:
+    """Whether this server answers a request addressed to `host` (a Host header). DNS rebinding
+    needs a name the attacker controls, so these are always safe: an address (a browser sends one
+    only when the page's own origin is that address), `localhost` and `*.localhost` (browsers
+    resolve them to loopback themselves), and the listen address. Names are allowed by
+    `allowed_hosts`; a server listening on every interface without `allowed_hosts` cannot know
+    the names it is reached by and answers them all, as before."""
+    parsed = split_host(host)
+    if parsed is None:
+        return False
+    name, port = parsed
+    if _is_ip(name) or name == "localhost" or name.endswith(".localhost"):
+        return True
+    if name == listen_host.lower().rstrip("."):
+        return True
+    for entry in allowed_hosts:
+        allowed = split_host(entry)
+        if allowed is not None and allowed[0] == name and allowed[1] in (None, port):
+            return True
+    return listen_host in WILDCARD_HOSTS and not allowed_hosts
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Whether a browser's Origin (scheme://host[:port]) is the server the request was addressed
+    to (its Host header). The scheme is left out: a proxy that ends TLS in front of mistryd makes
+    it differ, and host:port is what tells sites on the same machine apart."""
+    parts = urlsplit(origin.strip())
+    theirs = split_host(parts.netloc) if parts.scheme in DEFAULT_PORTS else None
+    ours = split_host(host)
+    if theirs is None or ours is None or theirs[0] != ours[0]:
+        return False
+    default = DEFAULT_PORTS[parts.scheme]
+    return (theirs[1] or default) == (ours[1] or default)
+
+
+def cross_origin_write(method: str, origin: str | None, fetch_site: str | None,
+                       host: str) -> str | None:
+    """Why a write is refused as sent by a browser from another origin's page, or None. Browsers
+    send `Sec-Fetch-Site` and, on every cross-origin write, `Origin`; a web form can post
+    `text/plain` to any address, and another port of the same host is another origin too."""
+    if method in SAFE_METHODS:
+        return None
+    if fetch_site is not None and fetch_site.strip().lower() in ("cross-site", "same-site"):
+        return f"Sec-Fetch-Site: {fetch_site.strip()}"
+    if origin is not None and not same_origin(origin, host):
+        return f"Origin: {origin.strip()[:100]}"
+    return None
+
+
+def check_host():
+    """The first before_request hook: refuse names this server does not answer to."""
+    host = request.environ.get("HTTP_HOST")
+    config = _config()
+    if host is None or host_allowed(host, config.host, config.allowed_hosts):
+        return None  # no Host at all: HTTP/1.0 from a script; browsers always send one
+    if split_host(host) is None:
+        return _refuse(400, f"the Host header {host[:100]!r} is not HOST[:PORT]; send the "
+                            "server's name or address")
+    return _refuse(421, f"this server does not answer to the host {split_host(host)[0]!r}; if "
+                        "that name points here (a DNS name or a reverse proxy), add it to the "
+                        "config's allowed_hosts")
+
+
+def check_cross_origin():
+    """The second hook: a browser's write from another origin's page never reaches a view."""
+    why = cross_origin_write(request.method, request.headers.get("Origin"),
+                             request.headers.get("Sec-Fetch-Site"), request.host)
+    if why is None:
+        return None
+    return _refuse(403, f"{request.method} {request.path} was sent by a browser from another "
+                        f"site's page ({why}); write from this server's own pages, or from a "
+                        "script or the mistry client")
+
+
+def _refuse(status: int, message: str):
+    response = jsonify(error=message)
+    response.status_code = status
+    return response
 
 
 # --- login for browsers -----------------------------------------------------------------------
@@ -184,16 +311,14 @@ def _local_next(value: str | None) -> str:
 
 @bp.get("/login")
 def login():
-    return render_template("login.html", next=_local_next(request.args.get("next")),
+    return render_template("login.html", next=local_next(request.args.get("next")),
                            error=None, open_server=not _config().tokens)
 
 
 @bp.post("/login")
 def login_submit():
     config = _config()
-    next_url = _local_next(request.form.get("next"))
-    if request.headers.get("Origin") and not _same_origin():
-        return _forbidden("log in from this server's own /login page")
+    next_url = local_next(request.form.get("next"))
     token = match_token(request.form.get("token", ""), config.tokens) if config.tokens else None
     if token is None:
         error = ("this server has no tokens configured: no login is needed" if not config.tokens
@@ -218,5 +343,7 @@ def _config() -> Config:
 
 
 def init_app(app: Flask) -> None:
+    app.before_request(check_host)  # in this order: host, then origin, then role
+    app.before_request(check_cross_origin)
     app.before_request(check_access)
     app.register_blueprint(bp)

@@ -2,21 +2,68 @@
 
 from __future__ import annotations
 
+import json
+
 from flask import Flask
 from waitress import create_server
+from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
+from waitress.task import ErrorTask
+from waitress.utilities import RequestEntityTooLarge
 
 from ..config import Config
+
+# On every answer, the app's and waitress's own: no MIME sniffing, no framing, no referrer to
+# other sites. Views may set their own (setdefault).
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    # the pages load only /static/ CSS and JS (no inline script or style); the favicon is data:
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+}
+
+
+class JsonErrorTask(ErrorTask):
+    """waitress's own refusals (a body over the limit, a malformed request) as JSON
+    {"error": ...} like every other error of mistryd, instead of waitress's plain text."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        message = f"{error.reason}: {error.body}"
+        if isinstance(error, RequestEntityTooLarge):
+            limit = self.channel.server.adj.max_request_body_size - 1
+            message = (f"the request body is larger than {limit} bytes; send a smaller one "
+                       "(or raise max_body_bytes in the server's config)")
+        body = json.dumps({"error": message}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.response_headers.extend(SECURITY_HEADERS.items())
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class MistrydChannel(HTTPChannel):
+    error_task_class = JsonErrorTask
 
 
 def make_http_server(app: Flask, config: Config, port: int | None = None) -> BaseWSGIServer:
     """A sync build request holds a thread while it waits, so there are many threads; idle
-    keep-alive connections must not use up the connection limit (waitress's default is 100)."""
-    return create_server(
+    keep-alive connections must not use up the connection limit (waitress's default is 100).
+    waitress reads a whole body (spooling it to a temporary file) before the app sees it: the
+    body limit is waitress's too, so a larger Content-Length is answered 413 before any of it is
+    read (waitress refuses a length equal to its limit, hence the + 1)."""
+    http = create_server(
         app, host=config.host, port=config.port if port is None else port,
         threads=config.http_threads, connection_limit=max(1000, 4 * config.http_threads),
         channel_timeout=3600, cleanup_interval=10, ident="mistryd", clear_untrusted_proxy_headers=True,
+        max_request_body_size=config.max_body_bytes + 1,
     )
+    http.channel_class = MistrydChannel
+    return http
 
 
 def stop_http_server(http: BaseWSGIServer) -> None:

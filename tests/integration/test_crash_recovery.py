@@ -6,11 +6,14 @@ import os
 import signal
 
 import docker
+import pytest
 import requests
 from support import make_setup, wait_for
 
 from mistryd.config import from_dict
 from mistryd.docker_runner import INSTANCE_LABEL, DockerRunner
+
+pytestmark = pytest.mark.docker  # real builds in mistryd processes
 
 
 def job_state(url, build_id):

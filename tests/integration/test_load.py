@@ -6,8 +6,11 @@ import threading
 import time
 from collections import Counter
 
+import pytest
 import requests
 from support import make_setup, wait_for
+
+pytestmark = pytest.mark.docker  # real builds in mistryd processes
 
 CLIENTS = 200
 SECONDS = 60
