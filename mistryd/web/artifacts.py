@@ -1,116 +1,375 @@
 """Artifact downloads over HTTP: a manifest with sha256s, each file (with Range), or one tar.
 
-Only finished, successful builds are served, and no path ever leaves the build's artifacts folder:
-`..` is refused and a symlink is served as a link (in the manifest and the tar), never followed out.
-The manifest is computed once and cached beside build_info.json; the cache is tied to the build's
-ID and StartedAt, so a copy carried into a later build (incremental clone, rebuild) is not reused.
+Only finished, successful builds are served. Everything under a build's `data/` was written by the
+build and is hostile: it is read through `safe_tree` (directory descriptors, no symlink followed
+on the way in, only regular files opened), so a `data/artifacts` replaced by a link to `/etc` or
+`/` answers 404 and never a host file. A symlink inside the artifacts is listed as a link (in the
+manifest and the tar); a single-file download follows it only while it stays inside the folder.
+
+Every reader holds `leases.reading` on the build folder for as long as it reads (GC leaves such a
+folder for its next pass), and a tar that cannot read an entry it announced is cut, never finished
+short. The manifest is computed once, streamed to a cache file beside build_info.json (tied to the
+build's ID and StartedAt, so a copy carried into a later build is not reused) and served from that
+file as it is read, so a million-entry manifest costs the server no memory. Computing a manifest
+and sending a tar take a slot of a small pool; without a free slot the answer is 503.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import io
 import json
+import logging
 import os
 import stat
 import tarfile
+import tempfile
 import threading
-from collections.abc import Iterator
-from pathlib import Path
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
 
-from flask import Blueprint, Response, current_app, jsonify, send_file
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.wsgi import wrap_file
 
-from ..errors import NotFound
+from .. import leases
+from ..errors import MistryError, NotFound
+from ..jobs import servable
+from ..layout import INFO_FILE
 from ..names import name_problem
+from ..safe_tree import (
+    FILE_FLAGS,
+    FileOpener,
+    TreeError,
+    TreeTooLarge,
+    open_dir,
+    open_file,
+    open_regular_at,
+    read_exactly,
+    sha256_of,
+    walk,
+)
 
 bp = Blueprint("artifacts", __name__)
+log = logging.getLogger("mistryd")
 
 MANIFEST_FILE = "artifacts.manifest.json"
-MANIFEST_VERSION = 1
-CHUNK = 1 << 20
+MANIFEST_VERSION = 2  # 2: one entry per line, streamed from the file
+MAX_ENTRIES = 1_000_000  # ~150 MB of manifest; more is a job for rsync
+MAX_DEPTH = 128
+MAX_INFO_BYTES = 1 << 20
+RETRY_AFTER = 2
+_SLOTS_KEY = "mistryd.artifact_slots"
 
-
-def _artifacts_root(project: str, build_id: str) -> tuple[Path, dict]:
-    """(the artifacts folder, build_info) of a finished successful build, else NotFound."""
-    if name_problem(project) or name_problem(build_id):
-        raise NotFound(f"no build {project}/{build_id}")
-    srv = current_app.extensions["mistryd"]
-    info = srv.layout.read_info(project, build_id)
-    if info is None or info.get("ExitCode") != 0:
-        raise NotFound(f"no finished successful build {project}/{build_id}")
-    return srv.layout.ready(project, build_id) / "data" / "artifacts", info
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def scan(root: Path) -> list[dict]:
-    """Every entry under `root`, sorted by path: dirs, regular files (with sha256) and symlinks
-    (with their target, never followed). Other file types are left out."""
-    entries: list[dict] = []
-    if not root.is_dir():
-        return entries
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in sorted(dirnames + filenames):
-            full = os.path.join(dirpath, name)
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            st = os.lstat(full)
-            common = {"path": rel, "mode": stat.S_IMODE(st.st_mode), "size": 0,
-                      "mtime": int(st.st_mtime)}
-            if stat.S_ISLNK(st.st_mode):
-                entries.append({**common, "type": "symlink", "target": os.readlink(full)})
-            elif stat.S_ISDIR(st.st_mode):
-                entries.append({**common, "type": "dir"})
-            elif stat.S_ISREG(st.st_mode):
-                entries.append({**common, "type": "file", "size": st.st_size,
-                                "sha256": _sha256(full)})
-    entries.sort(key=lambda e: e["path"])
-    return entries
-
-
-_locks: dict[str, threading.Lock] = {}
+_locks: dict[str, threading.Lock] = {}  # per build: one manifest computation at a time
 _locks_guard = threading.Lock()
 
 
-def manifest(project: str, build_id: str) -> dict:
-    """The build's manifest, from the cache file when it belongs to this very build."""
-    root, info = _artifacts_root(project, build_id)
-    cache = root.parent.parent / MANIFEST_FILE
-    stamp = {"v": MANIFEST_VERSION, "ID": info.get("ID"), "StartedAt": info.get("StartedAt")}
-    cached = _read_cache(cache, stamp)
+class TooManyArtifacts(MistryError):
+    status = 422
+
+
+class ArtifactsUnreadable(MistryError):
+    status = 422
+
+
+class ArtifactsBusy(MistryError):
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("too many artifact manifests and .tar downloads at once; "
+                         f"try again in {RETRY_AFTER} s")
+        self.retry_after = RETRY_AFTER
+
+
+class ArtifactStreamBroken(RuntimeError):
+    """Raised inside a tar stream: the server cuts the connection without the tar's end."""
+
+
+@dataclass(frozen=True)
+class _Build:
+    label: str  # "project/id": what messages name, never the folder on the host
+    info: dict
+    folder_fd: int  # ready/<id>, held with leases.reading
+    artifacts_fd: int  # data/artifacts, a real directory below it
+
+
+def _open_build(stack: contextlib.ExitStack, project: str, build_id: str) -> _Build:
+    """Hold a finished successful build for reading (released when `stack` closes), else 404."""
+    label = f"{project}/{build_id}"
+    if name_problem(project) or name_problem(build_id):
+        raise NotFound(f"no build {label}")
+    folder = current_app.extensions["mistryd"].layout.ready(project, build_id)
+    try:
+        folder_fd = stack.enter_context(leases.reading(folder))
+    except OSError:
+        raise NotFound(f"no finished successful build {label}") from None
+    info = _read_info(folder_fd)
+    if info is None or not _succeeded(info):
+        raise NotFound(f"no finished successful build {label}")
+    try:
+        artifacts_fd = open_dir(folder_fd, "data/artifacts")
+    except TreeError:
+        raise NotFound(f"build {label} has no artifacts: its data/artifacts is missing or not a "
+                       "real directory") from None
+    stack.callback(os.close, artifacts_fd)
+    return _Build(label, info, folder_fd, artifacts_fd)
+
+
+def _succeeded(info: dict) -> bool:
+    return servable(info)  # the one definition (a refused build keeps its ExitCode 0)
+
+
+def _read_info(folder_fd: int) -> dict | None:
+    """The build_info.json of the folder we hold (not of whatever the path names by now)."""
+    try:
+        fd = open_regular_at(folder_fd, INFO_FILE)
+    except TreeError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_INFO_BYTES + 1)
+    try:
+        info = json.loads(raw) if len(raw) <= MAX_INFO_BYTES else None
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
+
+
+# --- the pool of slots for expensive work ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _expensive_slot() -> Iterator[None]:
+    """A slot for a manifest computation or a tar stream, else ArtifactsBusy (503)."""
+    slots = _slots()
+    if not slots.acquire(blocking=False):
+        raise ArtifactsBusy()
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+def _slots() -> threading.BoundedSemaphore:
+    # a quarter of the request threads at most: hits, jobs and log streams keep the rest
+    extensions = current_app.extensions
+    with _locks_guard:
+        if _SLOTS_KEY not in extensions:
+            threads = extensions["mistryd"].config.http_threads
+            extensions[_SLOTS_KEY] = threading.BoundedSemaphore(max(1, min(16, threads // 4)))
+        return extensions[_SLOTS_KEY]
+
+
+# --- the manifest: computed once into a file, served from it --------------------------------------
+#
+# The cache file is one JSON document laid out in lines, so that it can be checked and served
+# without parsing it: the answer is a byte range of the file, sent by the WSGI server's file
+# wrapper straight from disk (a generator's output would be buffered by waitress in memory).
+#   {"stamp":{...},"manifest":
+#   {"project":"p","id":"i","entries":[
+#   {entry}
+#   ,{entry}
+#   ],"total_size":123}
+#   }
+# A build past the limits has `{"refused":"<message>"}` as its manifest instead.
+
+_STAMP_END = b',"manifest":\n'
+_FILE_END = b"}\n"
+
+
+@dataclass
+class _Manifest:
+    """An open manifest cache file and where the answer lies in it: [start, end)."""
+
+    file: BinaryIO
+    start: int
+    end: int
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _stamp(build: _Build) -> dict:
+    return {"v": MANIFEST_VERSION, "ID": build.info.get("ID"),
+            "StartedAt": build.info.get("StartedAt"), "limits": [MAX_ENTRIES, MAX_DEPTH]}
+
+
+def _manifest_file(build: _Build, slot_held: bool) -> _Manifest:
+    """The build's manifest, computed when not cached; TooManyArtifacts when the build is past
+    the limits. The caller closes it."""
+    stamp = _stamp(build)
+    cached = _open_cached(build, stamp)
     if cached is not None:
         return cached
     with _locks_guard:  # one hashing pass per build, however many clients ask at once
-        lock = _locks.setdefault(str(cache), threading.Lock())
-    with lock:
-        cached = _read_cache(cache, stamp)
-        if cached is not None:
-            return cached
-        entries = scan(root)
-        body = {"stamp": stamp, "project": project, "id": build_id, "entries": entries,
-                "total_size": sum(e["size"] for e in entries)}
-        tmp = cache.with_name(f".{MANIFEST_FILE}.{os.getpid()}.{threading.get_ident()}")
-        try:
-            tmp.write_text(json.dumps(body))
-            os.replace(tmp, cache)
-        except OSError:  # a read-only build folder still gets its manifest, just not cached
-            tmp.unlink(missing_ok=True)
-    with _locks_guard:
-        _locks.pop(str(cache), None)
-    return body
-
-
-def _read_cache(cache: Path, stamp: dict) -> dict | None:
+        lock = _locks.setdefault(build.label, threading.Lock())
     try:
-        body = json.loads(cache.read_text())
-    except (OSError, ValueError):
+        with lock:
+            cached = _open_cached(build, stamp)
+            if cached is not None:
+                return cached
+            with contextlib.nullcontext() if slot_held else _expensive_slot():
+                return _compute(build, stamp)
+    finally:
+        with _locks_guard:
+            _locks.pop(build.label, None)
+
+
+def _open_cached(build: _Build, stamp: dict) -> _Manifest | None:
+    try:
+        fd = os.open(MANIFEST_FILE, FILE_FLAGS, dir_fd=build.folder_fd)
+    except OSError:
         return None
-    return body if isinstance(body, dict) and body.get("stamp") == stamp else None
+    f = os.fdopen(fd, "rb")
+    manifest = _checked(f, build, stamp) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    if manifest is None:
+        f.close()
+    return manifest
+
+
+def _checked(f: BinaryIO, build: _Build, stamp: dict) -> _Manifest | None:
+    """The manifest in `f` when it is complete and was made for this very build, else None."""
+    size = os.fstat(f.fileno()).st_size
+    f.seek(0)
+    line = f.readline(1 << 16)
+    try:
+        head = json.loads(line[:-len(_STAMP_END)] + b"}") if line.endswith(_STAMP_END) else None
+    except ValueError:
+        return None
+    if not isinstance(head, dict) or head.get("stamp") != stamp:
+        return None
+    f.seek(size - len(_FILE_END))
+    if f.read() != _FILE_END:
+        return None
+    manifest = _Manifest(f, len(line), size - len(_FILE_END))
+    _raise_if_refused(manifest, build)
+    return manifest
+
+
+def _raise_if_refused(manifest: _Manifest, build: _Build) -> None:
+    manifest.file.seek(manifest.start)
+    line = manifest.file.readline(1 << 16)
+    manifest.file.seek(manifest.start)
+    if line.startswith(b'{"refused"'):
+        manifest.close()
+        try:
+            message = json.loads(line)["refused"]
+        except (ValueError, KeyError):
+            message = "has too many artifacts"
+        raise TooManyArtifacts(f"build {build.label} {message}; fetch its artifacts with rsync")
+
+
+def _compute(build: _Build, stamp: dict) -> _Manifest:
+    out, tmp_name = _new_cache_file(build.folder_fd)
+    try:
+        head = _json({"stamp": stamp})[:-1] + _STAMP_END
+        out.write(head)
+        try:
+            _write_body(out, build)
+        except TreeTooLarge as e:
+            out.seek(len(head))
+            out.truncate()
+            message = (f"has more than {MAX_ENTRIES} artifact entries or nests them deeper than "
+                       f"{MAX_DEPTH} levels ({e})")
+            out.write(_json({"refused": message}) + b"\n")
+        out.write(_FILE_END)
+        out.flush()
+        if tmp_name is not None:
+            _publish(build.folder_fd, tmp_name)
+        manifest = _checked(out, build, stamp)
+    except TreeError as e:
+        _discard(out, build.folder_fd, tmp_name)
+        raise ArtifactsUnreadable(f"the artifacts of {build.label} cannot be read: {e}") from None
+    except BaseException:
+        _discard(out, build.folder_fd, tmp_name)
+        raise
+    assert manifest is not None, "a manifest just written is complete"
+    return manifest
+
+
+def _write_body(out: BinaryIO, build: _Build) -> None:
+    project, build_id = build.label.split("/", 1)
+    out.write(_json({"project": project, "id": build_id})[:-1] + b',"entries":[\n')
+    total = 0
+    for n, found in enumerate(walk(build.artifacts_fd, MAX_ENTRIES, MAX_DEPTH)):
+        entry = {"path": found.path, "mode": found.mode, "size": found.size,
+                 "mtime": found.mtime, "type": found.type}
+        if found.type == "symlink":
+            entry["target"] = found.target
+        elif found.type == "file":
+            fd = open_regular_at(found.dir_fd, found.name, found.path)
+            try:
+                entry["sha256"] = sha256_of(fd, found.size, found.path)
+            finally:
+                os.close(fd)
+            total += found.size
+        out.write((b"," if n else b"") + _json(entry) + b"\n")
+    out.write(b'],"total_size":' + str(total).encode() + b"}\n")
+
+
+def _json(value: object) -> bytes:
+    # ensure_ascii: no raw newline or other control character can split an entry's line
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _new_cache_file(folder_fd: int) -> tuple[BinaryIO, str | None]:
+    """A file to write the manifest into: a temporary name in the build folder, or an anonymous
+    file when the folder is read-only (the manifest is served, just not cached)."""
+    name = f".{MANIFEST_FILE}.{os.getpid()}.{threading.get_ident()}"
+    flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.fdopen(os.open(name, flags, 0o644, dir_fd=folder_fd), "w+b", 1 << 16), name
+    except OSError:
+        return tempfile.TemporaryFile(), None  # noqa: SIM115 - returned open, closed by the caller
+
+
+def _publish(folder_fd: int, tmp_name: str) -> None:
+    try:
+        os.replace(tmp_name, MANIFEST_FILE, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+    except OSError:
+        _unlink(folder_fd, tmp_name)
+
+
+def _discard(out: BinaryIO, folder_fd: int, tmp_name: str | None) -> None:
+    out.close()
+    if tmp_name is not None:
+        _unlink(folder_fd, tmp_name)
+
+
+def _unlink(folder_fd: int, name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=folder_fd)
+
+
+def _manifest_entries(manifest: _Manifest, label: str) -> Iterator[dict]:
+    """The entries of a manifest file, one line at a time."""
+    f = manifest.file
+    f.seek(manifest.start)
+    f.readline()  # {"project", "id", "entries":[
+    for line in f:
+        if line.startswith(b"]"):
+            return
+        yield json.loads(line[1:] if line.startswith(b",") else line)
+    raise ArtifactStreamBroken(f"the manifest of {label} ends early")
+
+
+@bp.get("/artifacts/<project>/<build_id>/")
+def get_manifest(project: str, build_id: str):
+    with contextlib.ExitStack() as stack:
+        build = _open_build(stack, project, build_id)
+        manifest = _manifest_file(build, slot_held=False)
+    # the open file stays readable after the lease is gone: a rebuild or GC cannot change it
+    manifest.file.seek(manifest.start)
+    response = Response(wrap_file(request.environ, manifest.file), mimetype="application/json",
+                        direct_passthrough=True)
+    response.content_length = manifest.end - manifest.start  # the file's last line is not sent
+    return response
+
+
+# --- one file -----------------------------------------------------------------------------------
 
 
 def safe_relative(subpath: str) -> str | None:
@@ -123,68 +382,126 @@ def safe_relative(subpath: str) -> str | None:
     return subpath
 
 
-@bp.get("/artifacts/<project>/<build_id>/")
-def get_manifest(project: str, build_id: str):
-    body = dict(manifest(project, build_id))
-    body.pop("stamp", None)
-    return jsonify(body)
+class _HeldFile(io.FileIO):
+    """An artifact's open file that releases the build's lease when the server closes it (after
+    the last byte is sent, or when the client goes away)."""
+
+    def __init__(self, fd: int, on_close: Callable[[], None]):
+        super().__init__(fd, "rb", closefd=True)
+        self._on_close = on_close
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._on_close()
 
 
 @bp.get("/artifacts/<project>/<build_id>/<path:subpath>")
 def get_file(project: str, build_id: str, subpath: str):
-    root, _ = _artifacts_root(project, build_id)
     rel = safe_relative(subpath)
     if rel is None:
         raise NotFound(f"artifact path {subpath!r} is not a plain relative path")
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(os.path.join(real_root, rel))
-    if not real.startswith(real_root + os.sep) or not os.path.isfile(real):
-        raise NotFound(f"no artifact {rel!r} in {project}/{build_id}")
-    response = send_file(real, mimetype="application/octet-stream", conditional=True,
-                         etag=True, max_age=0)
+    stack = contextlib.ExitStack()
+    try:
+        build = _open_build(stack, project, build_id)
+        try:
+            fd = open_file(build.artifacts_fd, rel, follow_inner_links=True)
+        except TreeError:
+            raise NotFound(f"no artifact {rel!r} in {build.label}") from None
+        held = _HeldFile(fd, stack.close)
+    except BaseException:
+        stack.close()
+        raise
+    try:
+        return _file_response(held, f"{build.label}/{rel}")
+    except BaseException:
+        held.close()
+        raise
+
+
+def _file_response(f: _HeldFile, label: str) -> Response:
+    st = os.fstat(f.fileno())
+    response = Response(wrap_file(request.environ, f), mimetype="application/octet-stream",
+                        direct_passthrough=True)
+    response.content_length = st.st_size
+    response.last_modified = st.st_mtime  # type: ignore[assignment]
+    response.cache_control.no_cache = True
+    response.cache_control.max_age = 0
+    response.expires = int(time.time())  # type: ignore[assignment]
+    response.set_etag(f"{st.st_mtime}-{st.st_size}-{zlib.adler32(label.encode()) & 0xFFFFFFFF}")
+    try:
+        response = response.make_conditional(request.environ, accept_ranges=True,
+                                             complete_length=st.st_size)
+    except RequestedRangeNotSatisfiable:
+        f.close()
+        raise
     response.headers["Accept-Ranges"] = "bytes"
     return response
 
 
+# --- the tar --------------------------------------------------------------------------------------
+
+
 @bp.get("/artifacts/<project>/<build_id>.tar")
 def get_tar(project: str, build_id: str):
-    root, _ = _artifacts_root(project, build_id)
-    entries = manifest(project, build_id)["entries"]
-    return Response(_tar_stream(root, entries), mimetype="application/x-tar",
-                    headers={"Content-Disposition": f"attachment; filename={build_id}.tar"})
+    stack = contextlib.ExitStack()
+    try:
+        build = _open_build(stack, project, build_id)
+        stack.enter_context(_expensive_slot())
+        manifest = _manifest_file(build, slot_held=True)
+        stack.callback(manifest.close)
+        response = Response(_tar_stream(manifest, build), mimetype="application/x-tar",
+                            headers={"Content-Disposition": f"attachment; filename={build_id}.tar"})
+        response.call_on_close(stack.close)  # the lease and the slot last as long as the stream
+    except BaseException:
+        stack.close()
+        raise
+    return response
 
 
-def _tar_stream(root: Path, entries: list[dict]) -> Iterator[bytes]:
-    """A tar written as it is sent: header, content, padding per entry; no temporary file."""
-    for entry in entries:
-        ti = tarfile.TarInfo(entry["path"])
-        ti.mode = entry["mode"]
-        ti.mtime = entry.get("mtime", 0)
-        full = root / entry["path"]
-        if entry["type"] == "dir":
-            ti.type = tarfile.DIRTYPE
-            yield ti.tobuf(tarfile.PAX_FORMAT)
-        elif entry["type"] == "symlink":
-            ti.type = tarfile.SYMTYPE
-            ti.linkname = entry["target"]
-            yield ti.tobuf(tarfile.PAX_FORMAT)
-        else:
-            try:
-                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            with os.fdopen(fd, "rb", buffering=0) as f:
-                st = os.fstat(f.fileno())
-                ti.size = st.st_size
-                ti.mtime = int(st.st_mtime)
-                yield ti.tobuf(tarfile.PAX_FORMAT)
-                left = ti.size
-                while left > 0:
-                    chunk = f.read(min(CHUNK, left))
-                    if not chunk:  # shrank while we read: pad, the sha256 will tell
-                        chunk = b"\0" * min(CHUNK, left)
-                    left -= len(chunk)
-                    yield chunk
-                if ti.size % tarfile.BLOCKSIZE:
-                    yield b"\0" * (tarfile.BLOCKSIZE - ti.size % tarfile.BLOCKSIZE)
+def _tar_stream(manifest: _Manifest, build: _Build) -> Iterator[bytes]:
+    """A tar written as it is sent, entry by entry in the manifest's order; no temporary file.
+    An entry that cannot be read as announced cuts the stream (no end blocks): a client never
+    gets a well-formed tar that silently lacks files."""
+    with FileOpener(build.artifacts_fd) as opener:
+        for entry in _manifest_entries(manifest, build.label):
+            info = tarfile.TarInfo(entry["path"])
+            info.mode = entry["mode"]
+            info.mtime = entry.get("mtime", 0)
+            if entry["type"] == "dir":
+                info.type = tarfile.DIRTYPE
+                yield info.tobuf(tarfile.PAX_FORMAT)
+            elif entry["type"] == "symlink":
+                info.type = tarfile.SYMTYPE
+                info.linkname = entry["target"]
+                yield info.tobuf(tarfile.PAX_FORMAT)
+            else:
+                yield from _tar_file(opener, info, entry["size"], build.label)
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def _tar_file(opener: FileOpener, info: tarfile.TarInfo, size: int, label: str) -> Iterator[bytes]:
+    try:
+        fd = opener.open(info.name)
+    except TreeError as e:
+        raise _broken(label, str(e)) from None
+    try:
+        if os.fstat(fd).st_size != size:
+            raise _broken(label, f"{info.name} changed size since its manifest was made")
+        info.size = size
+        yield info.tobuf(tarfile.PAX_FORMAT)
+        try:
+            yield from read_exactly(fd, size, info.name)
+        except TreeError as e:
+            raise _broken(label, str(e)) from None
+        if size % tarfile.BLOCKSIZE:
+            yield b"\0" * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE)
+    finally:
+        os.close(fd)
+
+
+def _broken(label: str, problem: str) -> ArtifactStreamBroken:
+    log.warning("cutting the .tar of %s: %s", label, problem)
+    return ArtifactStreamBroken(f"the .tar of {label} was cut: {problem}")
+

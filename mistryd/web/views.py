@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 
-from .. import history
+from .. import history, leases, safe_tree
 from ..jobs import record_status
 from ..names import name_problem
 from ..server import Server
@@ -223,23 +223,27 @@ def build_page(srv: Server, project: str, build_id: str) -> BuildPage | None:
 
 
 def _artifacts(srv: Server, project: str, build_id: str) -> tuple[list[Artifact], bool]:
-    root = srv.layout.ready(project, build_id) / "data" / "artifacts"
+    """The build's artifact files (at most MAX_ARTIFACTS), read as every reader of a build
+    folder reads it: under a lease, from descriptors, never following a link."""
     base = f"/artifacts/{quote(project, safe='')}/{quote(build_id, safe='')}/"
     found: list[Artifact] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
+    try:
+        with leases.reading(srv.layout.ready(project, build_id)) as build_fd:
+            root_fd = safe_tree.open_dir(build_fd, "data/artifacts")
             try:
-                st = os.lstat(full)
-            except OSError:
-                continue
-            if not os.path.isfile(full) or os.path.islink(full):
-                continue
-            rel = os.path.relpath(full, root)
-            found.append(Artifact(rel, st.st_size, base + quote(rel, safe="/")))
-            if len(found) > MAX_ARTIFACTS:
-                return found[:MAX_ARTIFACTS], True
+                for entry in safe_tree.walk(root_fd, MAX_ARTIFACTS * 4, 128):
+                    if entry.type != "file":
+                        continue
+                    found.append(Artifact(entry.path, entry.size,
+                                          base + quote(entry.path, safe="/")))
+                    if len(found) > MAX_ARTIFACTS:
+                        return found[:MAX_ARTIFACTS], True
+            finally:
+                os.close(root_fd)
+    except safe_tree.TreeTooLarge:
+        return found[:MAX_ARTIFACTS], True
+    except (OSError, safe_tree.TreeError):
+        return [], False  # no folder, or not a real one: nothing to list
     return found, False
 
 
