@@ -14,6 +14,7 @@ from ..jobs import BuildInfo, JobRequest
 from ..logs import sse_stream
 from ..names import name_problem
 from ..server import Server
+from .auth import sees_host_paths
 
 bp = Blueprint("api", __name__)
 
@@ -59,7 +60,7 @@ def index():
     rows = srv.store.query(limit=int(raw or -1))
     return jsonify([
         {"id": r.id, "project": r.project, "startedAt": (r.info or {}).get("StartedAt"),
-         "buildInfo": r.info, "state": r.state, "status": r.status.value}
+         "buildInfo": for_this_reader(r.info), "state": r.state, "status": r.status.value}
         for r in rows
     ])
 
@@ -103,7 +104,16 @@ def job(project: str, build_id: str):
         from . import views  # the HTML page is the web view's
 
         return views.job_page(project, build_id)
-    return jsonify(job_view(server(), project, build_id))
+    view = job_view(server(), project, build_id)
+    view["BuildInfo"] = for_this_reader(view["BuildInfo"])
+    return jsonify(view)
+
+
+def for_this_reader(info: dict | None) -> dict | None:
+    """A BuildInfo as this request may see it: without the host path for read-only readers."""
+    if info is None or sees_host_paths():
+        return info
+    return {k: v for k, v in info.items() if k != "Path"}
 
 
 @bp.get("/log/<project>/<build_id>")

@@ -29,6 +29,7 @@ from flask import (
     Blueprint,
     Flask,
     current_app,
+    g,
     jsonify,
     redirect,
     render_template,
@@ -141,6 +142,14 @@ def _prefers_html() -> bool:
     return accept["text/html"] > accept["application/json"]
 
 
+def sees_host_paths() -> bool:
+    """Whether this request may see absolute host paths (BuildInfo `Path`, which upstream's scp
+    transport needs): on an open server (upstream-compatible) and for the build and admin roles;
+    never for read-only tokens or anonymous readers."""
+    config: Config = current_app.extensions["mistryd"].config
+    return not config.tokens or getattr(g, "role", None) in ("build", "admin")
+
+
 def check_access():
     """The before_request hook: None lets the request through, a response refuses it."""
     config: Config = current_app.extensions["mistryd"].config
@@ -162,6 +171,7 @@ def check_access():
             return _unauthorized(f"the login cookie holds an unknown token; log in again at "
                                  f"/login, or {_fix(role)}")
         return _unauthorized(f"unknown token; {_fix(role)}")
+    g.role = token.role
     if ROLE_RANK[token.role] < ROLE_RANK[role]:
         return _forbidden(f"token '{token.name}' has role '{token.role}' but {what} needs "
                           f"'{role}'; use a token with role '{role}' or higher")

@@ -350,3 +350,17 @@ def test_open_server_beyond_loopback_warns_at_start(docker_engine, tmp_path):
     with_tokens = serve_until_listening(tmp_path, f"0.0.0.0:{free_port()}", TOKENS)
     assert "no API tokens" not in with_tokens
     assert BUILD not in with_tokens
+
+
+def test_read_only_readers_never_see_host_paths(secured):
+    """`Path` (an absolute host path, which upstream's scp transport needs) goes to the build
+    and admin roles only."""
+    info = secured.post_job({"project": "hello"}, headers=bearer(BUILD)).json()
+    assert info["Path"].startswith("/")
+    job = f"/job/hello/{info['ID']}"
+    as_reader = requests.get(secured.url + job, headers={**JSON, **bearer(READ)}, timeout=30)
+    assert "Path" not in as_reader.json()["BuildInfo"]
+    index = requests.get(secured.url + "/index/", headers={**JSON, **bearer(READ)}, timeout=30)
+    assert str(secured.build_path) not in index.text
+    as_builder = requests.get(secured.url + job, headers={**JSON, **bearer(BUILD)}, timeout=30)
+    assert as_builder.json()["BuildInfo"]["Path"] == info["Path"]

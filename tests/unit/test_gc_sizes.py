@@ -4,6 +4,7 @@ shared extent once. Real files on real file systems (the session's loopback Btrf
 import os
 import subprocess
 import uuid
+from pathlib import Path
 
 from mistryd.config import from_dict
 from mistryd.gc import Collector
@@ -15,6 +16,17 @@ from mistryd.store import Status, Store
 
 MB = 1 << 20
 GIB = 1 << 30
+
+
+def snapshot_with_data(storage, source: Path, snapshot: Path) -> None:
+    """`source` with 4 MiB of data, and `snapshot` of it with 1 MiB of its own (synced, so the
+    extents are on disk)."""
+    storage.create(source)
+    (source / "cache").write_bytes(os.urandom(4 * MB))
+    subprocess.run(["sync", "-f", str(source / "cache")], check=True)
+    storage.clone(source, snapshot)
+    (snapshot / "own").write_bytes(os.urandom(MB))
+    subprocess.run(["sync", "-f", str(snapshot / "own")], check=True)
 
 
 def test_a_sparse_file_counts_its_blocks_not_its_apparent_size(tmp_path):
@@ -46,12 +58,7 @@ def test_a_snapshot_shares_its_data_with_its_source_and_is_counted_once(btrfs_ro
     base.mkdir()
     storage = BtrfsStorage()
     source, snapshot = base / "source", base / "snapshot"
-    storage.create(source)
-    (source / "cache").write_bytes(os.urandom(4 * MB))
-    subprocess.run(["sync", "-f", str(source / "cache")], check=True)
-    storage.clone(source, snapshot)
-    (snapshot / "own").write_bytes(os.urandom(MB))
-    subprocess.run(["sync", "-f", str(snapshot / "own")], check=True)
+    snapshot_with_data(storage, source, snapshot)
     try:
         assert disk_usage(snapshot) >= 5 * MB  # each alone: the shared 4 MiB in both
         source_size, snapshot_size = shared_once_usage([source, snapshot])
@@ -71,12 +78,7 @@ def test_gc_charges_a_group_snapshot_only_for_its_own_data(btrfs_root, tmp_path)
     store = Store(layout)
     first, second = layout.ready("p", "a" * 64), layout.ready("p", "b" * 64)
     first.parent.mkdir(parents=True)
-    storage.create(first)
-    (first / "cache").write_bytes(os.urandom(4 * MB))
-    subprocess.run(["sync", "-f", str(first / "cache")], check=True)
-    storage.clone(first, second)
-    (second / "artifact").write_bytes(os.urandom(MB))
-    subprocess.run(["sync", "-f", str(second / "artifact")], check=True)
+    snapshot_with_data(storage, first, second)
     for when, folder in enumerate((first, second), start=1):
         info = {"ID": folder.name, "Project": "p", "Group": "g", "ExitCode": 0,
                 "Status": "succeeded", "Params": {}}
