@@ -84,20 +84,18 @@ def read_lines(f: BinaryIO, offset: int, limit: int = 1 << 20) -> tuple[list[tup
 def follow(live: LiveLog | None, path: Path | None, offset: int,
            heartbeat: float = 15.0) -> Iterator[tuple[int, str] | None]:
     """Yield (offset after the line, line) from `offset` until the build ends, and None as a
-    keep-alive tick while nothing happens. With no LiveLog the build is finished: replay `path`.
+    keep-alive tick while nothing happens. With no LiveLog the build is finished: replay `path`;
+    with one, `path` is where its log will be once the build is published.
     The file is opened once and read through that descriptor, so the rename of the build folder
     from pending/ to ready/ at the finish does not disturb a follower."""
     f: BinaryIO | None = None
     try:
         while True:
             finished = live is None or live.finished
-            if f is None:
-                source = path if live is None else live.path
-                if source is not None:
-                    try:
-                        f = open(source, "rb")
-                    except FileNotFoundError:
-                        return
+            if f is None and (live is None or live.path is not None):
+                f = _open_first(path if live is None else live.path, path)
+                if f is None:
+                    return  # the build and its log are gone
             # what the log held before this read: when the read ends in a partial line, wait
             # for more than that (waiting for more than `offset` would return at once, for ever)
             seen = live.size if live is not None else 0
@@ -121,6 +119,20 @@ def follow(live: LiveLog | None, path: Path | None, offset: int,
     finally:
         if f is not None:
             f.close()
+
+
+def _open_first(*paths: Path | None) -> BinaryIO | None:
+    """The first of `paths` that opens. A follower that arrives just after the finish moved the
+    build folder from pending/ to ready/ finds the log at its new place (it used to end the
+    stream at once, and a page opened while the build ran then showed a stale log as final)."""
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def sse_event(data: str, event: str | None = None, event_id: int | str | None = None) -> str:

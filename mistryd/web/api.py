@@ -124,7 +124,7 @@ def log_stream(project: str, build_id: str):
     offset = _resume_offset(request.headers.get("Last-Event-ID") or request.args.get("offset"))
     if flight is not None:
         _check_offset(offset, flight.job.log.size)
-        stream = sse_stream(flight.job.log, None, offset)
+        stream = sse_stream(flight.job.log, srv.log_path(project, build_id), offset)
     else:
         raw = srv.layout.read_info(project, build_id)
         if raw is None:

@@ -80,3 +80,19 @@ def test_a_line_longer_than_a_read_comes_in_parts(tmp_path):
     with open(path, "rb") as f:
         lines, offset = read_lines(f, 0, limit=40)
         assert lines == [(40, "x" * 40)] and offset == 40
+
+
+def test_a_follower_arriving_after_the_publish_gets_the_whole_log(tmp_path):
+    """The build's folder moved from pending/ to ready/ between the page and its stream: the
+    stream reads the log at its new place instead of ending empty."""
+    pending, ready = tmp_path / "pending" / "b", tmp_path / "ready" / "b"
+    pending.mkdir(parents=True)
+    ready.parent.mkdir()
+    live = LiveLog()
+    live.open(pending / "out.log")
+    live.write(b"one\ntwo\n")
+    pending.rename(ready)
+    live.write(b"three\n")  # written through the open file, after the move
+    live.finish({"status": "succeeded"})
+    got = [text for _, text in follow(live, ready / "out.log", 0) if text is not None]
+    assert got == ["one", "two", "three"]
