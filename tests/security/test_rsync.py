@@ -176,7 +176,7 @@ def test_the_daemon_dies_with_a_killed_server_and_comes_back(docker_engine, tmp_
     assert listening(port)
     proc.kill()
     proc.wait()
-    wait_for(lambda: not listening(port), timeout=10)  # no event crosses processes: the port
+    wait_for(lambda: not listening(port), timeout=60)  # no event crosses processes: the port
 
     again = setup.start()
     try:
@@ -205,7 +205,7 @@ def test_a_daemon_left_by_an_earlier_run_is_stopped(docker_engine, tmp_path):
     old = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}",
                             "--address=127.0.0.1", f"--port={port}"], start_new_session=True)
     try:
-        wait_for(lambda: listening(port), timeout=10)
+        wait_for(lambda: listening(port), timeout=60)
         assert rsync(port, "HOST::mistry/stale.txt", str(tmp_path / "s1")).returncode == 0
         proc = setup.start()
         try:
