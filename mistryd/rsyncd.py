@@ -77,11 +77,13 @@ def request_problem(build_path: Path, path: str) -> str | None:
 
 
 def build_succeeded(build: Path) -> bool:
+    from .jobs import servable  # the one definition (stdlib only, so the -I -S check can use it)
+
     try:
         info = json.loads((build / "build_info.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(info, dict) and info.get("Status") == "succeeded" and info.get("ExitCode") == 0
+    return isinstance(info, dict) and servable(info)
 
 
 def request_args(env: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -364,7 +366,8 @@ def _process_name(pid: int) -> str | None:
         return None
 
 
-if __name__ == "__main__":  # the daemon's pre-xfer exec: exit 1 refuses, stdout tells the client
+def pre_xfer() -> None:
+    """The daemon's pre-xfer exec: exit 1 refuses, stdout tells the client."""
     try:
         verdict = check_request(dict(os.environ))
     except Exception as e:  # noqa: BLE001 - whatever went wrong, refuse (fail closed)
@@ -372,3 +375,10 @@ if __name__ == "__main__":  # the daemon's pre-xfer exec: exit 1 refuses, stdout
     if verdict:
         print(verdict)
     sys.exit(1 if verdict else 0)
+
+
+if __name__ == "__main__":  # run as a file (-I: no path of ours): import it as the package's
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from mistryd.rsyncd import pre_xfer as check_as_package_module
+
+    check_as_package_module()
