@@ -23,6 +23,12 @@ class Conflict(MistryError):
     status = 409
 
 
+class Unprocessable(MistryError):
+    """Well-formed, but this thing cannot be done (too many artifacts, an unreadable tree)."""
+
+    status = 422
+
+
 class UnknownProject(NotFound):
     def __init__(self, project: str):
         super().__init__(f"Unknown project '{project}'")

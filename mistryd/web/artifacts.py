@@ -36,7 +36,7 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.wsgi import wrap_file
 
 from .. import leases
-from ..errors import MistryError, NotFound
+from ..errors import NotFound, Unavailable, Unprocessable
 from ..jobs import servable
 from ..layout import INFO_FILE
 from ..names import name_problem
@@ -68,23 +68,6 @@ _locks: dict[str, threading.Lock] = {}  # per build: one manifest computation at
 _locks_guard = threading.Lock()
 
 
-class TooManyArtifacts(MistryError):
-    status = 422
-
-
-class ArtifactsUnreadable(MistryError):
-    status = 422
-
-
-class ArtifactsBusy(MistryError):
-    status = 503
-
-    def __init__(self) -> None:
-        super().__init__("too many artifact manifests and .tar downloads at once; "
-                         f"try again in {RETRY_AFTER} s")
-        self.retry_after = RETRY_AFTER
-
-
 class ArtifactStreamBroken(RuntimeError):
     """Raised inside a tar stream: the server cuts the connection without the tar's end."""
 
@@ -108,7 +91,7 @@ def _open_build(stack: contextlib.ExitStack, project: str, build_id: str) -> _Bu
     except OSError:
         raise NotFound(f"no finished successful build {label}") from None
     info = _read_info(folder_fd)
-    if info is None or not _succeeded(info):
+    if info is None or not servable(info):  # a refused build keeps its ExitCode 0
         raise NotFound(f"no finished successful build {label}")
     try:
         artifacts_fd = open_dir(folder_fd, "data/artifacts")
@@ -117,10 +100,6 @@ def _open_build(stack: contextlib.ExitStack, project: str, build_id: str) -> _Bu
                        "real directory") from None
     stack.callback(os.close, artifacts_fd)
     return _Build(label, info, folder_fd, artifacts_fd)
-
-
-def _succeeded(info: dict) -> bool:
-    return servable(info)  # the one definition (a refused build keeps its ExitCode 0)
 
 
 def _read_info(folder_fd: int) -> dict | None:
@@ -143,10 +122,11 @@ def _read_info(folder_fd: int) -> dict | None:
 
 @contextlib.contextmanager
 def _expensive_slot() -> Iterator[None]:
-    """A slot for a manifest computation or a tar stream, else ArtifactsBusy (503)."""
+    """A slot for a manifest computation or a tar stream, else Unavailable (503)."""
     slots = _slots()
     if not slots.acquire(blocking=False):
-        raise ArtifactsBusy()
+        raise Unavailable("too many artifact manifests and .tar downloads at once; "
+                          f"try again in {RETRY_AFTER} s", retry_after=RETRY_AFTER)
     try:
         yield
     finally:
@@ -198,7 +178,7 @@ def _stamp(build: _Build) -> dict:
 
 
 def _manifest_file(build: _Build, slot_held: bool) -> _Manifest:
-    """The build's manifest, computed when not cached; TooManyArtifacts when the build is past
+    """The build's manifest, computed when not cached; Unprocessable when the build is past
     the limits. The caller closes it."""
     stamp = _stamp(build)
     cached = _open_cached(build, stamp)
@@ -259,7 +239,7 @@ def _raise_if_refused(manifest: _Manifest, build: _Build) -> None:
             message = json.loads(line)["refused"]
         except (ValueError, KeyError):
             message = "has too many artifacts"
-        raise TooManyArtifacts(f"build {build.label} {message}; fetch its artifacts with rsync")
+        raise Unprocessable(f"build {build.label} {message}; fetch its artifacts with rsync")
 
 
 def _compute(build: _Build, stamp: dict) -> _Manifest:
@@ -282,7 +262,7 @@ def _compute(build: _Build, stamp: dict) -> _Manifest:
         manifest = _checked(out, build, stamp)
     except TreeError as e:
         _discard(out, build.folder_fd, tmp_name)
-        raise ArtifactsUnreadable(f"the artifacts of {build.label} cannot be read: {e}") from None
+        raise Unprocessable(f"the artifacts of {build.label} cannot be read: {e}") from None
     except BaseException:
         _discard(out, build.folder_fd, tmp_name)
         raise
