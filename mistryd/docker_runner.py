@@ -25,7 +25,6 @@ BUILD_LABEL = "io.mistryd.build"
 # its own previous process only, never the running builds of another mistryd on the same engine.
 INSTANCE_LABEL = "io.mistryd.instance"
 MAX_STDERR = 1 << 20
-WATCH_INTERVAL = 0.1  # how often a running container's watcher looks at its deadline
 
 
 class ImageBuildError(Exception):
@@ -153,7 +152,7 @@ class _ImageBuild:
 
 
 _RUNNING_IN = re.compile(r"Running in ([0-9a-f]{12,64})")
-_POLL = 0.1  # how soon a cancel is noticed while an image builds (seconds)
+_POLL = 0.1  # how soon a cancel or a deadline is noticed, image build or container (seconds)
 _STOP_GRACE = 10  # how long a stopped build's reader may take to let go (seconds)
 
 
@@ -348,10 +347,9 @@ class DockerRunner:
             """Kill the container on cancel or timeout; whichever comes first is the reason.
             It checks `cancel` without ever setting it: the job's cancel event says only that
             someone cancelled the job, never that the container ended."""
-            deadline = time.monotonic() + settings.build_timeout if settings.build_timeout \
-                else None
+            deadline = _deadline(settings.build_timeout)
             while not ended.is_set():
-                if cancel.wait(WATCH_INTERVAL):
+                if cancel.wait(_POLL):
                     outcome["cancelled"] = not ended.is_set()
                     break
                 if deadline is not None and time.monotonic() >= deadline:

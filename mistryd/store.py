@@ -371,14 +371,7 @@ class Store:
         an older mistryd, or a copied-in build); False when it has a row or no readable record."""
         if self.get(project, build_id) is not None:
             return False
-        info_file = self.layout.ready(project, build_id) / INFO_FILE
-        try:
-            info = json.loads(info_file.read_text())
-            finished = info_file.stat().st_mtime
-        except (OSError, ValueError):
-            return False
-        self.record_finished(project, build_id, Status(record_status(info)), info, now=finished)
-        return True
+        return self._index_folder(project, build_id)
 
     _GC_COLUMNS = ("project", "id", "grp", "status", "last_used", "finished_at", "size_bytes",
                    "size_of")
@@ -406,16 +399,17 @@ class Store:
 
     def reindex_from_disk(self) -> int:
         """Rebuild the index from the ready folders (a lost or new index)."""
-        count = 0
-        root = self.layout.root
-        for info_file in root.glob(f"*/ready/*/{INFO_FILE}"):
-            try:
-                info = json.loads(info_file.read_text())
-            except (OSError, ValueError):
-                continue
-            project, build_id = info_file.parent.parent.parent.name, info_file.parent.name
-            status = Status(record_status(info))
-            started = info_file.stat().st_mtime
-            self.record_finished(project, build_id, status, info, now=started)
-            count += 1
-        return count
+        return sum(self._index_folder(f.parent.parent.parent.name, f.parent.name)
+                   for f in self.layout.root.glob(f"*/ready/*/{INFO_FILE}"))
+
+    def _index_folder(self, project: str, build_id: str) -> bool:
+        """Record a finished build from its folder's build_info.json (finished when that file
+        was written); False when it has no readable record."""
+        info_file = self.layout.ready(project, build_id) / INFO_FILE
+        try:
+            info = json.loads(info_file.read_text())
+            finished = info_file.stat().st_mtime
+        except (OSError, ValueError):
+            return False
+        self.record_finished(project, build_id, Status(record_status(info)), info, now=finished)
+        return True
