@@ -19,6 +19,7 @@ upstream's Go client, `mistry`) send neither header and are not affected.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import re
@@ -233,6 +234,7 @@ def _is_ip(name: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=256)  # every request asks; the Host is the client's choice: bounded
 def host_allowed(host: str, listen_host: str, allowed_hosts: tuple[str, ...]) -> bool:
     """Whether this server answers a request addressed to `host` (a Host header). DNS rebinding
     needs a name the attacker controls, so these are always safe: an address (a browser sends one
