@@ -362,10 +362,14 @@ class DockerRunner:
                     pass  # it ended on its own meanwhile
 
         try:
+            # Attached before the start, the stream carries every byte the build prints. Following
+            # the log file instead (`logs(follow=True)`) ends early when a container that prints a
+            # lot exits on a busy engine (Docker 20.10 cut a 100,000-line log at line 5,335).
+            output = container.attach(stdout=True, stderr=True, stream=True, logs=False)
             container.start()
             watcher = threading.Thread(target=watch, daemon=True, name=f"watch-{name[:20]}")
             watcher.start()
-            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+            for chunk in output:
                 log.write(chunk)
             status = container.wait()
             ended.set()
