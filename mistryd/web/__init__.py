@@ -11,12 +11,12 @@ from ..errors import MistryError
 from ..server import Server
 from .http import SECURITY_HEADERS
 
-TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
+HERE = Path(__file__).resolve().parent  # templates and static files ship inside the package
 
 
 def create_app(server: Server) -> Flask:
-    app = Flask("mistryd", template_folder=str(TEMPLATES),
-                static_folder=str(TEMPLATES / "static"), static_url_path="/static")
+    app = Flask("mistryd", template_folder=str(HERE / "templates"),
+                static_folder=str(HERE / "static"), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = server.config.max_body_bytes
     app.json.sort_keys = False
     app.extensions["mistryd"] = server

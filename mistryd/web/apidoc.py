@@ -1,4 +1,4 @@
-"""`GET /openapi.yaml`: the OpenAPI description of the HTTP API (docs/openapi.yaml)."""
+"""`GET /openapi.yaml`: the OpenAPI description of the HTTP API (mistryd/web/openapi.yaml, shipped in the package)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ..errors import NotFound
 
 bp = Blueprint("apidoc", __name__)
 
-OPENAPI = Path(__file__).resolve().parent.parent.parent / "docs" / "openapi.yaml"
+OPENAPI = Path(__file__).resolve().parent / "openapi.yaml"
 
 
 @bp.get("/openapi.yaml")
