@@ -182,7 +182,6 @@ class Collector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if store is not None:
-            store.ensure_size_columns()
             self._make_trash()  # now, while there is space: the trash is what frees it later
 
     @classmethod
@@ -193,9 +192,7 @@ class Collector:
     @property
     def store(self) -> Store:
         if self._store is None:
-            store = Store(self.layout)
-            store.ensure_size_columns()
-            self._store = store
+            self._store = Store(self.layout)  # opening migrates it: GC's size columns included
         return self._store
 
     # --- the background thread ----------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The web view's questions to the SQLite index: filtered, paginated history, counts per status,
-the latest build of each group, cache use. Every answer is a few indexed SQL queries; nothing
-here reads a build folder, so a page costs the same with 10 builds or 100,000.
+the latest build of each group, cache use. Every answer is a few of the store's indexed queries;
+nothing here reads a build folder, so a page costs the same with 10 builds or 100,000.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from .metrics import Metrics, UpstreamCounter
-from .store import BuildRow, Store
+from .store import BuildRow, Status, Store
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -31,18 +31,13 @@ class Filters:
         being ignored, so a mistyped link does not silently show everything."""
         return cls(project=project.strip(), status=status.strip(), group=group.strip())
 
-    def where(self) -> tuple[str, tuple]:
-        clauses, args = [], []
-        if self.project:
-            clauses.append("project = ?")
-            args.append(self.project)
-        if self.status:
-            clauses.append("status = ?")
-            args.append(self.status)
-        if self.group:
-            clauses.append("grp = ?")
-            args.append(self.group)
-        return " AND ".join(clauses) or "1", tuple(args)
+    @property
+    def known_status(self) -> Status | None:
+        """The status filter as a Status; None when there is none or it names no status."""
+        try:
+            return Status(self.status) if self.status else None
+        except ValueError:
+            return None
 
     def args(self, **override: str | int) -> dict[str, str | int]:
         """Query-string arguments that keep these filters (for pagination links)."""
@@ -89,11 +84,13 @@ class Page:
 def page_of(store: Store, filters: Filters, number: int = 1, size: int = PAGE_SIZE) -> Page:
     """One page of builds, newest first. A page past the end is clamped to the last one."""
     size = max(1, min(size, MAX_PAGE_SIZE))
-    where, args = filters.where()
-    total = store.count(where, args)
+    if filters.status and filters.known_status is None:
+        return Page(rows=[], number=1, size=size, total=0)
+    project, status, group = filters.project, filters.known_status, filters.group
+    total = store.count(project, status, group)
     pages = max(1, math.ceil(total / size))
     number = max(1, min(number, pages))
-    rows = store.query(where, args, limit=size, offset=(number - 1) * size)
+    rows = store.history(project, status, group, limit=size, offset=(number - 1) * size)
     return Page(rows=rows, number=number, size=size, total=total)
 
 
@@ -103,20 +100,12 @@ def status_counts(store: Store, project: str = "") -> dict[str, int]:
 
 
 def recent_finished(store: Store, limit: int = 20, project: str = "") -> list[BuildRow]:
-    where = "status NOT IN ('queued', 'running')"
-    args: tuple = ()
-    if project:
-        where += " AND project = ?"
-        args = (project,)
-    return store.query(where, args, limit=limit)
+    return store.recent_finished(limit, project)
 
 
 def latest_per_group(store: Store, project: str, limit: int = 50) -> list[BuildRow]:
-    """The newest build of each group of `project` ('' is the build without a group).
-    SQLite returns the bare `rowid` of the row that holds MAX() in an aggregate query."""
-    where = ("rowid IN (SELECT r FROM (SELECT rowid AS r, MAX(queued_at) FROM builds "
-             "WHERE project = ? GROUP BY grp))")
-    return store.query(where, (project,), limit=limit, order="grp ASC")
+    """The newest build of each group of `project` ('' is the build without a group)."""
+    return store.latest_per_group(project, limit)
 
 
 @dataclass

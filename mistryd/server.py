@@ -60,7 +60,8 @@ class Server:
         self.scheduler.start()
         self.collector = Collector.for_server(self)
         self.collector.start()
-        self.metrics.builds_hosted.set(self.store.count("status IN ('succeeded', 'failed')"))
+        self.metrics.builds_hosted.set(self.store.count(status=Status.SUCCEEDED)
+                                       + self.store.count(status=Status.FAILED))
         log.info("mistryd: storage=%s build_path=%s projects=%s", self.storage.name,
                  self.config.build_path, ", ".join(self.projects.names()) or "(none)")
 

@@ -11,9 +11,13 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
+from .errors import MistryError
 from .jobs import is_opaque, public_params, record_status
 from .layout import INFO_FILE, Layout
 
@@ -34,7 +38,27 @@ class Status(StrEnum):
         return self not in (Status.QUEUED, Status.RUNNING)
 
 
-SCHEMA = """
+class IndexTooNew(MistryError):
+    """The index was written by a newer mistryd: its schema is one this code does not know."""
+
+    def __init__(self, path: Path | str, found: int, known: int):
+        super().__init__(
+            f"the index {path} is at schema version {found}, newer than this mistryd knows "
+            f"(up to {known}): run the newer mistryd, or move the file aside and it is rebuilt "
+            "from the build folders (queued jobs are then forgotten)")
+
+
+# --- the schema: one ordered list of migrations --------------------------------------------------
+#
+# An index is at version N (`PRAGMA user_version`) when the first N migrations have been applied.
+# Each migration runs in a transaction of its own, together with the version it brings, at open.
+# Append new ones at the end; never edit or reorder one that has been released.
+#
+# Indexes made before the version was kept are all at version 0, whatever their shape (the table
+# and counts of one, the `opaque` column or GC's size columns of another): migrations 1-4 adopt
+# them, so each checks what is there. From 5 on a migration runs exactly once and need not.
+
+BUILDS = """
 CREATE TABLE IF NOT EXISTS builds (
     project     TEXT NOT NULL,
     id          TEXT NOT NULL,
@@ -60,38 +84,118 @@ CREATE INDEX IF NOT EXISTS builds_by_group ON builds (project, grp, queued_at DE
 
 # Builds per (project, status), kept by triggers, so the dashboard's counts cost the same at ten
 # builds and at a million.
-COUNTS = (
-    """
+COUNTS = """
 CREATE TABLE build_counts (
     project TEXT NOT NULL,
     status  TEXT NOT NULL,
     n       INTEGER NOT NULL,
     PRIMARY KEY (project, status)
-)
-""",
-    """
-INSERT INTO build_counts SELECT project, status, COUNT(*) FROM builds GROUP BY project, status
-""",
-    """
+);
+INSERT INTO build_counts SELECT project, status, COUNT(*) FROM builds GROUP BY project, status;
 CREATE TRIGGER build_counts_insert AFTER INSERT ON builds BEGIN
     INSERT INTO build_counts VALUES (NEW.project, NEW.status, 1)
         ON CONFLICT (project, status) DO UPDATE SET n = n + 1;
-END
-""",
-    """
+END;
 CREATE TRIGGER build_counts_delete AFTER DELETE ON builds BEGIN
     UPDATE build_counts SET n = n - 1 WHERE project = OLD.project AND status = OLD.status;
-END
-""",
-    """
+END;
 CREATE TRIGGER build_counts_update AFTER UPDATE OF status ON builds
     WHEN OLD.status IS NOT NEW.status BEGIN
     UPDATE build_counts SET n = n - 1 WHERE project = OLD.project AND status = OLD.status;
     INSERT INTO build_counts VALUES (NEW.project, NEW.status, 1)
         ON CONFLICT (project, status) DO UPDATE SET n = n + 1;
-END
-""",
+END;
+"""
+
+
+def _add_counts(db: sqlite3.Connection) -> None:
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='build_counts'"
+                      ).fetchone():
+        _run_script(db, COUNTS)
+
+
+def _add_columns(db: sqlite3.Connection, columns: dict[str, str]) -> None:
+    have = {r[1] for r in db.execute("PRAGMA table_info(builds)")}
+    for column, kind in columns.items():
+        if column not in have:
+            db.execute(f"ALTER TABLE builds ADD COLUMN {column} {kind}")
+
+
+def _add_opaque_params(db: sqlite3.Connection) -> None:
+    """The '_' params of a job that may still run, kept apart from the shown ones."""
+    _add_columns(db, {"opaque": "TEXT NOT NULL DEFAULT '{}'"})
+
+
+def _add_gc_sizes(db: sqlite3.Connection) -> None:
+    """GC's measure of a finished build's folder, and which finish it measured."""
+    _add_columns(db, {"size_bytes": "INTEGER", "size_of": "REAL"})
+
+
+Migration = str | Callable[[sqlite3.Connection], None]  # a script, or a function for what SQL cannot say
+
+MIGRATIONS: tuple[Migration, ...] = (
+    BUILDS,               # 1
+    _add_counts,          # 2
+    _add_opaque_params,   # 3
+    _add_gc_sizes,        # 4
 )
+
+
+def migrate(db: sqlite3.Connection, path: Path | str) -> int:
+    """Bring the index at `path` to the newest schema; its version. IndexTooNew when it is
+    newer than MIGRATIONS (a newer mistryd wrote it), before anything is changed."""
+    while (version := schema_version(db, path)) < len(MIGRATIONS):
+        with _transaction(db):
+            if schema_version(db, path) == version:  # else another process migrated meanwhile
+                migration = MIGRATIONS[version]
+                if isinstance(migration, str):
+                    _run_script(db, migration)
+                else:
+                    migration(db)
+                db.execute(f"PRAGMA user_version = {version + 1}")
+    return version
+
+
+def schema_version(db: sqlite3.Connection, path: Path | str) -> int:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise IndexTooNew(path, version, len(MIGRATIONS))
+    return version
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    """A script's statements one at a time, in the caller's transaction (`executescript` would
+    commit it first). `complete_statement` keeps a trigger's body, with its own ';', whole."""
+    statement = ""
+    for piece in script.split(";"):
+        statement += piece + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \n;"):
+                db.execute(statement)
+            statement = ""
+
+
+_UNFINISHED = "(" + ", ".join(f"'{s.value}'" for s in Status if not s.finished) + ")"
+
+
+def _matching(project: str, status: Status | None, group: str) -> tuple[str, tuple]:
+    """The WHERE clause and its arguments for builds that match every filter given."""
+    tests = (("project = ?", project), ("status = ?", status and status.value), ("grp = ?", group))
+    given = [(test, value) for test, value in tests if value]
+    return " AND ".join(test for test, _ in given) or "1", tuple(value for _, value in given)
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction that takes the write lock at once (no upgrade from a read lock, which
+    SQLite refuses with SQLITE_BUSY when another writer came first)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 @dataclass
@@ -142,39 +246,9 @@ class Store:
         self._usage_lock = threading.Lock()
         self._usage_flushed = 0.0
         fresh = not self.path.exists()
-        db = self._conn()
-        db.executescript(SCHEMA)
-        self._add_counts(db)
-        self._add_column(db, "opaque", "TEXT NOT NULL DEFAULT '{}'")
+        migrate(self._conn(), self.path)
         if fresh:
             self.reindex_from_disk()
-
-    @staticmethod
-    def _add_counts(db: sqlite3.Connection) -> None:
-        """Add the counts to an index made before they existed (once, whoever opens it first)."""
-        exists = "SELECT 1 FROM sqlite_master WHERE type='table' AND name='build_counts'"
-        if db.execute(exists).fetchone():
-            return
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if not db.execute(exists).fetchone():
-                for statement in COUNTS:
-                    db.execute(statement)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
-    @staticmethod
-    def _add_column(db: sqlite3.Connection, column: str, kind: str) -> None:
-        have = {r["name"] for r in db.execute("PRAGMA table_info(builds)")}
-        if column in have:
-            return
-        try:
-            db.execute(f"ALTER TABLE builds ADD COLUMN {column} {kind}")
-        except sqlite3.OperationalError as e:  # another process added it meanwhile
-            if "duplicate column" not in str(e):
-                raise
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -251,8 +325,7 @@ class Store:
             self._usage_flushed = time.time()
         if batch:
             db = self._conn()
-            with db:
-                db.execute("BEGIN IMMEDIATE")
+            with _transaction(db):
                 db.executemany(
                     "UPDATE builds SET last_used=MAX(last_used, ?) WHERE project=? AND id=?",
                     [(t, p, i) for (p, i), t in batch.items()])
@@ -262,7 +335,7 @@ class Store:
         """Move an unfinished build to a final state; False when it had already ended."""
         cur = self._conn().execute(
             "UPDATE builds SET status=?, reason=?, finished_at=? "
-            "WHERE project=? AND id=? AND status IN ('queued', 'running')",
+            f"WHERE project=? AND id=? AND status IN {_UNFINISHED}",
             (to.value, reason, time.time() if now is None else now, project, build_id))
         return cur.rowcount == 1
 
@@ -274,29 +347,50 @@ class Store:
             (project, build_id)).fetchone()
         return row[0] if row else 0
 
-    def unfinished(self) -> list[BuildRow]:
-        """Builds left queued or running (by a crash or a stop), oldest first."""
-        return self.query("status IN ('queued', 'running')", order="queued_at ASC")
-
     def forget(self, project: str, build_id: str) -> None:
         self._conn().execute("DELETE FROM builds WHERE project=? AND id=?", (project, build_id))
 
-    # --- reads --------------------------------------------------------------------------------
+    # --- reads: every question asked of the index, newest first unless said otherwise ---------
 
     def get(self, project: str, build_id: str) -> BuildRow | None:
-        rows = self.query("project=? AND id=?", (project, build_id))
+        rows = self._select("project = ? AND id = ?", (project, build_id), limit=1)
         return rows[0] if rows else None
 
-    def query(self, where: str = "1", args: tuple = (), limit: int = -1, offset: int = 0,
-              order: str = "queued_at DESC") -> list[BuildRow]:
-        cur = self._conn().execute(
-            f"SELECT * FROM builds WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
-            (*args, limit, offset),
-        )
-        return [BuildRow.from_sql(r) for r in cur.fetchall()]
+    def unfinished(self) -> list[BuildRow]:
+        """Builds left queued or running (by a crash or a stop), oldest first."""
+        return self._select(f"status IN {_UNFINISHED}", order="queued_at ASC")
 
-    def count(self, where: str = "1", args: tuple = ()) -> int:
+    def newest(self, limit: int | None = None) -> list[BuildRow]:
+        """Every build (or the `limit` newest)."""
+        return self._select("1", (), limit=limit)
+
+    def history(self, project: str = "", status: Status | None = None, group: str = "",
+                limit: int | None = None, offset: int = 0) -> list[BuildRow]:
+        """A page of builds that match every filter given ('' and None match any)."""
+        where, args = _matching(project, status, group)
+        return self._select(where, args, limit=limit, offset=offset)
+
+    def count(self, project: str = "", status: Status | None = None, group: str = "") -> int:
+        """How many builds `history` has for these filters."""
+        where, args = _matching(project, status, group)
         return self._conn().execute(f"SELECT COUNT(*) FROM builds WHERE {where}", args).fetchone()[0]
+
+    def recent_finished(self, limit: int, project: str = "") -> list[BuildRow]:
+        """The newest finished builds (of `project`, or of all)."""
+        where, args = _matching(project, None, "")
+        return self._select(f"{where} AND status NOT IN {_UNFINISHED}", args, limit=limit)
+
+    def latest_per_group(self, project: str, limit: int) -> list[BuildRow]:
+        """The newest build of each group of `project` ('' is the build without a group), by
+        group name. SQLite returns the bare `rowid` of the row that holds MAX() in an aggregate
+        query."""
+        return self._select("rowid IN (SELECT r FROM (SELECT rowid AS r, MAX(queued_at) "
+                            "FROM builds WHERE project = ? GROUP BY grp))",
+                            (project,), limit=limit, order="grp ASC")
+
+    def find_by_prefix(self, prefix: str, limit: int = 20) -> list[BuildRow]:
+        """Builds whose id starts with `prefix`, of any project."""
+        return self._select("id >= ? AND id < ?", (prefix, prefix + "\uffff"), limit=limit)
 
     def status_counts(self, project: str = "") -> dict[str, int]:
         """Builds per status (every status, zero or not), from the trigger-kept counts."""
@@ -307,21 +401,14 @@ class Store:
         counts.update({status: n for status, n in rows if status in counts})
         return counts
 
-    def find_by_prefix(self, prefix: str, limit: int = 20) -> list[BuildRow]:
-        return self.query("id >= ? AND id < ?", (prefix, prefix + "\uffff"), limit=limit)
+    def _select(self, where: str, args: tuple = (), limit: int | None = None, offset: int = 0,
+                order: str = "queued_at DESC") -> list[BuildRow]:
+        cur = self._conn().execute(
+            f"SELECT * FROM builds WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+            (*args, -1 if limit is None else limit, offset))
+        return [BuildRow.from_sql(r) for r in cur.fetchall()]
 
     # --- garbage collection (mistryd/gc.py) ---------------------------------------------------
-
-    def ensure_size_columns(self) -> None:
-        """Add the columns GC keeps sizes in; idempotent, so an older index gains them."""
-        have = {r["name"] for r in self._conn().execute("PRAGMA table_info(builds)")}
-        for column, kind in (("size_bytes", "INTEGER"), ("size_of", "REAL")):
-            if column not in have:
-                try:
-                    self._conn().execute(f"ALTER TABLE builds ADD COLUMN {column} {kind}")
-                except sqlite3.OperationalError as e:  # another process added it meanwhile
-                    if "duplicate column" not in str(e):
-                        raise
 
     def gc_rows(self) -> list[sqlite3.Row]:
         try:
@@ -363,7 +450,7 @@ class Store:
         whoever deletes the row owns the eviction (a server and `mistryd gc` may race)."""
         cur = self._conn().execute(
             "DELETE FROM builds WHERE project=? AND id=? AND last_used<=? "
-            "AND status NOT IN ('queued', 'running')", (project, build_id, last_used))
+            f"AND status NOT IN {_UNFINISHED}", (project, build_id, last_used))
         return cur.rowcount == 1
 
     def reindex_build(self, project: str, build_id: str) -> bool:
@@ -378,7 +465,9 @@ class Store:
 
     @staticmethod
     def _select_gc_rows(db: sqlite3.Connection) -> list[sqlite3.Row]:
-        """The rows GC plans with; an index made before the size columns reads them as NULL."""
+        """The rows GC plans with. An index that an older mistryd made and nobody has migrated
+        yet (`read_gc_rows` reads without writing, so it cannot migrate) has no size columns:
+        they read as NULL, as for builds not measured yet."""
         have = {r[1] for r in db.execute("PRAGMA table_info(builds)")}
         columns = ", ".join(c if c in have else f"NULL AS {c}" for c in Store._GC_COLUMNS)
         return db.execute(f"SELECT {columns} FROM builds").fetchall()
@@ -391,6 +480,7 @@ class Store:
             db.row_factory = sqlite3.Row
             if exclusive:
                 db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            schema_version(db, index_path)  # a newer mistryd's index: refused, not misread
             return Store._select_gc_rows(db)
         finally:
             db.close()

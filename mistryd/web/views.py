@@ -64,7 +64,7 @@ def builds():
 def project_page(project: str):
     srv = server()
     known = project in srv.projects.names()
-    if name_problem(project) or (not known and not srv.store.count("project = ?", (project,))):
+    if name_problem(project) or (not known and not srv.store.count(project)):
         return _not_found(f"Unknown project '{project}'. The projects are listed on the "
                           "dashboard.")
     filters = history.Filters.parse(project, request.args.get("status", ""),
