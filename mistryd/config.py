@@ -1,81 +1,203 @@
-"""The server's configuration: upstream's JSON keys plus ours, validated with errors that name the key."""
+"""The server's configuration: upstream's JSON keys plus ours, as one typed model (pydantic), with
+errors that name the key and the fix in one line."""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    with_config,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from .errors import ConfigError
 
-FILESYSTEMS = ("auto", "btrfs", "plain")
-NETWORK_MODES = ("bridge", "none", "host")
 DEFAULT_ADDR = "127.0.0.1:8462"
-
-
-ROLES = ("read", "build", "admin")
 # The uid builds run as when mistryd runs as root and `uid` is not set: unprivileged, owned by no
 # account on a usual system (65532 is the "nonroot" of distroless images).
 BUILD_UID = 65532
-PROJECT_KEYS = {"build_timeout": int, "memory": str, "cpus": (int, float), "pids_limit": int,
-                "network_mode": str}
+
+# The kinds of values, each typed once. Numbers are strict (JSON "2" or true is not 2): a config
+# file is written by hand, and a quoted number is more often a mistake than an intent.
+Filesystem = Literal["auto", "btrfs", "plain"]
+NetworkMode = Literal["bridge", "none", "host"]
+Role = Literal["read", "build", "admin"]
+AtLeastOne = Annotated[StrictInt, Field(ge=1)]
+NotNegative = Annotated[StrictInt, Field(ge=0)]
+# gt=0 is used for limits only, where null means "no limit": the error message says so
+Limit = Annotated[StrictInt, Field(gt=0)] | None
+Cpus = Annotated[float, Strict(), Field(gt=0)] | None  # strict floats take integers too (4 -> 4.0)
+Seconds = NotNegative  # 0 means none (for build_timeout) or off (for gc_interval)
+Memory = StrictStr | None  # docker's syntax: "512m", "2g"
+
+FILESYSTEMS: tuple[str, ...] = Filesystem.__args__
+NETWORK_MODES: tuple[str, ...] = NetworkMode.__args__
+ROLES: tuple[str, ...] = Role.__args__
 
 
-@dataclass(frozen=True)
-class ProjectSettings:
-    """What a project's container gets: the server defaults, overridden per project."""
-
-    build_timeout: int  # seconds; 0 means none
-    memory: str | None  # docker's syntax: "512m", "2g"
-    cpus: float | None
-    pids_limit: int | None
-    network_mode: str
+def _fail(problem: str) -> PydanticCustomError:
+    """A validator's error: `problem` is shown to the user after the key, as it is."""
+    return PydanticCustomError("mistryd", problem)
 
 
-@dataclass(frozen=True)
+def _base(info: ValidationInfo) -> Path:
+    """Relative paths resolve against the config file's folder (from_dict's `base`). Without one
+    (dataclasses.replace validates again) the paths are already absolute."""
+    return (info.context or {}).get("base") or Path.cwd()
+
+
+def _required(value: Any) -> Any:
+    if value is None or value == "":
+        raise _fail("is required")
+    return value
+
+
+def _resolved(path: Path, info: ValidationInfo) -> Path:
+    return (_base(info) / path).resolve()
+
+
+FolderPath = Annotated[Path, BeforeValidator(_required), AfterValidator(_resolved)]
+
+
+def _host_port(addr: str) -> str:
+    try:
+        split_addr(addr)
+    except ConfigError:
+        raise _fail(f"'{addr}' is not HOST:PORT (e.g. {DEFAULT_ADDR})") from None
+    return addr
+
+
+HostPort = Annotated[StrictStr, AfterValidator(_host_port)]
+
+
+def _container_target(target: str) -> str:
+    if not target.split(":")[0].startswith("/"):
+        raise _fail("the container path must be absolute")
+    return target
+
+
+def _mount_sources(mounts: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    return {str((_base(info) / src).resolve()): target for src, target in mounts.items()}
+
+
+Mounts = Annotated[dict[str, Annotated[StrictStr, AfterValidator(_container_target)]],
+                   AfterValidator(_mount_sources)]
+
+
+def _capability(cap: str) -> str:
+    if not cap.isupper():
+        raise _fail(f"{json.dumps(cap)} is not a capability like \"CHOWN\"")
+    return cap
+
+
+_HOST_ENTRY = re.compile(r"(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def _host_entry(entry: str) -> str:
+    """An `allowed_hosts` entry, kept lower-case: "builds.example.org", "proxy.lan:8080"."""
+    host = entry.strip().lower().rstrip(".")
+    if not _HOST_ENTRY.fullmatch(host):
+        raise _fail(f"{json.dumps(entry)} is not a host name like \"builds.example.org\" "
+                    "or \"builds.example.org:8462\"")
+    return host
+
+
+# Unknown keys are refused everywhere: a misspelt key would otherwise be silently ignored.
+_NO_EXTRA = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, config=_NO_EXTRA)
 class Token:
-    name: str
-    token: str = field(repr=False)  # a repr (a log line, a debugger) never shows it
-    role: str
+    """`tokens`: [{"name": "ci", "token": "...", "role": "build"}, ...]"""
+
+    name: Annotated[StrictStr, Field(min_length=1)]
+    token: Annotated[StrictStr, Field(min_length=16)] = dataclasses.field(repr=False)  # never in a log
+    role: Role
 
 
-@dataclass(frozen=True)
+@with_config(_NO_EXTRA)
+class ProjectOverrides(TypedDict, total=False):
+    """`projects.NAME`: the container settings one project gets instead of the server-wide keys of
+    the same names (so typed the same). A key that is absent means the server's value; null
+    means null (no limit) where the server-wide key allows it."""
+
+    build_timeout: Seconds
+    memory: Memory
+    cpus: Cpus
+    pids_limit: Limit
+    network_mode: NetworkMode
+
+
+PROJECT_KEYS: tuple[str, ...] = tuple(ProjectOverrides.__annotations__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectSettings:
+    """What a project's container gets: the server-wide values, overridden per project."""
+
+    build_timeout: Seconds
+    memory: Memory
+    cpus: Cpus
+    pids_limit: Limit
+    network_mode: NetworkMode
+
+
+@dataclass(frozen=True, config=_NO_EXTRA)
 class Config:
-    projects_path: Path
-    build_path: Path
-    mounts: dict[str, str] = field(default_factory=dict)
-    job_concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
-    job_backlog: int | None = None  # None: 2 x job_concurrency, as upstream
-    addr: str = DEFAULT_ADDR
-    filesystem: str = "auto"
-    network_mode: str = "bridge"
-    container_env: dict[str, str] = field(default_factory=dict)
-    uid: int | None = None  # None: the server's own uid, as upstream; BUILD_UID instead of root
-    pull_base: bool = False  # `rebuild` pulls base images only when asked: there may be no registry
-    http_threads: int = 128
-    max_body_bytes: int = 1 << 20
-    rsync_addr: str | None = None  # HOST:PORT of a read-only rsync daemon (module `mistry`); None: off
+    """The config file's keys, their types, defaults and checks (README: Configuration)."""
+
+    projects_path: FolderPath
+    build_path: FolderPath
+    mounts: Mounts = dataclasses.field(default_factory=dict)
+    job_concurrency: AtLeastOne = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    job_backlog: NotNegative | None = None  # None: 2 x job_concurrency, as upstream
+    addr: HostPort = DEFAULT_ADDR
+    filesystem: Filesystem = "auto"
+    network_mode: NetworkMode = "bridge"
+    container_env: dict[str, StrictStr] = dataclasses.field(default_factory=dict)
+    uid: StrictInt | None = None  # None: the server's own uid, as upstream; BUILD_UID instead of root
+    pull_base: StrictBool = False  # `rebuild` pulls base images only when asked: there may be no registry
+    http_threads: AtLeastOne = 128
+    max_body_bytes: AtLeastOne = 1 << 20
+    rsync_addr: HostPort | None = None  # HOST:PORT of a read-only rsync daemon (module `mistry`); None: off
     # limits of build containers, and per-project overrides of them
-    build_timeout: int = 3600
-    memory: str | None = None
-    cpus: float | None = None
-    pids_limit: int | None = 4096
-    cap_add: tuple[str, ...] = ()  # every capability is dropped but these
-    projects: dict[str, dict] = field(default_factory=dict)
-    shutdown_grace: int = 30  # seconds running builds get to finish on SIGTERM
+    build_timeout: Seconds = 3600
+    memory: Memory = None
+    cpus: Cpus = None
+    pids_limit: Limit = 4096
+    cap_add: tuple[Annotated[StrictStr, AfterValidator(_capability)], ...] = ()  # all others dropped
+    projects: dict[str, ProjectOverrides] = dataclasses.field(default_factory=dict)
+    shutdown_grace: Seconds = 30  # seconds running builds get to finish on SIGTERM
     # garbage collection and disk
-    max_build_bytes: int | None = None
-    max_build_age: int | None = None  # seconds
-    gc_interval: int = 300
-    min_free_bytes: int = 256 << 20  # below this, new builds are refused with 507
+    max_build_bytes: Limit = None
+    max_build_age: Limit = None  # seconds
+    gc_interval: Seconds = 300
+    min_free_bytes: NotNegative = 256 << 20  # below this, new builds are refused with 507
     # access
     tokens: tuple[Token, ...] = ()
-    anonymous_read: bool = False
+    anonymous_read: StrictBool = False
     # Host names (HOST or HOST:PORT) this server answers to besides its listen address and
     # loopback, e.g. the name a reverse proxy forwards: other names are refused (DNS rebinding)
-    allowed_hosts: tuple[str, ...] = ()
+    allowed_hosts: tuple[Annotated[StrictStr, AfterValidator(_host_entry)], ...] = ()
 
     @property
     def backlog(self) -> int:
@@ -96,13 +218,7 @@ class Config:
 
     def for_project(self, project: str) -> ProjectSettings:
         o = self.projects.get(project, {})
-        return ProjectSettings(
-            build_timeout=o.get("build_timeout", self.build_timeout),
-            memory=o.get("memory", self.memory),
-            cpus=o.get("cpus", self.cpus),
-            pids_limit=o.get("pids_limit", self.pids_limit),
-            network_mode=o.get("network_mode", self.network_mode),
-        )
+        return ProjectSettings(**{key: o.get(key, getattr(self, key)) for key in PROJECT_KEYS})
 
     @property
     def host(self) -> str:
@@ -111,6 +227,9 @@ class Config:
     @property
     def port(self) -> int:
         return split_addr(self.addr)[1]
+
+
+_CONFIG = TypeAdapter(Config)
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -135,140 +254,72 @@ def load(path: str | os.PathLike, **overrides) -> Config:
     return from_dict(raw, base=path.resolve().parent)
 
 
-_FIELDS = {
-    "projects_path": str, "build_path": str, "mounts": dict, "job_concurrency": int,
-    "job_backlog": int, "addr": str, "filesystem": str, "network_mode": str,
-    "container_env": dict, "uid": int, "pull_base": bool, "http_threads": int,
-    "max_body_bytes": int, "rsync_addr": str, "build_timeout": int, "memory": str,
-    "cpus": (int, float), "pids_limit": int, "cap_add": list, "projects": dict,
-    "shutdown_grace": int, "max_build_bytes": int, "max_build_age": int, "gc_interval": int,
-    "min_free_bytes": int, "tokens": list, "anonymous_read": bool, "allowed_hosts": list,
-}
-_NULLABLE = {"rsync_addr", "memory", "cpus", "pids_limit", "max_build_bytes", "max_build_age",
-             "job_backlog", "uid"}
-
-
-def _type_name(want) -> str:
-    if isinstance(want, tuple):
-        return "a number"
-    return {"str": "a string", "int": "an integer", "bool": "true or false", "dict": "an object",
-            "list": "a list"}.get(want.__name__, want.__name__)
-
-
-def _check_type(key: str, value, want) -> None:
-    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-        raise ConfigError(key, f"must be {_type_name(want)}, got {json.dumps(value)}")
-
-
 def from_dict(raw: dict, base: Path | None = None) -> Config:
-    base = base or Path.cwd()
-    for key, value in raw.items():
-        if key not in _FIELDS:
-            raise ConfigError(key, f"unknown key (known: {', '.join(sorted(_FIELDS))})")
-        want = _FIELDS[key]
-        if value is None and key in _NULLABLE:
-            continue
-        _check_type(key, value, want)
-    for key in ("projects_path", "build_path"):
-        if not raw.get(key):
-            raise ConfigError(key, "is required")
-    projects_path = (base / raw["projects_path"]).resolve()
-    build_path = (base / raw["build_path"]).resolve()
-    if not projects_path.is_dir():
-        raise ConfigError("projects_path", f"{projects_path} is not a folder")
-    try:  # unlike upstream, a missing build_path is created: a fresh checkout just works
-        build_path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError("build_path", f"cannot create {build_path} ({e.strerror})") from None
-    if not os.access(build_path, os.W_OK):
-        raise ConfigError("build_path", f"{build_path} is not writable")
-    for key in ("mounts", "container_env"):
-        for k, v in raw.get(key, {}).items():
-            if not isinstance(v, str):
-                raise ConfigError(f"{key}.{k}", "values must be strings")
-    mounts = {}
-    for src, target in raw.get("mounts", {}).items():
-        if not target.split(":")[0].startswith("/"):
-            raise ConfigError(f"mounts.{src}", "the container path must be absolute")
-        mounts[str((base / src).resolve())] = target
-    for key in ("job_concurrency", "http_threads", "max_body_bytes"):
-        if key in raw and raw[key] < 1:
-            raise ConfigError(key, "must be at least 1")
-    if raw.get("job_backlog", 0) < 0:
-        raise ConfigError("job_backlog", "must not be negative")
-    if raw.get("filesystem", "auto") not in FILESYSTEMS:
-        raise ConfigError("filesystem", f"must be one of {', '.join(FILESYSTEMS)}")
-    if raw.get("network_mode", "bridge") not in NETWORK_MODES:
-        raise ConfigError("network_mode", f"must be one of {', '.join(NETWORK_MODES)}")
-    for key in ("build_timeout", "shutdown_grace", "gc_interval", "min_free_bytes"):
-        if raw.get(key, 0) < 0:
-            raise ConfigError(key, "must not be negative")
-    for key in ("pids_limit", "max_build_bytes", "max_build_age", "cpus"):
-        if raw.get(key) is not None and raw[key] <= 0:
-            raise ConfigError(key, "must be positive (or null for no limit)")
-    for name, overrides in raw.get("projects", {}).items():
-        _check_project_overrides(name, overrides)
-    for cap in raw.get("cap_add", []):
-        if not isinstance(cap, str) or not cap.isupper():
-            raise ConfigError("cap_add", f"{json.dumps(cap)} is not a capability like \"CHOWN\"")
-    values = {k: v for k, v in raw.items()
-              if k not in ("projects_path", "build_path", "mounts", "tokens", "cap_add",
-                           "allowed_hosts")}
-    cfg = Config(projects_path=projects_path, build_path=build_path, mounts=mounts,
-                 tokens=_tokens(raw.get("tokens", [])), cap_add=tuple(raw.get("cap_add", [])),
-                 allowed_hosts=_allowed_hosts(raw.get("allowed_hosts", [])), **values)
-    split_addr(cfg.addr)
-    if cfg.rsync_addr is not None:
-        try:
-            split_addr(cfg.rsync_addr)
-        except ConfigError as e:
-            raise ConfigError("rsync_addr", e.message.split(": ", 2)[-1]) from None
+    """The config from a file's JSON object; relative paths resolve against `base` (default: the
+    current folder). Raises ConfigError naming the first bad key."""
+    try:
+        cfg = _CONFIG.validate_python(raw, context={"base": base or Path.cwd()})
+    except ValidationError as e:
+        raise _config_error(e.errors(include_url=False)[0]) from None
+    _check_folders(cfg)
     return cfg
 
 
-def _check_project_overrides(name: str, overrides) -> None:
-    where = f"projects.{name}"
-    if not isinstance(overrides, dict):
-        raise ConfigError(where, "must be an object of overrides")
-    for key, value in overrides.items():
-        if key not in PROJECT_KEYS:
-            raise ConfigError(f"{where}.{key}",
-                              f"unknown override (known: {', '.join(PROJECT_KEYS)})")
-        if value is not None:
-            _check_type(f"{where}.{key}", value, PROJECT_KEYS[key])
-    if overrides.get("network_mode", "bridge") not in NETWORK_MODES:
-        raise ConfigError(f"{where}.network_mode", f"must be one of {', '.join(NETWORK_MODES)}")
+def _check_folders(cfg: Config) -> None:
+    """What the file system must offer; checked after the types, as the types say where to look."""
+    if not cfg.projects_path.is_dir():
+        raise ConfigError("projects_path", f"{cfg.projects_path} is not a folder")
+    try:  # unlike upstream, a missing build_path is created: a fresh checkout just works
+        cfg.build_path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError("build_path", f"cannot create {cfg.build_path} ({e.strerror})") from None
+    if not os.access(cfg.build_path, os.W_OK):
+        raise ConfigError("build_path", f"{cfg.build_path} is not writable")
 
 
-_HOST_ENTRY = re.compile(r"(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+# pydantic's error types -> what the value must be, in the words of a JSON file
+_KINDS = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "string_type": "a string",
+    "path_type": "a string (a path)", "bool_type": "true or false", "bool_parsing": "true or false",
+    "dict_type": "an object", "dataclass_type": "an object", "dataclass_args_type": "an object",
+    "model_type": "an object", "tuple_type": "a list", "list_type": "a list",
+}
 
 
-def _allowed_hosts(raw: list) -> tuple[str, ...]:
-    """`allowed_hosts`: ["builds.example.org", "proxy.lan:8080"], kept lower-case."""
-    hosts = []
-    for i, entry in enumerate(raw):
-        host = entry.strip().lower().rstrip(".") if isinstance(entry, str) else ""
-        if not _HOST_ENTRY.fullmatch(host):
-            raise ConfigError(f"allowed_hosts[{i}]",
-                              f"{json.dumps(entry)} is not a host name like \"builds.example.org\" "
-                              "or \"builds.example.org:8462\"")
-        hosts.append(host)
-    return tuple(hosts)
+def _config_error(err: dict) -> ConfigError:
+    """One pydantic error as one line: the key (`tokens[0].role`) and what to write instead."""
+    loc = err["loc"]
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    kind, ctx = err["type"], err.get("ctx") or {}
+    got = f", got {json.dumps(err['input'], default=str)}"
+    if kind in ("missing", "missing_argument"):
+        problem = "is required"
+    elif kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        problem = _unknown_key(loc)
+    elif kind in _KINDS:
+        problem = f"must be {_KINDS[kind]}{got}"
+    elif kind == "literal_error":
+        problem = f"must be one of {ctx['expected'].replace(chr(39), '')}{got}"
+    elif kind == "greater_than_equal":
+        problem = ("must not be negative" if ctx["ge"] == 0 else f"must be at least {ctx['ge']}") + got
+    elif kind == "greater_than":
+        problem = f"must be positive (or null for no limit){got}"
+    elif kind == "string_too_short":
+        n = ctx["min_length"]
+        problem = "must not be empty" if n == 1 else f"must be at least {n} characters"
+    else:  # our validators' own words (_fail), or a pydantic message as a last resort
+        problem = err["msg"]
+    return ConfigError(key, " ".join(problem.split()))
 
 
-def _tokens(raw: list) -> tuple[Token, ...]:
-    """`tokens`: [{"name": "ci", "token": "...", "role": "build"}, ...]"""
-    tokens = []
-    for i, entry in enumerate(raw):
-        where = f"tokens[{i}]"
-        if not isinstance(entry, dict) or set(entry) - {"name", "token", "role"}:
-            raise ConfigError(where, 'must be an object {"name", "token", "role"}')
-        for key in ("name", "token", "role"):
-            if not isinstance(entry.get(key), str) or not entry[key]:
-                raise ConfigError(f"{where}.{key}", "is required and must be a string")
-        if entry["role"] not in ROLES:
-            raise ConfigError(f"{where}.role", f"must be one of {', '.join(ROLES)}")
-        if len(entry["token"]) < 16:
-            raise ConfigError(f"{where}.token", "must be at least 16 characters")
-        tokens.append(Token(entry["name"], entry["token"], entry["role"]))
-    return tuple(tokens)
+def _unknown_key(loc: tuple) -> str:
+    if loc[0] == "projects" and len(loc) == 3:
+        what, known = "unknown override", PROJECT_KEYS
+    elif loc[0] == "tokens" and len(loc) == 3:
+        what, known = "unknown key", tuple(f.name for f in dataclasses.fields(Token))
+    else:
+        what, known = "unknown key", tuple(sorted(f.name for f in dataclasses.fields(Config)))
+    if close := difflib.get_close_matches(str(loc[-1]), known, n=1):
+        return f'{what} (did you mean "{close[0]}"?)'
+    return f"{what} (known: {', '.join(known)})"
