@@ -8,7 +8,6 @@ import os
 import shutil
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ from .docker_runner import (
     ImageBuildTimedOut,
     RunResult,
 )
+from .errors import MistryError
 from .jobs import BuildInfo, JobRequest, rfc3339
 from .layout import INFO_FILE, LOG_FILE, Layout, point, publish, write_json_atomically
 from .logs import LiveLog
@@ -111,6 +111,7 @@ class Builder:
             except ImageBuildError as e:
                 info.ErrBuild = f"could not build the image: {e}"
                 reason = "image build failed"
+                log.info("mistryd: build %s/%s: %s", project, job.id, info.ErrBuild)
             else:
                 timings["image"] = round(time.time() - t, 3)
                 if job.cancel.is_set():
@@ -126,12 +127,19 @@ class Builder:
                     status, reason = self._defuse(job, pending / "data", status, reason)
                     if reason.startswith(REFUSED):
                         info.ErrBuild = reason
+        except (MistryError, ImageBuildError) as e:
+            # expected (Docker down or refusing, the project changed, a lost image that did not
+            # build again): the line names the thing and the fix, a traceback would add nothing
+            message = e.message if isinstance(e, MistryError) else f"could not build the image: {e}"
+            info.ErrBuild = reason = message
+            job.log.line(f"mistryd: {message}")
+            log.warning("mistryd: build %s/%s failed: %s", project, job.id, message)
+            status = Status.FAILED
         except Exception as e:  # noqa: BLE001 - any failure must still end as a record
             info.ErrBuild = info.ErrBuild or f"mistryd: {type(e).__name__}: {e}"
             reason = reason or info.ErrBuild
-            job.log.line(info.ErrBuild)
-            job.log.line(traceback.format_exc())
-            log.warning("mistryd: build %s/%s failed: %s", project, job.id, info.ErrBuild)
+            job.log.line(f"{info.ErrBuild} (the details are in the server's log)")
+            log.exception("mistryd: build %s/%s failed: %s", project, job.id, info.ErrBuild)
             status = Status.FAILED
         if status in (Status.CANCELLED, Status.TIMED_OUT):
             info.ErrBuild = reason

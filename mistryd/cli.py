@@ -142,6 +142,7 @@ def rebuild(ctx, config_path, addr, filesystem, projects, fail_fast, verbose):
     """Rebuild project images without Docker's layer cache, then prune this server's old images
     (never those of another mistryd on the same engine)."""
     from .docker_runner import DockerRunner, ImageBuildError
+    from .errors import DockerRefused, DockerUnavailable
     from .projects import Projects
 
     config = _load(ctx, config_path, addr, filesystem)
@@ -160,11 +161,14 @@ def rebuild(ctx, config_path, addr, filesystem, projects, fail_fast, verbose):
         try:  # under the project's limits and build_timeout, as the server builds it
             runner.build_image(name, path, tag, _Console(verbose), nocache=True,
                                pull=config.pull_base, settings=config.for_project(name))
-        except ImageBuildError as e:
+        except (ImageBuildError, DockerRefused) as e:
             failed.append(name)
             click.echo(f"mistryd: the image of '{name}' did not build: {e}", err=True)
             if fail_fast:
                 break
+        except DockerUnavailable as e:  # no other project would build either
+            click.echo(f"mistryd: {e.message}", err=True)
+            sys.exit(1)
     runner.prune_images()
     if failed:
         click.echo(f"Failed: {', '.join(failed)}", err=True)
@@ -189,7 +193,7 @@ def gc(ctx, config_path, addr, filesystem, dry_run):
         return
     try:
         report = collect(config, dry_run=dry_run)
-    except (OSError, sqlite3.Error) as e:
+    except (OSError, sqlite3.Error, MistryError) as e:  # MistryError: an index newer than this code
         click.echo(f"mistryd: gc: cannot collect in build_path={config.build_path}: {e}", err=True)
         sys.exit(1)
     for line in report.lines():

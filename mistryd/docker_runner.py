@@ -1,22 +1,36 @@
 """Everything that talks to Docker: image builds, container runs, clean-up. The only module that
 imports the Docker SDK. Every image and container it makes carries the LABEL below, so start-up and
-`rebuild` touch only what is ours, never the host's other images or containers."""
+`rebuild` touch only what is ours, never the host's other images or containers.
+
+Docker's failures reach users as one line: `DockerUnavailable` when the engine does not answer
+(the client connects on first use, so mistryd starts and serves cache hits while Docker is down,
+and builds again as soon as it answers), Docker's own message when it refuses something (a
+Dockerfile that does not parse, a base image it cannot pull), never a URL of its API."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import logging
+import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
 import docker.errors
 import docker.utils
+import requests
+import urllib3.exceptions
 
 from .config import Config, ProjectSettings
+from .errors import DockerRefused, DockerUnavailable, MistryError, ProjectChanged
 from .logs import LiveLog
+from .projects import folder_fingerprint
 
 LABEL = "io.mistryd.managed"
 PROJECT_LABEL = "io.mistryd.project"
@@ -25,6 +39,9 @@ BUILD_LABEL = "io.mistryd.build"
 # its own previous process only, never the running builds of another mistryd on the same engine.
 INSTANCE_LABEL = "io.mistryd.instance"
 MAX_STDERR = 1 << 20
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"  # where the SDK connects without DOCKER_HOST
+
+log = logging.getLogger("mistryd")
 
 
 class ImageBuildError(Exception):
@@ -72,6 +89,67 @@ def image_tag(project: str, fingerprint: str, instance: str) -> str:
     return f"mistry/{slug}-{suffix}-{instance[:8]}:{fingerprint[:20]}"
 
 
+def docker_endpoint() -> str:
+    """Where the Docker SDK connects: DOCKER_HOST, as `docker.from_env` reads it."""
+    return os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+
+
+def unreachable(endpoint: str, error: BaseException) -> DockerUnavailable:
+    """The one line for an engine that does not answer, with the fix that fits the cause."""
+    cause = _os_error(error)
+    if cause is not None and cause.errno in (errno.EACCES, errno.EPERM):
+        return DockerUnavailable(f"Docker is not reachable at {endpoint}: permission denied "
+                                 "(run mistryd as root or as a member of the docker group)")
+    if isinstance(error, docker.errors.DockerException) and error.__context__ is None:
+        # raised by the SDK itself, not by a failed connection: a DOCKER_HOST it cannot use
+        return DockerUnavailable(f"Docker is not reachable at {endpoint}: {error} "
+                                 "(check DOCKER_HOST)")
+    hint = "is dockerd running? systemctl start docker" if endpoint.startswith("unix://") \
+        else "is the Docker engine there running? check DOCKER_HOST"
+    return DockerUnavailable(f"Docker is not reachable at {endpoint} ({hint})")
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The operating system's error under a connection failure (requests and urllib3 wrap it in
+    their own exceptions, in their arguments or as the cause)."""
+    todo, seen = [error], set()
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and isinstance(e.errno, int):
+            return e
+        todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+        todo += [c for c in (e.__cause__, e.__context__) if c is not None]
+    return None
+
+
+def explanation(error: docker.errors.APIError) -> str:
+    """Docker's own message of an API error, on one line (never the URL of the call)."""
+    text = one_line(error.explanation if isinstance(error.explanation, str) else "")
+    if not text:
+        response = error.response
+        text = f"HTTP {error.status_code} {getattr(response, 'reason', '') or ''}".strip()
+    return text
+
+
+def one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def build_error(error: str, step: str | None) -> str:
+    """Docker's error of an image build on one line; when the FROM step failed it names the base
+    image, which docker's message (about a registry) does not."""
+    error = one_line(error)
+    words = (step or "").split()
+    if words and words[0].upper() == "FROM":
+        image = next((w for w in words[1:] if not w.startswith("--")), "?")
+        return (f"base image {image} could not be pulled: {error} (fix the FROM line, or pull "
+                "or load the image on the Docker host)")
+    return error
+
+
 def build_limits(settings: ProjectSettings) -> dict:
     """The project's limits as the build API takes them, so `RUN` steps get what the build
     container gets where the classic builder allows it: memory (no swap beyond it), a CPU weight
@@ -88,6 +166,16 @@ def build_limits(settings: ProjectSettings) -> dict:
     if limits:
         options["container_limits"] = limits
     return options
+
+
+def _check_unchanged(project: str, context: Path, fingerprint: str, when: str) -> None:
+    """ProjectChanged unless the folder still has the content the job's key was made from."""
+    try:
+        now = folder_fingerprint(context)
+    except OSError as e:
+        raise ProjectChanged(project, f"{when} (its folder cannot be read: {e.strerror})") from None
+    if now != fingerprint:
+        raise ProjectChanged(project, when)
 
 
 def _deadline(timeout: int) -> float | None:
@@ -137,21 +225,30 @@ class _ImageBuild:
     stream: _BuildStream = field(default_factory=_BuildStream)
     done: threading.Event = field(default_factory=threading.Event)
     image_id: str | None = None
-    error: str | None = None
+    error: str | None = None  # docker's error: the Dockerfile did not build
+    failure: Exception | None = None  # the talk with docker failed (reported by the waiting thread)
     container: str | None = None  # the running RUN step's container
+    step: str | None = None  # the step docker runs now ("FROM debian:bookworm-slim")
 
     def take(self, chunk: dict) -> None:
         if "stream" in chunk:
             self.log.write(chunk["stream"].encode("utf-8", "replace"))
             if running := _RUNNING_IN.search(chunk["stream"]):
                 self.container = running.group(1)
+            if step := _STEP.search(chunk["stream"]):
+                self.step = step.group(1).strip()
         if "error" in chunk:
-            self.error = chunk["error"].strip()
+            self.error = build_error(chunk["error"], self.step)
         if "aux" in chunk and "ID" in chunk["aux"]:
             self.image_id = chunk["aux"]["ID"]
 
 
 _RUNNING_IN = re.compile(r"Running in ([0-9a-f]{12,64})")
+_STEP = re.compile(r"^Step \d+/\d+ : (.*)$", re.MULTILINE)
+# What a broken connection to the engine looks like, besides requests' ConnectionError: worth a
+# ping to find out whether the engine is gone (anything else is a bug and keeps its traceback).
+_TRANSPORT_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
+                     OSError, docker.errors.DockerException)
 _POLL = 0.1  # how soon a cancel or a deadline is noticed, image build or container (seconds)
 _STOP_GRACE = 10  # how long a stopped build's reader may take to let go (seconds)
 
@@ -159,18 +256,80 @@ _STOP_GRACE = 10  # how long a stopped build's reader may take to let go (second
 @dataclass
 class DockerRunner:
     config: Config
-    client: docker.DockerClient = field(default=None)  # type: ignore[assignment]
     _built: dict[str, str] = field(default_factory=dict)  # tag -> image id
     _sources: dict[str, tuple[str, Path, str]] = field(default_factory=dict)  # id -> its inputs
     _building: dict[str, threading.Event] = field(default_factory=dict)  # tag -> set when done
     _building_guard: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self):
-        if self.client is None:
-            self.client = docker.from_env(timeout=600)
         self.instance = instance_id(self.config.build_path)
+        self.endpoint = docker_endpoint()
         self._reading = threading.local()  # the build stream the current thread is opening
-        self.client.api.hooks["response"].append(self._attach_build_response)
+        self._client: docker.DockerClient | None = None
+        self._connecting = threading.Lock()
+        self._orphans_left = False  # start-up could not remove them: Docker was down
+        self._left_behind: set[str] = set()  # containers of builds cut by Docker going away
+
+    # --- the engine ---------------------------------------------------------------------------
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """The engine's client, connected on first use and again after a failed attempt, so the
+        server starts while Docker is down and builds as soon as it answers. Raises
+        DockerUnavailable until then."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._connecting:
+            if self._client is None:
+                try:
+                    client = docker.from_env(timeout=600)
+                except docker.errors.DockerException as e:
+                    raise unreachable(self.endpoint, e) from None
+                client.api.hooks["response"].append(self._attach_build_response)
+                if self._orphans_left:  # before any build of ours can make a container
+                    try:
+                        removed = self._remove_orphans(client)
+                    except docker.errors.APIError as e:
+                        raise DockerRefused(f"could not remove old containers: "
+                                            f"{explanation(e)}") from e
+                    except _TRANSPORT_ERRORS as e:
+                        raise unreachable(self.endpoint, e) from e
+                    self._orphans_left = False
+                    log.info("mistryd: Docker answers at %s; removed %d orphaned container(s) "
+                             "of the previous process", self.endpoint, len(removed))
+                self._client = client
+        return self._client
+
+    def reachable(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except Exception:  # noqa: BLE001 - any failure to answer a ping means "not reachable"
+            return False
+
+    def docker_problem(self, error: Exception, doing: str) -> Exception:
+        """What a failed Docker call means for the user: DockerUnavailable when the engine does
+        not answer, DockerRefused with Docker's own message when it answered with an error. Any
+        other exception is unexpected and is returned as it is."""
+        if isinstance(error, MistryError | ImageBuildError):
+            return error
+        if isinstance(error, docker.errors.APIError):
+            return DockerRefused(f"{doing}: {explanation(error)}")
+        if isinstance(error, requests.exceptions.ConnectionError):
+            return unreachable(self.endpoint, error)
+        if isinstance(error, _TRANSPORT_ERRORS) and not self.reachable():
+            return unreachable(self.endpoint, error)
+        return error
+
+    @contextlib.contextmanager
+    def _talking_to_docker(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception as e:
+            problem = self.docker_problem(e, doing)
+            if problem is e:
+                raise
+            raise problem from e
 
     # --- images -------------------------------------------------------------------------------
 
@@ -182,7 +341,11 @@ class DockerRunner:
                      cancel: threading.Event | None = None) -> str:
         """Build the project's image unless this server already built it for this content (and
         it still exists). Waits for another job's build of the same image; raises
-        ImageBuildTimedOut after `settings.build_timeout` and ImageBuildCancelled on `cancel`."""
+        ImageBuildTimedOut after `settings.build_timeout` and ImageBuildCancelled on `cancel`.
+
+        An image is tagged with the fingerprint of what it was built from, so the folder is
+        checked against `fingerprint` right before the build and again after it: ProjectChanged
+        when it no longer matches (and no image keeps that tag)."""
         settings = settings or self.config.for_project(project)
         cancel = cancel or threading.Event()
         deadline = _deadline(settings.build_timeout)
@@ -191,9 +354,15 @@ class DockerRunner:
         try:
             if not rebuild and (image_id := self._memoized(tag, log)):
                 return image_id
+            _check_unchanged(project, context, fingerprint, "while the build was queued")
             image_id = self.build_image(project, context, tag, log, nocache=rebuild,
                                         pull=rebuild and self.config.pull_base,
                                         settings=settings, cancel=cancel, deadline=deadline)
+            try:
+                _check_unchanged(project, context, fingerprint, "while its image was building")
+            except ProjectChanged:
+                self._untag(tag)
+                raise
             self._built[tag] = image_id
             self._sources[image_id] = (project, Path(context), fingerprint)
             return image_id
@@ -230,17 +399,20 @@ class DockerRunner:
         reader.start()
         stop = self._await_build(build, cancel or threading.Event(), deadline,
                                  settings.build_timeout)
-        if stop is not None:
-            build.stream.stop()
-            reader.join(_STOP_GRACE)
-            if build.container:  # the daemon removes it on hang-up; make sure of it
-                self._remove_container(build.container)
-            log.line(f"mistryd: {stop}")
-            raise stop
-        if build.error is not None:
-            log.line(build.error)
-            raise ImageBuildError(build.error)
-        return build.image_id or self.client.images.get(tag).id
+        with self._talking_to_docker("could not build the image"):
+            if stop is not None:
+                build.stream.stop()
+                reader.join(_STOP_GRACE)
+                if build.container:  # the daemon removes it on hang-up; make sure of it
+                    self._remove_container(build.container)
+                log.line(f"mistryd: {stop}")
+                raise stop
+            if build.error is not None:
+                log.line(build.error)
+                raise ImageBuildError(build.error)
+            if build.failure is not None:
+                raise build.failure
+            return build.image_id or self.client.images.get(tag).id
 
     def _read_build(self, build: _ImageBuild, options: dict) -> None:
         self._reading.stream = build.stream
@@ -249,9 +421,11 @@ class DockerRunner:
                 build.take(chunk)
                 if build.error is not None:
                     break
+        except docker.errors.APIError as e:  # refused before it began: "dockerfile parse error"
+            build.error = explanation(e)
         except Exception as e:  # noqa: BLE001 - reported by the waiting thread
             if not build.stream.stopped:
-                build.error = f"docker: {type(e).__name__}: {e}"
+                build.failure = e
         finally:
             self._reading.stream = None
             build.stream.close()
@@ -298,14 +472,28 @@ class DockerRunner:
         image_id = self._built.get(tag)
         if image_id is None:
             return None
-        try:
-            self.client.api.inspect_image(image_id)
-        except docker.errors.NotFound:
+        with self._talking_to_docker("could not inspect the image"):
+            gone = self._gone(lambda: self.client.api.inspect_image(image_id))
+        if gone:
             log.line(f"mistryd: image {tag} was removed outside mistryd; building it again")
             self._forget(image_id)
             return None
         log.line(f"mistryd: using image {tag}")
         return image_id
+
+    def _untag(self, tag: str) -> None:
+        """Take `tag` off the image just built (the image goes with it unless it has others)."""
+        with self._talking_to_docker(f"could not remove the image tag {tag}"):
+            self._gone(lambda: self.client.api.remove_image(tag))
+
+    @staticmethod
+    def _gone(call) -> bool:
+        """Make the call; True when Docker answers that its object does not exist."""
+        try:
+            call()
+        except docker.errors.NotFound:
+            return True
+        return False
 
     def _forget(self, image_id: str) -> None:
         self._sources.pop(image_id, None)
@@ -326,7 +514,14 @@ class DockerRunner:
     def run(self, image: str, name: str, project: str, data_dir: Path, log: LiveLog,
             settings: ProjectSettings, cancel: threading.Event | None = None) -> RunResult:
         """Run one build container with `data_dir` at /data; stream its output into `log`.
-        The container is killed when `settings.build_timeout` passes or `cancel` is set."""
+        The container is killed when `settings.build_timeout` passes or `cancel` is set.
+        DockerUnavailable or DockerRefused when Docker fails it."""
+        with self._talking_to_docker("could not run the build container"):
+            return self._run(image, name, project, data_dir, log, settings, cancel)
+
+    def _run(self, image: str, name: str, project: str, data_dir: Path, log: LiveLog,
+             settings: ProjectSettings, cancel: threading.Event | None) -> RunResult:
+        self._remove_left_behind()
         self._remove_container(name)  # a stale container with this name must not block the build
         cancel = cancel or threading.Event()
         options = self._container_options(project, name, data_dir, settings)
@@ -358,8 +553,8 @@ class DockerRunner:
             if any(outcome.values()):
                 try:
                     container.kill()
-                except docker.errors.APIError:
-                    pass  # it ended on its own meanwhile
+                except (docker.errors.APIError, requests.exceptions.RequestException):
+                    pass  # it ended on its own meanwhile, or Docker is gone (the run says so)
 
         try:
             # Attached before the start, the stream carries every byte the build prints. Following
@@ -375,11 +570,20 @@ class DockerRunner:
             ended.set()
             watcher.join(5)
             stderr = container.logs(stdout=False, stderr=True)[-MAX_STDERR:]
-            return RunResult(status.get("StatusCode", -1), stderr.decode("utf-8", "replace"),
-                             timed_out=outcome.get("timed_out", False),
-                             cancelled=outcome.get("cancelled", False))
-        finally:
-            self._remove_container(name)
+            result = RunResult(status.get("StatusCode", -1), stderr.decode("utf-8", "replace"),
+                               timed_out=outcome.get("timed_out", False),
+                               cancelled=outcome.get("cancelled", False))
+        except BaseException:
+            ended.set()
+            # the first error is the one to report: Docker may be what failed, and then this
+            # fails too; the next run removes the container (or the next start does)
+            try:
+                self._remove_container(name)
+            except Exception:  # noqa: BLE001
+                self._left_behind.add(name)
+            raise
+        self._remove_container(name)
+        return result
 
     def _rebuild_lost(self, image: str, log: LiveLog, settings: ProjectSettings,
                       cancel: threading.Event) -> str:
@@ -424,6 +628,15 @@ class DockerRunner:
             options["pids_limit"] = settings.pids_limit
         return options
 
+    def _remove_left_behind(self) -> None:
+        """Best effort: a container that cannot be removed must not fail every build after it."""
+        for name in list(self._left_behind):
+            try:
+                self._remove_container(name)
+            except Exception:  # noqa: BLE001 - tried again before the next run
+                continue
+            self._left_behind.discard(name)
+
     def _remove_container(self, name: str) -> None:
         try:
             self.client.api.remove_container(name, force=True, v=True)
@@ -434,10 +647,23 @@ class DockerRunner:
                 raise
 
     def remove_orphans(self) -> list[str]:
-        """Containers of this server's previous process (left by a crash): remove them."""
+        """Containers of this server's previous process (left by a crash): remove them. While
+        Docker is down this logs one line and returns nothing: they are removed when it answers,
+        before any new container is made."""
+        try:
+            client = self.client
+        except DockerUnavailable as e:
+            self._orphans_left = True
+            log.warning("mistryd: %s; serving cached builds and pages, new builds fail until "
+                        "Docker answers", e.message)
+            return []
+        with self._talking_to_docker("could not remove old containers"):
+            return self._remove_orphans(client)
+
+    def _remove_orphans(self, client: docker.DockerClient) -> list[str]:
         removed = []
         mine = {"label": [LABEL, f"{INSTANCE_LABEL}={self.instance}"]}
-        for c in self.client.containers.list(all=True, filters=mine):
+        for c in client.containers.list(all=True, filters=mine):
             try:
                 c.remove(force=True, v=True)
             except docker.errors.NotFound:
@@ -449,7 +675,8 @@ class DockerRunner:
         """Dangling images of this server only (old versions left untagged by its rebuilds):
         never another mistryd's on the same engine."""
         mine = {"dangling": True, "label": [LABEL, f"{INSTANCE_LABEL}={self.instance}"]}
-        pruned = self.client.images.prune(filters=mine)
+        with self._talking_to_docker("could not prune old images"):
+            pruned = self.client.images.prune(filters=mine)
         return [d.get("Deleted", "") for d in pruned.get("ImagesDeleted") or []]
 
 

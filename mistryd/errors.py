@@ -72,3 +72,25 @@ class Unavailable(MistryError):
     def __init__(self, message: str, retry_after: int = 5):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class DockerUnavailable(MistryError):
+    """The Docker engine does not answer. Builds fail with this line until it does; cache hits
+    and pages do not need it."""
+
+    status = 503
+
+
+class DockerRefused(MistryError):
+    """The Docker engine answered a request of ours with an error (its own message)."""
+
+    status = 502
+
+
+class ProjectChanged(Conflict):
+    """The project folder no longer holds what the job's key was computed from: building it now
+    would tag an image with a fingerprint that does not match its content."""
+
+    def __init__(self, project: str, when: str):
+        super().__init__(f"project {project} changed {when}; request it again")
+        self.project = project

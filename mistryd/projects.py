@@ -4,7 +4,8 @@ The fingerprint is a sha256 over the sorted relative paths of the project folder
 entry, its kind, executable bit and content hash (a symlink: its target). It ignores mtimes, owners
 and permissions other than the executable bit, so a fresh checkout hits the cache. It is memoized:
 a request re-stats the files (cheap: no reads) and re-hashes only files whose stat changed, so a
-cache hit costs the same for a 1 MB and a 500 MB project.
+cache hit costs the same for a 1 MB and a 500 MB project. The memo is one per process, so the
+check right before an image build (`folder_fingerprint`) costs the same stats again, no reads.
 """
 
 from __future__ import annotations
@@ -28,12 +29,65 @@ class _Seen:
     digest: str
 
 
+class _FileHashes:
+    """The content hash of each file seen, keyed by its path and valid while its stat is the same
+    (a path with the same stat signature holds the same bytes)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, _Seen] = {}
+        self._lock = threading.Lock()
+
+    def digest(self, path: str, st: os.stat_result) -> str:
+        signature = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode)
+        seen = self._seen.get(path)
+        if seen is not None and seen.signature == signature:
+            return seen.digest
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+        digest = h.hexdigest()
+        with self._lock:
+            self._seen[path] = _Seen(signature, digest)
+        return digest
+
+
+_FILE_HASHES = _FileHashes()
+
+
+def folder_fingerprint(folder: str | os.PathLike) -> str:
+    """The fingerprint of a project folder as it is now; OSError when it cannot be read."""
+    h = hashlib.sha256()
+    for rel, kind, detail in _walk(os.fspath(folder)):
+        h.update(f"{len(rel)}:{rel}\0{kind}\0{detail}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _walk(root: str) -> list[tuple[str, str, str]]:
+    entries = []
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
+            for entry in it:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    entries.append((rel, "link", os.readlink(entry.path)))
+                elif stat.S_ISDIR(st.st_mode):
+                    entries.append((rel, "dir", ""))
+                    stack.append(rel)
+                elif stat.S_ISREG(st.st_mode):
+                    exe = "x" if st.st_mode & 0o111 else "-"
+                    entries.append((rel, "file" + exe, _FILE_HASHES.digest(entry.path, st)))
+    entries.sort()
+    return entries
+
+
 class Projects:
     def __init__(self, projects_path: Path):
         self.root = Path(projects_path)
         self._root = str(self.root)  # plain strings on the hot path: pathlib joins cost more
-        self._file_hashes: dict[str, _Seen] = {}
-        self._lock = threading.Lock()
 
     def path(self, name: str) -> Path:
         """The project's folder; UnknownProject when there is no such project."""
@@ -56,42 +110,4 @@ class Projects:
         )
 
     def fingerprint(self, name: str) -> str:
-        root = self._folder(name)
-        h = hashlib.sha256()
-        for rel, kind, detail in self._walk(root):
-            h.update(f"{len(rel)}:{rel}\0{kind}\0{detail}\n".encode("utf-8", "surrogateescape"))
-        return h.hexdigest()
-
-    def _walk(self, root: str):
-        entries = []
-        stack = [""]
-        while stack:
-            rel_dir = stack.pop()
-            with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
-                for entry in it:
-                    rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                    st = entry.stat(follow_symlinks=False)
-                    if stat.S_ISLNK(st.st_mode):
-                        entries.append((rel, "link", os.readlink(entry.path)))
-                    elif stat.S_ISDIR(st.st_mode):
-                        entries.append((rel, "dir", ""))
-                        stack.append(rel)
-                    elif stat.S_ISREG(st.st_mode):
-                        exe = "x" if st.st_mode & 0o111 else "-"
-                        entries.append((rel, "file" + exe, self._file_digest(entry.path, st)))
-        entries.sort()
-        return entries
-
-    def _file_digest(self, path: str, st: os.stat_result) -> str:
-        signature = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode)
-        seen = self._file_hashes.get(path)
-        if seen is not None and seen.signature == signature:
-            return seen.digest
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-        digest = h.hexdigest()
-        with self._lock:
-            self._file_hashes[path] = _Seen(signature, digest)
-        return digest
+        return folder_fingerprint(self._folder(name))

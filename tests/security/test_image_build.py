@@ -27,6 +27,7 @@ from mistryd.docker_runner import (
     ImageBuildTimedOut,
 )
 from mistryd.logs import LiveLog
+from mistryd.projects import folder_fingerprint
 
 SLEEPER = "sec-img-sleep"
 LIMITS = "sec-img-limits"
@@ -163,7 +164,7 @@ def test_cancel_stops_the_image_build_and_a_waiting_job_honours_its_own(tmp_path
                                                                         docker_engine):
     runner = make_runner(tmp_path, "a", our_images)
     context = fresh_projects(tmp_path / "p", SLEEPER) / SLEEPER
-    fingerprint = uuid.uuid4().hex
+    fingerprint = folder_fingerprint(context)  # ensure_image checks the folder against it
     settings = runner.config.for_project(SLEEPER)
     builder_log, builder_cancel = open_log(tmp_path / "a.log"), threading.Event()
     building = InThread(runner.ensure_image, SLEEPER, context, fingerprint, builder_log,
@@ -225,7 +226,7 @@ def test_run_builds_again_an_image_removed_after_ensure_image(tmp_path, our_imag
     runner = make_runner(tmp_path, "a", our_images)
     context = fresh_projects(tmp_path / "p", "hello") / "hello"
     log = open_log(tmp_path / "out.log")
-    image = runner.ensure_image("hello", context, uuid.uuid4().hex, log)
+    image = runner.ensure_image("hello", context, folder_fingerprint(context), log)
     assert docker("rmi", "-f", image).returncode == 0
     data = tmp_path / "data"
     for sub in ("params", "artifacts", "cache"):
