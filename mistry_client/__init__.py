@@ -8,7 +8,7 @@
 """
 
 from .api import Client, Submitted
-from .errors import BuildTimeout, ClientError, ServerError, TransferError, Unreachable
+from .errors import BuildTimeout, ClientError, NotMistryd, ServerError, TransferError, Unreachable
 
-__all__ = ["BuildTimeout", "Client", "ClientError", "ServerError", "Submitted", "TransferError",
-           "Unreachable"]
+__all__ = ["BuildTimeout", "Client", "ClientError", "NotMistryd", "ServerError", "Submitted",
+           "TransferError", "Unreachable"]

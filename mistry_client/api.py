@@ -18,11 +18,26 @@ from typing import Any
 
 import requests
 
-from .errors import AccessDenied, BuildTimeout, ServerError, Unreachable
+from .address import parse_address
+from .deadline import after, cap, earliest, interrupt_at, passed
+from .durations import format_duration
+from .errors import (
+    BROKEN,
+    NOT_HTTP,
+    AccessDenied,
+    BuildTimeout,
+    ClientError,
+    NotMistryd,
+    ServerError,
+    Unreachable,
+    connection_problem,
+)
+from .log_tail import LogTail
 from .sse import events
 
 FINISHED = {"succeeded", "failed", "timed-out", "cancelled", "abandoned"}
 HEARTBEAT_GRACE = 45.0  # the server sends a keep-alive every 15 s; silence this long = dead link
+CHECK_ADDRESS = "check --host and --port"
 
 
 @dataclass
@@ -33,12 +48,16 @@ class Submitted:
 
 
 class Client:
+    """`host` is a host name or address, `host:port` or an http(s) URL; a port or scheme in it
+    wins over `port` and `scheme`. ValueError when it is none of these."""
+
     def __init__(self, host: str = "127.0.0.1", port: int = 8462, scheme: str = "http",
                  session: requests.Session | None = None, connect_timeout: float = 10.0,
                  token: str | None = None):
-        self.host = host
-        self.port = port
-        self.base = f"{scheme}://{host}:{port}"
+        self.address = parse_address(host, port, scheme)
+        self.host = self.address.host
+        self.port = self.address.port
+        self.base = self.address.base
         self.session = session or requests.Session()
         self.connect_timeout = connect_timeout
         self.has_token = bool(token)
@@ -50,58 +69,96 @@ class Client:
     def url(self, path: str) -> str:
         return f"{self.base}/{path.lstrip('/')}"
 
-    def request(self, method: str, path: str, read_timeout: float | None = 60.0,
-                **kw: Any) -> requests.Response:
+    def request(self, method: str, path: str, read_timeout: float = 60.0,
+                deadline: float | None = None, **kw: Any) -> requests.Response:
+        """One request; every failure is a ClientError with a one-line message. Under a
+        `deadline` (a time.monotonic() value) it waits no longer than that: BuildTimeout."""
+        timeouts = (cap(self.connect_timeout, deadline), cap(read_timeout, deadline))
         try:
-            r = self.session.request(method, self.url(path),
-                                     timeout=(self.connect_timeout, read_timeout), **kw)
-        except requests.ConnectionError as e:
-            raise Unreachable(f"cannot reach mistryd at {self.base} ({_reason(e)})") from None
-        except requests.Timeout:
-            raise Unreachable(f"mistryd at {self.base} did not answer in time") from None
-        if r.status_code in (401, 403):
-            raise AccessDenied(r.status_code, _error_text(r), self.base, self.has_token)
+            r = self.session.request(method, self.url(path), timeout=timeouts, **kw)
+        except requests.RequestException as e:
+            if passed(deadline):
+                raise BuildTimeout(f"no answer from mistryd at {self.base} before the deadline") \
+                    from None
+            raise self._failure(e, *timeouts) from None
         if r.status_code >= 400:
-            raise ServerError(r.status_code, _error_text(r))
+            error = _error_text(r)
+            if error is None:
+                raise NotMistryd(self._not_mistryd(r, "instead of mistryd's JSON error"))
+            if r.status_code in (401, 403):
+                raise AccessDenied(r.status_code, error, self.base, self.has_token)
+            raise ServerError(r.status_code, error)
         return r
+
+    def _failure(self, e: requests.RequestException, connect: float, read: float) -> ClientError:
+        if isinstance(e, requests.ConnectTimeout):
+            return Unreachable(f"cannot reach mistryd at {self.base}: no answer within "
+                               f"{format_duration(connect)} ({CHECK_ADDRESS})")
+        if isinstance(e, requests.ReadTimeout):
+            return Unreachable(f"mistryd at {self.base} did not answer within "
+                               f"{format_duration(read)}")
+        problem = connection_problem(e)
+        if problem == BROKEN:
+            return Unreachable(f"the connection to mistryd at {self.base} broke before the "
+                               "answer was complete")
+        if problem == NOT_HTTP:
+            return NotMistryd(f"no mistryd at {self.base}: {problem} ({CHECK_ADDRESS})")
+        return Unreachable(f"cannot reach mistryd at {self.base}: {problem} ({CHECK_ADDRESS})")
+
+    def _not_mistryd(self, r: requests.Response, what: str) -> str:
+        kind = (r.headers.get("Content-Type") or "").split(";")[0].strip() or "no content type"
+        return (f"no mistryd at {self.base}: {r.request.method} {r.request.path_url} got "
+                f'"{r.status_code} {r.reason}" ({kind}) {what} ({CHECK_ADDRESS})')
+
+    def _json(self, r: requests.Response, *keys: str) -> dict:
+        """The answer's JSON object, which must have `keys`; NotMistryd when it is not one."""
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or any(k not in body for k in keys):
+            raise NotMistryd(self._not_mistryd(r, "instead of mistryd's JSON"))
+        return body
 
     # --- jobs -----------------------------------------------------------------------------------
 
     def submit(self, project: str, params: dict[str, str] | None = None, group: str = "",
-               rebuild: bool = False) -> Submitted:
+               rebuild: bool = False, deadline: float | None = None) -> Submitted:
         """Schedule a build (`POST /jobs?async`); returns at once."""
         body = {"project": project, "params": params or {}, "group": group, "rebuild": rebuild}
-        r = self.request("POST", "jobs?async", json=body)
-        raw = r.json()
+        raw = self._json(self.request("POST", "jobs?async", json=body, deadline=deadline),
+                         "id", "url")
         return Submitted(id=raw["id"], url=raw["url"], cached=bool(raw.get("cached")))
 
-    def job(self, project: str, build_id: str) -> dict:
+    def job(self, project: str, build_id: str, deadline: float | None = None) -> dict:
         """`GET /job/<project>/<id>` as JSON: {ID, Project, State, Status, BuildInfo}."""
-        r = self.request("GET", f"job/{project}/{build_id}",
+        r = self.request("GET", f"job/{project}/{build_id}", deadline=deadline,
                          headers={"Accept": "application/json"})
-        return r.json()
+        return self._json(r, "State", "Status")
 
     def cancel(self, project: str, build_id: str) -> dict:
         """Cancel a queued or running build; the BuildInfo of its end (Status "cancelled")."""
-        return self.request("POST", f"jobs/{project}/{build_id}/cancel", read_timeout=120).json()
+        return self._json(self.request("POST", f"jobs/{project}/{build_id}/cancel",
+                                       read_timeout=120))
 
     def follow_log(self, project: str, build_id: str, on_line: Callable[[str], None] | None = None,
                    deadline: float | None = None, offset: int = 0) -> dict:
         """Stream the build's log from `offset` until it ends, calling `on_line` per line. A dropped
         connection resumes where it stopped (Last-Event-ID), so no line is lost or repeated.
-        Returns the end event's payload ({"status", "exit_code"}). BuildTimeout at `deadline`
-        (a time.monotonic() value)."""
+        Returns the end event's data: {"status", "exit_code"} and, from servers that send it,
+        "info" (the BuildInfo without the log). BuildTimeout at `deadline` (a time.monotonic()
+        value), however much the build prints."""
         failures = 0
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise BuildTimeout("deadline")
-            read_timeout = HEARTBEAT_GRACE if remaining is None else min(HEARTBEAT_GRACE,
-                                                                          remaining)
+            if passed(deadline):
+                raise BuildTimeout(f"{project}/{build_id} did not finish in time")
             try:
-                with self.request("GET", f"log/{project}/{build_id}", read_timeout=read_timeout,
+                with self.request("GET", f"log/{project}/{build_id}", HEARTBEAT_GRACE, deadline,
                                   stream=True, headers={"Accept": "text/event-stream",
-                                                        "Last-Event-ID": str(offset)}) as r:
+                                                        "Last-Event-ID": str(offset)}) as r, \
+                        interrupt_at(deadline, r):
+                    if not r.headers.get("Content-Type", "").startswith("text/event-stream"):
+                        raise NotMistryd(self._not_mistryd(r, "instead of mistryd's log stream"))
                     for event in events(r.iter_content(chunk_size=None)):
                         failures = 0
                         if event.event == "end":
@@ -110,43 +167,73 @@ class Client:
                             offset = int(event.id)
                         if on_line is not None:
                             on_line(event.data)
-            except (Unreachable, requests.RequestException):
-                pass
-            # the stream ended without an end event (connection cut): resume from `offset`
+                        if passed(deadline):
+                            break
+                problem = "the stream ended before the build did"
+            except Unreachable as e:
+                problem = e.message
+            except requests.RequestException as e:
+                problem = connection_problem(e)
+            if passed(deadline):
+                raise BuildTimeout(f"{project}/{build_id} did not finish in time")
             failures += 1
             if failures > 8:
-                raise Unreachable(f"lost the log stream of {project}/{build_id} "
-                                  f"from {self.base}")
-            time.sleep(min(0.05 * 2 ** failures, 2.0))  # backoff before reconnecting
+                raise Unreachable(f"lost the log stream of {project}/{build_id} from mistryd at "
+                                  f"{self.base}: {problem}")
+            time.sleep(cap(min(0.05 * 2 ** failures, 2.0), deadline))  # backoff, then resume
 
     def wait(self, project: str, build_id: str, timeout: float | None = None,
-             on_line: Callable[[str], None] | None = None) -> dict:
-        """Wait for the build to finish; its BuildInfo. BuildTimeout after `timeout` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+             on_line: Callable[[str], None] | None = None, deadline: float | None = None) -> dict:
+        """Wait for the build to finish; its BuildInfo (with the log followed as
+        `ContainerStdouterr`). BuildTimeout after `timeout` seconds or at `deadline` (a
+        time.monotonic() value), whichever comes first."""
+        deadline = earliest(deadline, after(timeout))
+        tail = LogTail(self.url(f"job/{project}/{build_id}/out.log"))
+
+        def keep(line: str) -> None:
+            tail.add(line)
+            if on_line is not None:
+                on_line(line)
+
         try:
-            self.follow_log(project, build_id, on_line, deadline)
+            end = self.follow_log(project, build_id, keep, deadline)
         except BuildTimeout:
             raise BuildTimeout(f"{project}/{build_id} did not finish in time") from None
         except ServerError as e:
-            if e.status != 404:  # 404: finished but never logged (e.g. abandoned): ask the job
+            if e.status != 404:
                 raise
-        delay = 0.02
-        while True:
-            view = self.job(project, build_id)
-            info = view.get("BuildInfo")
-            if info and view.get("Status") in FINISHED and info.get("Status") in FINISHED:
-                return info
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise BuildTimeout(f"{project}/{build_id} did not finish in time")
-            time.sleep(delay)  # the record lands a moment after the log's end event
-            delay = min(delay * 2, 1.0)
+            end = {}  # finished but never logged (e.g. abandoned): its record says how it ended
+        info = finished_info(end)
+        if info is not None:
+            info["ContainerStdouterr"] = tail.text()
+            return info
+        return self._finished_record(project, build_id, deadline)
+
+    def _finished_record(self, project: str, build_id: str, deadline: float | None) -> dict:
+        """The record of a build whose log has ended, from a server whose `end` event does not
+        carry it: one GET (such a server writes the record before it ends the log)."""
+        try:
+            view = self.job(project, build_id, deadline)
+        except BuildTimeout:
+            raise BuildTimeout(f"{project}/{build_id} did not finish in time") from None
+        info = view.get("BuildInfo")
+        if isinstance(info, dict) and view["Status"] in FINISHED and info.get("Status") in FINISHED:
+            return info
+        raise ClientError(f"mistryd at {self.base} ended the log of {project}/{build_id}, but "
+                          f"its record says {view['Status']!r}; ask again with "
+                          f"`mistry status {project} {build_id}`")
 
     def build(self, project: str, params: dict[str, str] | None = None, group: str = "",
               rebuild: bool = False, timeout: float | None = None,
               on_line: Callable[[str], None] | None = None) -> dict:
-        """Submit and wait: the finished build's BuildInfo (check its ExitCode)."""
-        job = self.submit(project, params, group, rebuild)
-        info = self.wait(project, job.id, timeout, on_line)
+        """Submit and wait: the finished build's BuildInfo (check its ExitCode). `timeout`
+        bounds both, from the call on."""
+        deadline = after(timeout)
+        try:
+            job = self.submit(project, params, group, rebuild, deadline)
+        except BuildTimeout:
+            raise BuildTimeout(f"the build of {project} did not finish in time") from None
+        info = self.wait(project, job.id, on_line=on_line, deadline=deadline)
         if job.cached:  # the stored record says how it was built, not how it was answered
             info["Cached"] = True
         return info
@@ -164,22 +251,24 @@ class Client:
         HttpTransport(self, progress=progress).fetch(info, target, clear_target)
 
 
-def _reason(e: Exception) -> str:
-    text = str(e)
-    for marker in ("Connection refused", "Name or service not known", "Connection reset"):
-        if marker in text:
-            return marker.lower()
-    return type(e).__name__
+def finished_info(end: dict) -> dict | None:
+    """The BuildInfo an `end` event carries ({"status", "exit_code", "info"}), without the log;
+    None when it carries none (an older server, or a build whose record is gone)."""
+    info = end.get("info")
+    if isinstance(info, dict) and info.get("Status") in FINISHED:
+        return {k: v for k, v in info.items() if k != "ContainerStdouterr"}
+    return None
 
 
-def _error_text(r: requests.Response) -> str:
+def _error_text(r: requests.Response) -> str | None:
+    """mistryd's `{"error": ...}`; None when the answer is not one."""
     try:
         body = r.json()
-        if isinstance(body, dict) and isinstance(body.get("error"), str):
-            return body["error"]
-    except ValueError:
-        pass
-    return (r.text or r.reason or "").strip()
+    except (ValueError, requests.RequestException):
+        return None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"]
+    return None
 
 
 def _json_or_empty(text: str) -> dict:

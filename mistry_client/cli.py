@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
+import requests
 
+from .address import FORMS
 from .api import Client
 from .durations import format_duration, parse_duration
-from .errors import EXIT_BUILD_FAILED, EXIT_OK, EXIT_USAGE, BuildTimeout, ClientError
+from .errors import (
+    EXIT_BUILD_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    BuildTimeout,
+    ClientError,
+    TransferError,
+    connection_problem,
+)
 from .params import ParamError, parse_params
 from .terminal import terminal_safe
 from .transports import TRANSPORTS, HttpTransport, RsyncTransport, ScpTransport
@@ -39,7 +51,10 @@ def _remember_token(ctx: click.Context, param: click.Parameter, value: str | Non
 
 def _client(host: str, port: int) -> Client:
     """A Client for the command being run, with its --token (or MISTRY_TOKEN) if any."""
-    return Client(host, port, token=click.get_current_context().meta.get("mistry.token"))
+    try:
+        return Client(host, port, token=click.get_current_context().meta.get("mistry.token"))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--host'") from None
 
 
 def _server_options(f):
@@ -53,7 +68,8 @@ def _server_options(f):
                      envvar="MISTRY_PORT", show_default=True, help="mistryd's port "
                      "(env MISTRY_PORT).")(f)
     f = click.option("--host", default="127.0.0.1", envvar="MISTRY_HOST", show_default=True,
-                     help="mistryd's host (env MISTRY_HOST).")(f)
+                     help=f"mistryd's host: {FORMS}; a port given here wins over --port "
+                     "(env MISTRY_HOST).")(f)
     return f
 
 
@@ -66,6 +82,9 @@ class _Mistry(click.Group):
         except ClientError as e:
             click.echo(e.message, err=True)
             ctx.exit(e.exit_code)
+        except requests.RequestException as e:  # a read the client did not wrap: still one line
+            click.echo(f"lost the connection to mistryd: {connection_problem(e)}", err=True)
+            ctx.exit(EXIT_UNREACHABLE)
 
 
 @click.group(cls=_Mistry, context_settings=CONTEXT)
@@ -97,7 +116,8 @@ def main() -> None:
 @click.option("--keep-special-bits", is_flag=True, help="Keep setuid, setgid and sticky bits of "
               "downloaded files (by default files get their permission bits only).")
 @click.option("--timeout", type=Duration(), default="60m", show_default=True,
-              help="How long to wait for the build (Go durations: 90s, 5m, 1h30m).")
+              help="How long to wait for the build, from the start of the command; the "
+              "artifact download comes after it (Go durations: 90s, 5m, 1h30m).")
 @click.option("--verbose", "-v", is_flag=True, help="Stream the build log while waiting.")
 @click.option("--json-result", is_flag=True, help="Print the BuildInfo JSON on stdout, "
               "and nothing else there.")
@@ -110,6 +130,7 @@ def build(project, group, target, host, port, transport, transport_user, transpo
     Params follow `--`: `--key value`, `--key=value` or `key=value`; a value `@file` is that
     file's content.
     """
+    deadline = time.monotonic() + timeout
     try:
         build_params = parse_params(params)
     except ParamError as e:
@@ -118,22 +139,22 @@ def build(project, group, target, host, port, transport, transport_user, transpo
     say = _Say(json_result)
     _interrupt_on_sigterm()  # so a killed download still removes its staging folder
     try:
-        job = client.submit(project, build_params, group, rebuild)
-        if no_wait:
-            say.info(f"Build scheduled; see http://{host}:{port}/job/{project}/{job.id}")
-            if json_result:
-                click.echo(json.dumps({"ID": job.id, "URL": job.url, "Cached": job.cached}))
-            sys.exit(EXIT_OK)
-        on_line = (lambda line: click.echo(terminal_safe(line), err=json_result)) \
-            if verbose else None
-        try:
-            info = client.wait(project, job.id, timeout, on_line)
+        try:  # --timeout bounds submitting and waiting, not the artifact download after it
+            job = client.submit(project, build_params, group, rebuild, deadline)
+            if no_wait:
+                say.info(f"Build scheduled; see {client.url(f'job/{project}/{job.id}')}")
+                if json_result:
+                    click.echo(json.dumps({"ID": job.id, "URL": job.url, "Cached": job.cached}))
+                sys.exit(EXIT_OK)
+            on_line = (lambda line: click.echo(terminal_safe(line), err=json_result)) \
+                if verbose else None
+            info = client.wait(project, job.id, on_line=on_line, deadline=deadline)
         except BuildTimeout:
             raise BuildTimeout(f"The build did not finish after {format_duration(timeout)}") \
                 from None
         if job.cached:  # the stored record says how it was built, not how it was answered
             info["Cached"] = True
-        say.info(f"Logs can be found at http://{host}:{port}/{info.get('URL', job.url)}")
+        say.info(f"Logs can be found at {client.url(info.get('URL') or job.url)}")
         if info.get("ExitCode") != 0:
             if json_result:
                 click.echo(json.dumps(info, indent=2))
@@ -142,10 +163,14 @@ def build(project, group, target, host, port, transport, transport_user, transpo
             if detail:
                 click.echo(detail.rstrip("\n"), err=True)
             sys.exit(EXIT_BUILD_FAILED)
-        transporter = _transport(client, transport, host, transport_user, transport_port,
+        transporter = _transport(client, transport, transport_user, transport_port,
                                  transport_args, progress=sys.stderr.isatty(),
                                  keep_special_bits=keep_special_bits)
-        transporter.fetch(info, Path(target), clear_target)
+        try:
+            transporter.fetch(info, Path(target), clear_target)
+        except OSError as e:  # the target side: a folder that cannot be made or written
+            raise TransferError(f"the artifacts could not be written to {target}: "
+                                f"{e.strerror or e} ({e.filename})") from None
         if json_result:
             click.echo(json.dumps(info, indent=2))
     except ClientError as e:
@@ -162,13 +187,13 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def _transport(client, name, host, user, port, extra, progress, keep_special_bits):
+def _transport(client, name, user, port, extra, progress, keep_special_bits):
     if name == "rsync":
         token = click.get_current_context().meta.get("mistry.token")
-        return RsyncTransport(host, user, port, extra, token=token,
+        return RsyncTransport(client.host, user, port, extra, token=token,
                               keep_special_bits=keep_special_bits)
     if name == "scp":
-        return ScpTransport(host, user, port, extra)
+        return ScpTransport(client.host, user, port, extra)
     return HttpTransport(client, progress=progress, keep_special_bits=keep_special_bits)
 
 
@@ -231,8 +256,6 @@ def logs(host, port, follow, project, build_id):
 
 
 def _print_log_so_far(client: Client, project: str, build_id: str) -> None:
-    import time
-
     # the stream of a running build never ends by itself: read until it goes quiet briefly
     try:
         client.follow_log(project, build_id, on_line=print_log_line,

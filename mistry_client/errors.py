@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import http.client
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+
+from urllib3.exceptions import ProtocolError
+
 EXIT_OK = 0
 EXIT_BUILD_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3  # the server answered with an error: unknown project, overloaded, bad request
-EXIT_UNREACHABLE = 4  # no answer: connection refused, reset, DNS
+EXIT_UNREACHABLE = 4  # no mistryd answers there: refused, unknown host, no answer, another service
 EXIT_TIMEOUT = 5  # --timeout passed before the build finished
 EXIT_TRANSFER = 6  # the build succeeded but its artifacts could not be fetched or verified
 
@@ -24,11 +31,11 @@ class ServerError(ClientError):
 
     def __init__(self, status: int, error: str):
         self.status = status
-        self.error = error
-        if status == 404 and error.startswith("Unknown project"):
-            message = error
+        self.error = " ".join(error.splitlines())  # one line, whatever the server sent
+        if status == 404 and self.error.startswith("Unknown project"):
+            message = self.error
         else:
-            message = f"(error: {status}) {error}"
+            message = f"(error: {status}) {self.error}"
         super().__init__(message)
 
 
@@ -37,6 +44,7 @@ class AccessDenied(ServerError):
 
     def __init__(self, status: int, error: str, base: str, token_given: bool):
         super().__init__(status, error)
+        error = self.error
         if status == 403:
             self.message = f"mistryd at {base} refused the token: {error}"
         elif token_given:
@@ -52,9 +60,61 @@ class Unreachable(ClientError):
     exit_code = EXIT_UNREACHABLE
 
 
+class NotMistryd(ClientError):
+    """Something answered, but not as mistryd does (another service on that port, a proxy's error
+    page): for the user it is the same mistake as a wrong port. Not worth asking again."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
 class BuildTimeout(ClientError):
     exit_code = EXIT_TIMEOUT
 
 
 class TransferError(ClientError):
     exit_code = EXIT_TRANSFER
+
+
+BROKEN = "the connection broke"
+
+
+def connection_problem(error: BaseException) -> str:
+    """What went wrong on the wire, in a few words, from a requests/urllib3 exception and the
+    exceptions it wraps (the most telling one wins: a broken connection wraps its reset)."""
+    causes = list(_causes(error))
+    for test, text in _PROBLEMS:
+        if any(test(cause) for cause in causes):
+            return text
+    for cause in causes:
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS failed ({cause.reason or cause}); is the server really https?"
+    for cause in causes:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror[:1].lower() + cause.strerror[1:]
+    return type(error).__name__
+
+
+NOT_HTTP = "the answer is not HTTP"
+_PROBLEMS: list[tuple[Callable[[BaseException], bool], str]] = [
+    (lambda e: isinstance(e, socket.gaierror), "the host name does not resolve"),
+    (lambda e: isinstance(e, ConnectionRefusedError), "connection refused"),
+    # RemoteDisconnected is a BadStatusLine too, but it means no answer at all
+    (lambda e: isinstance(e, http.client.BadStatusLine | http.client.LineTooLong)
+     and not isinstance(e, http.client.RemoteDisconnected), NOT_HTTP),
+    (lambda e: isinstance(e, ConnectionResetError | ConnectionAbortedError | BrokenPipeError
+                          | http.client.IncompleteRead | ProtocolError), BROKEN),
+    (lambda e: isinstance(e, TimeoutError), "no answer in time"),
+]
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """`error` and what it wraps: causes, contexts, urllib3's `reason`, exceptions in `args`."""
+    todo, seen = [error], set()
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        wrapped = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+        todo += [w for w in wrapped if isinstance(w, BaseException)]

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import requests
 
-from .errors import ClientError, TransferError
+from .errors import ClientError, TransferError, Unreachable, connection_problem
 from .staging import Staging, empty_folder, safe_relpath
 
 if TYPE_CHECKING:
@@ -84,10 +84,14 @@ class HttpTransport:
                     break
                 except (requests.RequestException, ClientError) as e:
                     attempts += 1
-                    if attempts > RETRIES or (isinstance(e, ClientError)
-                                              and not _transient(e)):
-                        raise TransferError(f"download of {entry['path']} failed: "
-                                            f"{getattr(e, 'message', e)}") from None
+                    # a broken connection or a server out of reach for a moment: ask again
+                    transient = not isinstance(e, ClientError) or isinstance(e, Unreachable)
+                    if attempts > RETRIES or not transient:
+                        problem = e.message if isinstance(e, ClientError) \
+                            else connection_problem(e)
+                        tries = f" after {attempts} attempts" if attempts > 1 else ""
+                        raise TransferError(f"download of {entry['path']} failed{tries}: "
+                                            f"{problem}; the target was left untouched") from None
         if written != entry["size"]:
             raise TransferError(f"artifact {entry['path']}: got {written} bytes, the manifest "
                                 f"says {entry['size']}; the target was left untouched")
@@ -95,12 +99,6 @@ class HttpTransport:
             raise TransferError(f"artifact {entry['path']}: sha256 {digest.hexdigest()} does not "
                                 f"match the manifest's {entry['sha256']}; the target was left "
                                 "untouched")
-
-
-def _transient(e: ClientError) -> bool:
-    from .errors import Unreachable
-
-    return isinstance(e, Unreachable)
 
 
 def _checked_entries(entries: object) -> list[dict]:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
+import requests
 from support import TcpProxy, free_port  # noqa: F401 - re-exported for the client suite
+
+from mistry_client.sse import events
 
 REPO = Path(__file__).resolve().parents[2]
 MISTRY = REPO / ".venv" / "bin" / "mistry"
@@ -25,6 +30,33 @@ def run_mistry(args: list[str], port: int | None = None, timeout: float = 180,
         full_env["MISTRY_PORT"] = str(port)
     return subprocess.run([str(MISTRY), *args], check=False, capture_output=True, text=True,
                           timeout=timeout, env=full_env, **kw)
+
+
+def one_line(r: subprocess.CompletedProcess) -> str:
+    """The one line `mistry` wrote on stderr (and never a traceback)."""
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def end_event(url: str, project: str, build_id: str) -> dict:
+    """The data of the `end` event of a finished build's log stream, read straight from the server."""
+    with requests.get(f"{url}/log/{project}/{build_id}", stream=True, timeout=60) as r:
+        for event in events(r.iter_content(chunk_size=None)):
+            if event.event == "end":
+                return json.loads(event.data)
+    raise AssertionError("the log stream ended without an end event")
+
+
+def await_log_line(url: str, project: str, build_id: str, wanted: str) -> None:
+    """Block until the build's log has the line `wanted` (so the build is running)."""
+    with requests.get(f"{url}/log/{project}/{build_id}", stream=True, timeout=120) as r:
+        for event in events(r.iter_content(chunk_size=None)):
+            assert event.event != "end", f"the build ended before {wanted!r}: {event.data}"
+            if event.data == wanted:
+                return
+    raise AssertionError(f"the log stream ended without {wanted!r}")
 
 
 CLIENT_PROJECTS = ("hello", "client-params", "client-failing", "client-tree", "client-big")
@@ -52,6 +84,28 @@ class CuttingProxy(TcpProxy):
             self.cuts_left -= 1
             self.cuts_done += 1
             return True
+
+
+class RecordingProxy(TcpProxy):
+    """A proxy that keeps what clients send, to count their requests."""
+
+    def __init__(self, upstream_port: int):
+        self.sent = bytearray()
+        super().__init__(upstream_port)
+
+    def forward(self, data: bytes, to_client: bool, sent: int) -> tuple[bytes, bool]:
+        if not to_client:
+            with self._lock:
+                self.sent += data
+        return data, False
+
+    def request_lines(self) -> list[str]:
+        """["GET /path", ...] in the order they came (one client, one request at a time)."""
+        with self._lock:
+            text = self.sent.decode("latin-1")
+        # a request line may follow a body on the same line (bodies end without a newline)
+        return [f"{m[0]} {m[1]}" for m in
+                re.findall(r"(GET|POST|PUT|DELETE|HEAD) (/\S*) HTTP/1\.1\r\n", text)]
 
 
 # What `client-tree` makes: {relative path: ("file", mode, content) | ("dir", mode) |

@@ -1,9 +1,12 @@
 """The log stream: `mistry logs -f` resumes after a dropped connection without losing or
-repeating a line (Last-Event-ID)."""
+repeating a line (Last-Event-ID); waiting for a build ends with the stream's `end` event."""
 
 from __future__ import annotations
 
-from client_helpers import port_of, run_mistry
+import json
+
+import requests
+from client_helpers import RecordingProxy, end_event, port_of, run_mistry
 
 
 def test_follow_resumes_after_dropped_connections(start_server, cutting_proxy):
@@ -17,3 +20,29 @@ def test_follow_resumes_after_dropped_connections(start_server, cutting_proxy):
     assert r.returncode == 0, r.stderr
     assert proxy.cuts_done == 3 and proxy.connections >= 4
     assert r.stdout == log
+
+
+def test_waiting_ends_with_the_logs_end_and_asks_for_the_record_at_most_once(start_server,
+                                                                             tmp_path):
+    server = start_server(projects=("hello",))
+    proxy = RecordingProxy(port_of(server.url))
+    try:
+        r = run_mistry(["build", "--project", "hello", "--json-result", "-t", str(tmp_path / "o")],
+                       port=proxy.port)
+        asked = proxy.request_lines()
+    finally:
+        proxy.close()
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    build_id = info["ID"]
+    assert asked[:2] == ["POST /jobs?async", f"GET /log/hello/{build_id}"]
+    record_asked = [line for line in asked if line.startswith("GET /job/")]
+    if end_event(server.url, "hello", build_id).get("info"):
+        assert record_asked == []  # the end event carried the record
+    else:  # an older server: one look at the record, no polling
+        assert record_asked == [f"GET /job/hello/{build_id}"]
+    # the same BuildInfo as the server's record, with the log the client followed
+    record = requests.get(f"{server.url}/job/hello/{build_id}", timeout=30,
+                          headers={"Accept": "application/json"}).json()["BuildInfo"]
+    assert info == record
+    assert "hello from the build\n" in info["ContainerStdouterr"]

@@ -1,11 +1,22 @@
-"""Pure logic of the client: durations, dynamic params, SSE parsing, manifest path checks."""
+"""Pure logic of the client: durations, dynamic params, SSE parsing, manifest path checks, host
+forms, deadlines, the end event, error wording."""
 
 from __future__ import annotations
 
-import pytest
+import http.client
+import socket
+import time
 
+import pytest
+import requests
+from urllib3.exceptions import ProtocolError
+
+from mistry_client.address import ServerAddress, parse_address
+from mistry_client.api import finished_info
+from mistry_client.deadline import cap, earliest, passed
 from mistry_client.durations import format_duration, parse_duration
-from mistry_client.errors import ServerError, TransferError
+from mistry_client.errors import ServerError, TransferError, connection_problem
+from mistry_client.log_tail import LogTail
 from mistry_client.params import ParamError, parse_params
 from mistry_client.sse import events
 from mistry_client.staging import safe_relpath
@@ -94,3 +105,94 @@ def test_log_text_cannot_drive_the_terminal():
     from mistry_client.terminal import terminal_safe
 
     assert terminal_safe("\x1b]0;owned\x07red \x1b[31mtext\x9b2J\ttab\r") == "]0;ownedred [31mtext2J\ttab"
+
+
+@pytest.mark.parametrize("text, address", [
+    ("myserver", ServerAddress("http", "myserver", 8462)),
+    ("  myserver  ", ServerAddress("http", "myserver", 8462)),
+    ("myserver:9000", ServerAddress("http", "myserver", 9000)),
+    ("http://myserver", ServerAddress("http", "myserver", 8462)),
+    ("http://myserver:9000/", ServerAddress("http", "myserver", 9000)),
+    ("HTTPS://MyServer:443", ServerAddress("https", "myserver", 443)),
+    ("10.0.0.5:1", ServerAddress("http", "10.0.0.5", 1)),
+    ("::1", ServerAddress("http", "::1", 8462)),
+    ("[::1]:9000", ServerAddress("http", "::1", 9000)),
+    ("http://[fe80::1]", ServerAddress("http", "fe80::1", 8462)),
+])
+def test_host_forms(text, address):
+    assert parse_address(text, 8462) == address
+
+
+def test_the_base_url_brackets_ipv6():
+    assert parse_address("::1", 8462).base == "http://[::1]:8462"
+    assert parse_address("https://h:1", 8462).base == "https://h:1"
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("", "no host given"), ("ftp://h", "scheme 'ftp'"), ("h:", "bad port"), ("h:x", "bad port"),
+    ("h:70000", "bad port"), ("h:0", "bad port"), ("http://h/api", "path after the host"),
+    ("h?x=1", "path after the host"), ("u:p@h", "user name"), ("http://:80", "no host name"),
+])
+def test_host_forms_that_are_refused(text, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_address(text, 8462)
+
+
+def test_deadline_helpers():
+    assert cap(60, None) == 60
+    assert 0 < cap(60, time.monotonic() - 5) <= 0.001  # passed: a tiny timeout, never 0
+    assert cap(1, time.monotonic() + 100) == 1
+    assert earliest(None, None) is None and earliest(None, 3.0, 2.0) == 2.0
+    assert passed(time.monotonic() - 1) and not passed(None) and not passed(time.monotonic() + 99)
+
+
+def test_the_end_events_info_is_used_only_when_it_is_a_finished_record():
+    record = {"ID": "x", "Project": "p", "Status": "failed", "ExitCode": 2}
+    assert finished_info({"status": "failed", "exit_code": 2, "info": record}) == record
+    with_log = {**record, "ContainerStdouterr": "old"}
+    assert finished_info({"info": with_log}) == record
+    assert finished_info({"status": "succeeded", "exit_code": 0}) is None  # an older server
+    assert finished_info({"status": "succeeded", "info": None}) is None  # the record is gone
+    assert finished_info({"info": {**record, "Status": "running"}}) is None
+    assert finished_info({}) is None
+
+
+def test_the_log_tail_keeps_the_last_lines_and_says_so():
+    tail = LogTail("http://h:1/job/p/x/out.log", limit=10)
+    assert tail.text() == ""
+    for line in ("one", "two", "three"):
+        tail.add(line)
+    assert tail.text() == ("[mistry: 1 earlier lines are left out here; the whole log: "
+                           "http://h:1/job/p/x/out.log]\ntwo\nthree\n")
+    short = LogTail("u")
+    short.add("é")
+    assert short.text() == "é\n"
+
+
+def _wrapping(outer: BaseException, inner: BaseException) -> BaseException:
+    outer.__cause__ = inner
+    return outer
+
+
+@pytest.mark.parametrize("error, problem", [
+    (requests.ConnectionError(_wrapping(OSError("new connection"),
+                                        ConnectionRefusedError(111, "Connection refused"))),
+     "connection refused"),
+    (requests.ConnectionError(_wrapping(OSError("resolve"), socket.gaierror(-2, "Name or service"))),
+     "the host name does not resolve"),
+    (requests.ConnectionError(ProtocolError("Connection aborted.",
+                                            http.client.RemoteDisconnected("closed"))),
+     "the connection broke"),
+    (requests.ConnectionError(ProtocolError("Connection aborted.",
+                                            http.client.BadStatusLine("SSH-2.0"))),
+     "the answer is not HTTP"),
+    (requests.ConnectionError(_wrapping(OSError("x"), OSError(113, "No route to host"))),
+     "no route to host"),
+    (requests.ConnectionError("something else"), "ConnectionError"),
+])
+def test_connection_problems_in_a_few_words(error, problem):
+    assert connection_problem(error) == problem
+
+
+def test_server_errors_are_one_line():
+    assert ServerError(500, "first\nsecond\n").message == "(error: 500) first second"
