@@ -3,13 +3,20 @@
 A running build's log has a LiveLog: the writer appends to the file and wakes the followers; each
 follower reads the file at its own offset, so a slow viewer never stalls the build or other viewers,
 and a viewer that connects late still gets every line from the start.
+
+The promise to every follower, whenever it connects (before the build starts, while it runs,
+between the publish of its folder and the log's finish, after the finish, resuming from an
+offset): every line from its offset to the end of the log, then exactly one `end` event, sent only
+once the log has finished, whose data says how the build ended (`end_event_data`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,15 +26,21 @@ class LiveLog:
         self._cond = threading.Condition()
         self.path: Path | None = None
         self._file = None
+        # (st_dev, st_ino) of the log file: a follower that opens it by name after the finish
+        # moved the folder checks it has this build's log (a rebuild swaps the old folder into
+        # pending/, so the name pending/<id>/out.log then holds the previous build's log)
+        self.identity: tuple[int, int] | None = None
         self.size = 0
         self.finished = False
         self.end_payload: dict = {}
 
     def open(self, path: Path) -> None:
         with self._cond:
-            self.path = path
             self._file = open(path, "ab", buffering=0)
+            st = os.fstat(self._file.fileno())
+            self.identity = (st.st_dev, st.st_ino)
             self.size = self._file.tell()
+            self.path = path
             self._cond.notify_all()
 
     def write(self, data: bytes) -> None:
@@ -49,6 +62,7 @@ class LiveLog:
         self.write((text.rstrip("\n") + "\n").encode("utf-8", "replace"))
 
     def finish(self, end_payload: dict | None = None) -> None:
+        """The log is whole and the build's record is written (the builder calls this last)."""
         with self._cond:
             if self._file is not None:
                 self._file.close()
@@ -66,6 +80,15 @@ class LiveLog:
             )
 
 
+def end_event_data(info: dict | None, status: str | None, exit_code: int | None) -> dict:
+    """The data of the `end` event that closes every log stream (docs/contract.md):
+    `status` and `exit_code` (what clients read from the start), and `info`, the final BuildInfo
+    as `GET /job/<project>/<id>` (JSON) answers it to the same reader, without
+    `ContainerStdouterr` (the follower has just received the whole log). `info` is null only when
+    the build's record is gone (removed while the stream ran)."""
+    return {"status": status, "exit_code": exit_code, "info": info}
+
+
 def read_lines(f: BinaryIO, offset: int, limit: int = 1 << 20) -> tuple[list[tuple[int, str]], int]:
     """Whole lines of the open file `f` from `offset` on: [(offset after the line, text)], and the
     new offset. A trailing partial line waits for its newline."""
@@ -81,21 +104,24 @@ def read_lines(f: BinaryIO, offset: int, limit: int = 1 << 20) -> tuple[list[tup
     return lines, offset + start
 
 
-def follow(live: LiveLog | None, path: Path | None, offset: int,
-           heartbeat: float = 15.0) -> Iterator[tuple[int, str] | None]:
+def follow(live: LiveLog | None, path: Path | None, offset: int, heartbeat: float = 15.0,
+           gone: Callable[[], bool] | None = None) -> Iterator[tuple[int, str] | None]:
     """Yield (offset after the line, line) from `offset` until the build ends, and None as a
     keep-alive tick while nothing happens. With no LiveLog the build is finished: replay `path`;
-    with one, `path` is where its log will be once the build is published.
+    with one, `path` is where its log will be once the build is published. With a LiveLog this
+    returns only once the log has finished, after its last line.
     The file is opened once and read through that descriptor, so the rename of the build folder
-    from pending/ to ready/ at the finish does not disturb a follower."""
+    from pending/ to ready/ at the finish does not disturb a follower. `gone()` says the reader
+    has hung up: then this returns within a second instead of at the next keep-alive."""
     f: BinaryIO | None = None
     try:
         while True:
+            # read after looking: a log seen finished here has all its lines in the file
             finished = live is None or live.finished
-            if f is None and (live is None or live.path is not None):
-                f = _open_first(path if live is None else live.path, path)
-                if f is None:
-                    return  # the build and its log are gone
+            if f is None:
+                f = _open_log(live, path)
+                if f is None and finished:
+                    return  # no log: never started (cancelled while queued), or removed
             # what the log held before this read: when the read ends in a partial line, wait
             # for more than that (waiting for more than `offset` would return at once, for ever)
             seen = live.size if live is not None else 0
@@ -105,15 +131,16 @@ def follow(live: LiveLog | None, path: Path | None, offset: int,
                     yield from lines
                     continue
             if finished:
-                if f is not None:
-                    f.seek(offset)
-                    rest = f.read()
-                    if rest:  # a last line without a newline
-                        yield offset + len(rest), rest.decode("utf-8", "replace")
+                assert f is not None
+                f.seek(offset)
+                rest = f.read()
+                if rest:  # a last line without a newline
+                    yield offset + len(rest), rest.decode("utf-8", "replace")
                 return
             assert live is not None
             seen = max(seen, offset)
-            live.wait(seen, timeout=heartbeat)
+            if not _wait_for_more(live, seen, heartbeat, gone):
+                return
             if not live.finished and (live.path is None or live.size <= seen):
                 yield None
     finally:
@@ -121,17 +148,48 @@ def follow(live: LiveLog | None, path: Path | None, offset: int,
             f.close()
 
 
-def _open_first(*paths: Path | None) -> BinaryIO | None:
-    """The first of `paths` that opens. A follower that arrives just after the finish moved the
-    build folder from pending/ to ready/ finds the log at its new place (it used to end the
-    stream at once, and a page opened while the build ran then showed a stale log as final)."""
-    for path in paths:
-        if path is None:
+def _wait_for_more(live: LiveLog, seen: int, heartbeat: float,
+                   gone: Callable[[], bool] | None) -> bool:
+    """Wait until the log grows past `seen` or finishes, at most `heartbeat` seconds; False as
+    soon as the reader has gone."""
+    if gone is None:
+        live.wait(seen, timeout=heartbeat)
+        return True
+    deadline = time.monotonic() + heartbeat
+    while True:
+        live.wait(seen, timeout=min(1.0, heartbeat))
+        if live.finished or (live.path is not None and live.size > seen):
+            return True
+        if gone():
+            return False
+        if time.monotonic() >= deadline:
+            return True
+
+
+def _open_log(live: LiveLog | None, path: Path | None) -> BinaryIO | None:
+    """The build's log file, open for reading. A finished build's is at `path`. A live one's is
+    where its LiveLog opened it, or at `path` once the folder is published: the first of the two
+    that is this build's file (not yet opened: None; a rebuild's swap can leave the previous
+    build's log under the pending name)."""
+    if live is None:
+        return _open_matching([path], None)
+    if live.path is None:
+        return None
+    return _open_matching([live.path, path], live.identity)
+
+
+def _open_matching(paths: list[Path | None], identity: tuple[int, int] | None) -> BinaryIO | None:
+    for candidate in paths:
+        if candidate is None:
             continue
         try:
-            return open(path, "rb")
-        except FileNotFoundError:
+            f = open(candidate, "rb")
+        except (FileNotFoundError, NotADirectoryError):
             continue
+        st = os.fstat(f.fileno())
+        if identity is None or (st.st_dev, st.st_ino) == identity:
+            return f
+        f.close()
     return None
 
 
@@ -146,14 +204,17 @@ def sse_event(data: str, event: str | None = None, event_id: int | str | None = 
     return "\n".join(out) + "\n\n"
 
 
-def sse_stream(live: LiveLog | None, path: Path | None, offset: int,
-               end_payload: dict | None = None) -> Iterator[str]:
+def sse_stream(live: LiveLog | None, path: Path | None, offset: int, end: Callable[[], dict],
+               heartbeat: float = 15.0, gone: Callable[[], bool] | None = None) -> Iterator[str]:
+    """The log as Server-Sent Events from `offset`, then one `end` event whose data `end()` gives
+    (asked once, after the last line: for a live build, once its record is written)."""
     yield "retry: 1000\n\n"
-    for item in follow(live, path, offset):
+    for item in follow(live, path, offset, heartbeat=heartbeat, gone=gone):
         if item is None:
             yield ": keep-alive\n\n"
             continue
         pos, text = item
         yield sse_event(text, event_id=pos)
-    payload = (live.end_payload if live is not None else None) or end_payload or {}
-    yield sse_event(json.dumps(payload), event="end")
+    if gone is not None and gone():
+        return
+    yield sse_event(json.dumps(end()), event="end")

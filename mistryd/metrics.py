@@ -71,5 +71,15 @@ class Metrics:
         self.builds_refused = Counter(
             "mistryd_builds_refused", "Builds refused after they ran: their /data folders were "
             "swapped for links or files", ["project"], registry=r)
+        self.request_slots = Gauge(
+            "mistryd_request_slots", "Request threads that long requests of each kind may hold "
+            "at once (waits: build waiters and log followers; artifacts: manifests and .tar)",
+            ["kind"], registry=r)
+        self.request_slots_in_use = Gauge(
+            "mistryd_request_slots_in_use", "Request threads held by long requests of each kind",
+            ["kind"], registry=r)
+        self.request_slots_refused = Counter(
+            "mistryd_request_slots_refused", "Long requests answered 503 because every slot of "
+            "their kind was taken", ["kind"], registry=r)
         self.evicted = Counter("mistryd_builds_evicted", "Builds removed by garbage collection",
                                registry=r)

@@ -21,8 +21,9 @@ def create_app(server: Server) -> Flask:
     app.json.sort_keys = False
     app.extensions["mistryd"] = server
 
-    from . import api, apidoc, auth, views
+    from . import api, apidoc, auth, capacity, views
 
+    capacity.init_app(app, server.config.http_threads, server.metrics)
     auth.init_app(app)  # first: every request is checked before any view runs
     app.register_blueprint(apidoc.bp)
     app.register_blueprint(api.bp)

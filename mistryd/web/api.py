@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, NotFound, Unavailable
 from ..hits import Hit
 from ..jobs import BuildInfo, JobRequest
-from ..logs import sse_stream
+from ..logs import end_event_data, sse_stream
 from ..names import name_problem
 from ..server import Server
 from .auth import sees_host_paths
+from .capacity import capacity
 
 bp = Blueprint("api", __name__)
 
@@ -33,7 +36,33 @@ def post_job():
                        cached=isinstance(outcome, Hit)), 201
     if isinstance(outcome, Hit):
         return Response(outcome.body, status=201, mimetype="application/json")
-    return jsonify(srv.with_log(srv.wait(outcome))), 201
+    try:
+        give_back = capacity().waits.take()
+    except Unavailable as e:  # the build goes on: the client can follow it instead of waiting
+        raise Unavailable(f"{e.message}. Build {job_request.project}/{build_id} is accepted and "
+                          f"goes on: follow it at /log/{job_request.project}/{build_id}, or "
+                          "ask again (the same request joins it)", e.retry_after) from None
+    try:
+        if not _wait_while_connected(outcome.flight.done):
+            return Response(status=499)  # nobody is listening; the build goes on for the others
+        return jsonify(srv.with_log(srv.wait(outcome))), 201
+    finally:
+        give_back()
+
+
+def _wait_while_connected(done: threading.Event, check_every: float = 1.0) -> bool:
+    """Wait for `done`; False as soon as the client has gone away, so its thread is free again."""
+    gone = _client_gone()
+    while not done.wait(check_every):
+        if gone is not None and gone():
+            return False
+    return True
+
+
+def _client_gone() -> Callable[[], bool] | None:
+    """waitress's way to ask whether this request's client has hung up (None under a server that
+    cannot tell, such as Flask's test client)."""
+    return request.environ.get("waitress.client_disconnected")
 
 
 def _json_body() -> object:
@@ -57,7 +86,8 @@ def index():
     if raw and not re.fullmatch(r"-?[0-9]{1,18}", raw):
         raise BadRequest(f"limit must be a whole number (at most 18 digits), got {raw[:30]!r}; "
                          "leave it out (or negative) for every build")
-    rows = srv.store.query(limit=int(raw or -1))
+    limit = int(raw) if raw else -1
+    rows = srv.store.newest(limit=None if limit < 0 else limit)
     return jsonify([
         {"id": r.id, "project": r.project, "startedAt": (r.info or {}).get("StartedAt"),
          "buildInfo": for_this_reader(r.info), "state": r.state, "status": r.status.value}
@@ -120,11 +150,20 @@ def for_this_reader(info: dict | None) -> dict | None:
 def log_stream(project: str, build_id: str):
     srv = server()
     _checked(project, build_id)
+    # who reads is known only here: the stream runs after the request has ended
+    shows_path = sees_host_paths()
+    gone = _client_gone()
     flight = srv.scheduler.in_flight(project, build_id)
     offset = _resume_offset(request.headers.get("Last-Event-ID") or request.args.get("offset"))
     if flight is not None:
-        _check_offset(offset, flight.job.log.size)
-        stream = sse_stream(flight.job.log, srv.log_path(project, build_id), offset)
+        live = flight.job.log
+        _check_offset(offset, live.size)
+
+        def end() -> dict:  # asked once the log has finished: the record is written by then
+            return end_event_data(_final_info(srv, project, build_id, shows_path),
+                                  live.end_payload.get("status"), live.end_payload.get("exit_code"))
+
+        stream = sse_stream(live, srv.log_path(project, build_id), offset, end, gone=gone)
     else:
         raw = srv.layout.read_info(project, build_id)
         if raw is None:
@@ -134,10 +173,29 @@ def log_stream(project: str, build_id: str):
             raw = row.info or {"Status": row.status.value}  # ended before it ran (cancelled)
         path = srv.log_path(project, build_id)
         _check_offset(offset, path.stat().st_size if path.exists() else 0)
-        end = {"status": raw.get("Status"), "exit_code": raw.get("ExitCode")}
-        stream = sse_stream(None, path, offset, end)
-    return Response(stream, mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        final = end_event_data(_final_info(srv, project, build_id, shows_path),
+                               raw.get("Status"), raw.get("ExitCode"))
+        stream = sse_stream(None, path, offset, lambda: final, gone=gone)
+    # the thread is held until the stream closes: on its end, or when the client hangs up
+    give_back = capacity().waits.take()
+    response = Response(stream, mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response.call_on_close(give_back)
+    return response
+
+
+def _final_info(srv: Server, project: str, build_id: str, shows_path: bool) -> dict | None:
+    """The BuildInfo of the `end` event: what GET /job/<project>/<id> (JSON) answers this reader
+    (the same `job_view`; `for_this_reader`'s rule, decided before the stream), without the log,
+    which the follower has just received whole. None when the build is gone."""
+    try:
+        info = job_view(srv, project, build_id)["BuildInfo"]
+    except NotFound:
+        return None
+    if info is None:
+        return None
+    hidden = ("ContainerStdouterr",) if shows_path else ("ContainerStdouterr", "Path")
+    return {k: v for k, v in info.items() if k not in hidden}
 
 
 def _resume_offset(value: str | None) -> int:

@@ -1,4 +1,4 @@
-"""`GET /openapi.yaml`: the OpenAPI description of the HTTP API (mistryd/web/openapi.yaml, shipped in the package)."""
+"""`GET /openapi.yaml`: the OpenAPI description of the HTTP API (shipped in the package)."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.wsgi import wrap_file
 
 from .. import leases
-from ..errors import NotFound, Unavailable, Unprocessable
+from ..errors import NotFound, Unprocessable
 from ..jobs import servable
 from ..layout import INFO_FILE
 from ..names import name_problem
@@ -52,6 +52,7 @@ from ..safe_tree import (
     sha256_of,
     walk,
 )
+from .capacity import capacity
 
 bp = Blueprint("artifacts", __name__)
 log = logging.getLogger("mistryd")
@@ -61,8 +62,6 @@ MANIFEST_VERSION = 2  # 2: one entry per line, streamed from the file
 MAX_ENTRIES = 1_000_000  # ~150 MB of manifest; more is a job for rsync
 MAX_DEPTH = 128
 MAX_INFO_BYTES = 1 << 20
-RETRY_AFTER = 2
-_SLOTS_KEY = "mistryd.artifact_slots"
 
 _locks: dict[str, threading.Lock] = {}  # per build: one manifest computation at a time
 _locks_guard = threading.Lock()
@@ -117,32 +116,6 @@ def _read_info(folder_fd: int) -> dict | None:
     return info if isinstance(info, dict) else None
 
 
-# --- the pool of slots for expensive work ---------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _expensive_slot() -> Iterator[None]:
-    """A slot for a manifest computation or a tar stream, else Unavailable (503)."""
-    slots = _slots()
-    if not slots.acquire(blocking=False):
-        raise Unavailable("too many artifact manifests and .tar downloads at once; "
-                          f"try again in {RETRY_AFTER} s", retry_after=RETRY_AFTER)
-    try:
-        yield
-    finally:
-        slots.release()
-
-
-def _slots() -> threading.BoundedSemaphore:
-    # a quarter of the request threads at most: hits, jobs and log streams keep the rest
-    extensions = current_app.extensions
-    with _locks_guard:
-        if _SLOTS_KEY not in extensions:
-            threads = extensions["mistryd"].config.http_threads
-            extensions[_SLOTS_KEY] = threading.BoundedSemaphore(max(1, min(16, threads // 4)))
-        return extensions[_SLOTS_KEY]
-
-
 # --- the manifest: computed once into a file, served from it --------------------------------------
 #
 # The cache file is one JSON document laid out in lines, so that it can be checked and served
@@ -191,7 +164,7 @@ def _manifest_file(build: _Build, slot_held: bool) -> _Manifest:
             cached = _open_cached(build, stamp)
             if cached is not None:
                 return cached
-            with contextlib.nullcontext() if slot_held else _expensive_slot():
+            with contextlib.nullcontext() if slot_held else capacity().artifacts.slot():
                 return _compute(build, stamp)
     finally:
         with _locks_guard:
@@ -428,7 +401,7 @@ def get_tar(project: str, build_id: str):
     stack = contextlib.ExitStack()
     try:
         build = _open_build(stack, project, build_id)
-        stack.enter_context(_expensive_slot())
+        stack.enter_context(capacity().artifacts.slot())
         manifest = _manifest_file(build, slot_held=True)
         stack.callback(manifest.close)
         response = Response(_tar_stream(manifest, build), mimetype="application/x-tar",

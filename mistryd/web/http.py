@@ -61,6 +61,9 @@ def make_http_server(app: Flask, config: Config, port: int | None = None) -> Bas
         threads=config.http_threads, connection_limit=max(1000, 4 * config.http_threads),
         channel_timeout=3600, cleanup_interval=10, ident="mistryd", clear_untrusted_proxy_headers=True,
         max_request_body_size=config.max_body_bytes + 1,
+        # read ahead on a connection while its request runs: that is how waitress notices a
+        # client that went away (`waitress.client_disconnected`), and a waiter lets go
+        channel_request_lookahead=1,
     )
     http.channel_class = MistrydChannel
     return http

@@ -106,6 +106,8 @@
     if (flushTimer === null) flushTimer = setTimeout(flush, 50);
   }
 
+  // The server sends `end` after the last line of the log, once the build's record is written,
+  // with the final status and BuildInfo: the log shown is whole and the state is final.
   function onEnd(event) {
     done = true;
     source.close();
@@ -113,42 +115,26 @@
     var end = {};
     try { end = JSON.parse(event.data) || {}; } catch (e) { /* keep the page as it is */ }
     if (end.status) setState(end.status);
-    document.getElementById("log-live").hidden = true;
-    refresh(0);
+    if (end.exit_code !== undefined) {
+      var exitCode = document.getElementById("exit-code");
+      if (exitCode) exitCode.textContent = end.exit_code === null ? "\u2014" : String(end.exit_code);
+    }
+    ["log-live", "log-waiting"].forEach(function (id) {
+      var el = document.getElementById(id);
+      if (el) el.hidden = true;
+    });
+    root.setAttribute("data-live", "false");
+    showFinished();
   }
 
   // The finished build's summary and artifacts, rendered by the server, swapped in place.
-  function refresh(attempt) {
+  function showFinished() {
     fetchPage()
       .then(function (doc) {
-        var fresh = doc.getElementById("build");
-        if (fresh && fresh.getAttribute("data-live") === "true" && attempt < 10) {
-          setTimeout(function () { refresh(attempt + 1); }, 300);
-          return;
-        }
         swapSections(doc);
-        catchUpLog(doc, fresh);
-        if (fresh) root.setAttribute("data-status", fresh.getAttribute("data-status"));
-        root.setAttribute("data-live", "false");
         document.title = doc.title;
       })
-      .catch(function () { if (attempt < 10) setTimeout(function () { refresh(attempt + 1); }, 1000); });
-  }
-
-  // If the finished log holds lines this page never received (a stream cut short at the end),
-  // show the server's tail instead: the final state is the server's, never a partial log.
-  function catchUpLog(doc, fresh) {
-    if (!fresh) return;
-    var url = fresh.getAttribute("data-log-url") || "";
-    var end = parseInt(new URLSearchParams(url.split("?")[1] || "").get("offset"), 10);
-    if (isNaN(end) || end <= lastOffset) return;
-    ["log", "log-note"].forEach(function (id) {
-      var next = doc.getElementById(id), current = document.getElementById(id);
-      if (next && current) current.replaceWith(document.importNode(next, true));
-    });
-    log = document.getElementById("log");
-    lastOffset = end;
-    log.scrollTop = log.scrollHeight;
+      .catch(function () { /* the state is shown; a reload shows the rest */ });
   }
 
   function connect() {
