@@ -18,7 +18,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
+
+
+class LogSink(Protocol):
+    """Where docker's output goes: a build's LiveLog, or the terminal of `mistryd rebuild`."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def line(self, text: str) -> None: ...
 
 
 class LiveLog:
@@ -119,7 +127,7 @@ def follow(live: LiveLog | None, path: Path | None, offset: int, heartbeat: floa
             # read after looking: a log seen finished here has all its lines in the file
             finished = live is None or live.finished
             if f is None:
-                f = _open_log(live, path)
+                f = open_log(live, path)
                 if f is None and finished:
                     return  # no log: never started (cancelled while queued), or removed
             # what the log held before this read: when the read ends in a partial line, wait
@@ -166,7 +174,7 @@ def _wait_for_more(live: LiveLog, seen: int, heartbeat: float,
             return True
 
 
-def _open_log(live: LiveLog | None, path: Path | None) -> BinaryIO | None:
+def open_log(live: LiveLog | None, path: Path | None) -> BinaryIO | None:
     """The build's log file, open for reading. A finished build's is at `path`. A live one's is
     where its LiveLog opened it, or at `path` once the folder is published: the first of the two
     that is this build's file (not yet opened: None; a rebuild's swap can leave the previous

@@ -11,7 +11,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote
 
@@ -19,6 +18,7 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 
 from .. import history, leases, safe_tree
 from ..jobs import record_status
+from ..logs import open_log
 from ..names import name_problem
 from ..server import Server
 from ..store import BuildRow, Status
@@ -198,9 +198,9 @@ def build_page(srv: Server, project: str, build_id: str) -> BuildPage | None:
     log = LogTail()
     if live and job is not None and job.log.path is not None:
         # pending/ first; if the build finished meanwhile, its folder is now in ready/
-        log = _log_tail([job.log.path, srv.log_path(project, build_id)], whole_lines_only=True)
+        log = _log_tail(open_log(job.log, srv.log_path(project, build_id)), whole_lines_only=True)
     elif finished:
-        log = _log_tail([srv.log_path(project, build_id)], whole_lines_only=False)
+        log = _log_tail(open_log(None, srv.log_path(project, build_id)), whole_lines_only=False)
     artifacts, truncated = _artifacts(srv, project, build_id) if finished else ([], False)
     duration = info.get("Duration")
     return BuildPage(
@@ -247,12 +247,11 @@ def _artifacts(srv: Server, project: str, build_id: str) -> tuple[list[Artifact]
     return found, False
 
 
-def _log_tail(paths: list[Path], whole_lines_only: bool,
+def _log_tail(f: BinaryIO | None, whole_lines_only: bool,
               max_lines: int = LOG_TAIL_LINES, max_bytes: int = LOG_TAIL_BYTES) -> LogTail:
-    """The last `max_lines` lines of the first log file that opens, read backwards from the end
+    """The last `max_lines` lines of the open log `f` (closed here), read backwards from the end
     so a 100k-line log costs no more than a short one. For a running build only whole lines:
     the page resumes the live stream at `end`, and a partial line arrives with its newline."""
-    f = _open_first(paths)
     if f is None:
         return LogTail()
     with f:
@@ -282,17 +281,6 @@ def _log_tail(paths: list[Path], whole_lines_only: bool,
                        skipped_bytes=end - len(tail), end=end)
 
 
-def _open_first(paths: list[Path]) -> BinaryIO | None:
-    """The first of `paths` that opens. A running build's log moves from pending/ to ready/ when
-    it finishes: an open descriptor keeps reading the same file across that rename."""
-    for path in paths:
-        try:
-            return open(path, "rb")
-        except OSError:
-            continue
-    return None
-
-
 @bp.get("/job/<project>/<build_id>/out.log")
 def full_log(project: str, build_id: str):
     """The whole log as a plain-text download (the build page shows only its tail)."""
@@ -300,11 +288,8 @@ def full_log(project: str, build_id: str):
     if name_problem(project) or name_problem(build_id):
         return _not_found(f"No build {project}/{build_id}.")
     flight = srv.scheduler.in_flight(project, build_id)
-    candidates = []
-    if flight is not None and flight.job.log.path is not None:
-        candidates.append(flight.job.log.path)
-    candidates.append(srv.log_path(project, build_id))
-    f = _open_first(candidates)
+    # a live build's own file (never the previous build's log a rebuild's swap leaves behind)
+    f = open_log(flight.job.log if flight is not None else None, srv.log_path(project, build_id))
     if f is not None:
         name = f"{project}-{build_id[:12]}.log"
         response = Response(_chunks(f), mimetype="text/plain")
