@@ -87,7 +87,7 @@ class Client:
                 raise NotMistryd(self._not_mistryd(r, "instead of mistryd's JSON error"))
             if r.status_code in (401, 403):
                 raise AccessDenied(r.status_code, error, self.base, self.has_token)
-            raise ServerError(r.status_code, error)
+            raise ServerError(r.status_code, error, _retry_after(r))
         return r
 
     def _failure(self, e: requests.RequestException, connect: float, read: float) -> ClientError:
@@ -174,6 +174,13 @@ class Client:
                 problem = e.message
             except requests.RequestException as e:
                 problem = connection_problem(e)
+            except ServerError as e:
+                if e.retry_after is None:
+                    raise
+                # busy (every thread it keeps for followers is taken): wait as told, until the
+                # deadline, without counting it as a lost connection
+                time.sleep(cap(e.retry_after, deadline))
+                continue
             if passed(deadline):
                 raise BuildTimeout(f"{project}/{build_id} did not finish in time")
             failures += 1
@@ -277,3 +284,9 @@ def _json_or_empty(text: str) -> dict:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _retry_after(r: requests.Response) -> float | None:
+    """A 503's Retry-After in seconds (mistryd sends whole seconds), capped at a minute."""
+    value = r.headers.get("Retry-After", "") if r.status_code == 503 else ""
+    return min(float(value), 60.0) if value.isdigit() else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from .address import FORMS
 from .api import Client
 from .durations import format_duration, parse_duration
 from .errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_BUILD_FAILED,
     EXIT_OK,
     EXIT_UNREACHABLE,
@@ -85,6 +87,12 @@ class _Mistry(click.Group):
         except requests.RequestException as e:  # a read the client did not wrap: still one line
             click.echo(f"lost the connection to mistryd: {connection_problem(e)}", err=True)
             ctx.exit(EXIT_UNREACHABLE)
+        except BrokenPipeError:  # `mistry logs ... | head`: the reader has what it wanted
+            # stdout is gone: point it at /dev/null so the interpreter's final flush is quiet,
+            # and end as a command killed by SIGPIPE would
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(EXIT_BROKEN_PIPE)
 
 
 @click.group(cls=_Mistry, context_settings=CONTEXT)

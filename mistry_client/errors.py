@@ -16,6 +16,7 @@ EXIT_REFUSED = 3  # the server answered with an error: unknown project, overload
 EXIT_UNREACHABLE = 4  # no mistryd answers there: refused, unknown host, no answer, another service
 EXIT_TIMEOUT = 5  # --timeout passed before the build finished
 EXIT_TRANSFER = 6  # the build succeeded but its artifacts could not be fetched or verified
+EXIT_BROKEN_PIPE = 141  # stdout was closed by its reader (`| head`), as a shell reports SIGPIPE
 
 
 class ClientError(Exception):
@@ -29,8 +30,9 @@ class ClientError(Exception):
 class ServerError(ClientError):
     """The server answered with an HTTP error; `message` is what upstream's client printed."""
 
-    def __init__(self, status: int, error: str):
+    def __init__(self, status: int, error: str, retry_after: float | None = None):
         self.status = status
+        self.retry_after = retry_after  # a busy server's Retry-After (503), in seconds
         self.error = " ".join(error.splitlines())  # one line, whatever the server sent
         if status == 404 and self.error.startswith("Unknown project"):
             message = self.error

@@ -4,9 +4,11 @@ repeating a line (Last-Event-ID); waiting for a build ends with the stream's `en
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import requests
-from client_helpers import RecordingProxy, end_event, port_of, run_mistry
+from client_helpers import MISTRY, RecordingProxy, end_event, port_of, run_mistry
 
 
 def test_follow_resumes_after_dropped_connections(start_server, cutting_proxy):
@@ -46,3 +48,16 @@ def test_waiting_ends_with_the_logs_end_and_asks_for_the_record_at_most_once(sta
                           headers={"Accept": "application/json"}).json()["BuildInfo"]
     assert info == record
     assert "hello from the build\n" in info["ContainerStdouterr"]
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(start_server):
+    """`mistry logs ... | head -1` on a log far larger than a pipe holds: no traceback when the
+    pipe closes, and the exit status of a command stopped by SIGPIPE."""
+    server = start_server(projects=("web-longlog",))
+    info = server.build("web-longlog")
+    env = {**os.environ, "MISTRY_HOST": "127.0.0.1", "MISTRY_PORT": str(port_of(server.url))}
+    pipe = subprocess.run(f"'{MISTRY}' logs -f web-longlog {info['ID']} | head -1; "
+                          "echo \"status ${PIPESTATUS[0]}\" >&2", shell=True, executable="/bin/bash",
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert len(pipe.stdout.splitlines()) == 1
+    assert pipe.stderr == "status 141\n", pipe.stderr

@@ -3,11 +3,16 @@ pool: beyond it they are refused 503 with Retry-After, short requests keep being
 waiter whose client went away lets go of its thread."""
 
 import json
+import os
 import re
 import socket
+import subprocess
+from pathlib import Path
 
 import requests
 from support import wait_for
+
+MISTRY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "mistry"
 
 THREADS = 12  # budget: 5 for waits and followers, 3 for artifacts, 4 kept for the rest
 
@@ -56,6 +61,13 @@ def test_long_requests_are_bounded_and_short_ones_still_answer(start_server):
         assert (f"Build sleeper/{build_id} is accepted and goes on: follow it at "
                 f"/log/sleeper/{build_id}") in waiter.json()["error"]
         assert refused(srv) >= 2
+        # the client waits as told (Retry-After) and follows once a slot is free
+        env = {**os.environ, "MISTRY_HOST": "127.0.0.1", "MISTRY_PORT": srv.url.rsplit(":", 1)[1]}
+        client = subprocess.Popen([str(MISTRY), "logs", "-f", "sleeper", build_id], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: refused(srv) >= 3, timeout=60)
+        followers.pop().close()
+        wait_for(lambda: slots_in_use(srv) == 5, timeout=60)  # the client took the free slot
         # short requests are answered all the while
         assert requests.get(f"{srv.url}/healthz", timeout=10).text == "ok\n"
         again = srv.post_job({"project": "hello"}, timeout=30)
@@ -66,7 +78,7 @@ def test_long_requests_are_bounded_and_short_ones_still_answer(start_server):
         for r in followers[:2]:
             r.close()
         followers = followers[2:]
-        wait_for(lambda: slots_in_use(srv) == 3, timeout=60)
+        wait_for(lambda: slots_in_use(srv) == 3, timeout=60)  # 2 followers and the client
 
         # so does a sync waiter whose client hangs up
         with socket.create_connection(("127.0.0.1", int(srv.url.rsplit(":", 1)[1]))) as s:
@@ -80,4 +92,6 @@ def test_long_requests_are_bounded_and_short_ones_still_answer(start_server):
         requests.post(f"{srv.url}/jobs/sleeper/{build_id}/cancel", timeout=60)
         for r in followers:
             r.close()
+    out, err = client.communicate(timeout=60)
+    assert "sleeping 600" in out and "Traceback" not in err, (out, err)
     wait_for(lambda: slots_in_use(srv) == 0, timeout=60)
