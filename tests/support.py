@@ -73,9 +73,9 @@ def start_mistryd(config_path: Path, port: int) -> subprocess.Popen:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            requests.get(f"http://127.0.0.1:{port}/index/?limit=1", timeout=1)
+            requests.get(f"http://127.0.0.1:{port}/index/?limit=1", timeout=5)
             return proc
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy starting
             assert proc.poll() is None, (Path(config_path).parent / "mistryd.log").read_text()
             time.sleep(0.1)
     raise AssertionError("mistryd did not start")

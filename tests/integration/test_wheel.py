@@ -39,8 +39,8 @@ def test_a_wheel_installed_into_a_fresh_virtualenv_serves_and_builds(installed, 
         def up() -> bool:
             assert proc.poll() is None, (tmp_path / "mistryd.log").read_text()
             try:
-                return requests.get(f"{setup.url}/healthz", timeout=1).ok
-            except requests.ConnectionError:
+                return requests.get(f"{setup.url}/healthz", timeout=5).ok
+            except (requests.ConnectionError, requests.Timeout):
                 return False
 
         wait_for(up, timeout=60)
