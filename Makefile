@@ -18,8 +18,10 @@ test: setup
 bench: setup
 	$(PY) -m bench
 
+# ruff, then mypy on mistryd and mistry_client ([tool.mypy] in pyproject.toml says what and how)
 lint: setup
 	.venv/bin/ruff check mistryd mistry_client tests bench
+	.venv/bin/mypy
 
 clean:
 	rm -rf var/builds test-output

@@ -100,7 +100,7 @@ def serve(config: Config) -> None:
     shutting_down = threading.Event()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    click.echo(f"mistryd {__version__} listening on http://{config.host}:{http.effective_port}/ "
+    click.echo(f"mistryd {__version__} listening on http://{config.host}:{http.getsockname()[1]}/ "
                f"(storage: {server.storage.name})", err=True)
     try:
         http.run()

@@ -9,7 +9,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -26,7 +26,7 @@ from pydantic import (
     with_config,
 )
 from pydantic.dataclasses import dataclass
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from .errors import ConfigError
@@ -49,9 +49,9 @@ Cpus = Annotated[float, Strict(), Field(gt=0)] | None  # strict floats take inte
 Seconds = NotNegative  # 0 means none (for build_timeout) or off (for gc_interval)
 Memory = StrictStr | None  # docker's syntax: "512m", "2g"
 
-FILESYSTEMS: tuple[str, ...] = Filesystem.__args__
-NETWORK_MODES: tuple[str, ...] = NetworkMode.__args__
-ROLES: tuple[str, ...] = Role.__args__
+FILESYSTEMS: tuple[str, ...] = get_args(Filesystem)
+NETWORK_MODES: tuple[str, ...] = get_args(NetworkMode)
+ROLES: tuple[str, ...] = get_args(Role)
 
 
 def _fail(problem: str) -> PydanticCustomError:
@@ -217,8 +217,9 @@ class Config:
         return self.container_uid if os.getuid() == 0 else os.getgid()
 
     def for_project(self, project: str) -> ProjectSettings:
-        o = self.projects.get(project, {})
-        return ProjectSettings(**{key: o.get(key, getattr(self, key)) for key in PROJECT_KEYS})
+        server_wide = ProjectSettings(build_timeout=self.build_timeout, memory=self.memory, cpus=self.cpus,
+                                      pids_limit=self.pids_limit, network_mode=self.network_mode)
+        return dataclasses.replace(server_wide, **self.projects.get(project, {}))
 
     @property
     def host(self) -> str:
@@ -287,7 +288,7 @@ _KINDS = {
 }
 
 
-def _config_error(err: dict) -> ConfigError:
+def _config_error(err: ErrorDetails) -> ConfigError:
     """One pydantic error as one line: the key (`tokens[0].role`) and what to write instead."""
     loc = err["loc"]
     key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")

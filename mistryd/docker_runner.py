@@ -29,7 +29,7 @@ import urllib3.exceptions
 
 from .config import Config, ProjectSettings
 from .errors import DockerRefused, DockerUnavailable, MistryError, ProjectChanged
-from .logs import LiveLog
+from .logs import LogSink
 from .projects import folder_fingerprint
 
 LABEL = "io.mistryd.managed"
@@ -188,10 +188,10 @@ class _BuildStream:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._response = None
+        self._response: requests.Response | None = None
         self.stopped = False
 
-    def attach(self, response) -> None:
+    def attach(self, response: requests.Response) -> None:
         with self._lock:
             self._response = response
             if self.stopped:  # stopped while the context was still uploading
@@ -210,7 +210,7 @@ class _BuildStream:
                 self._response.close()
 
 
-def _wake_reader(response) -> None:
+def _wake_reader(response: requests.Response) -> None:
     try:
         response.raw.shutdown()  # the reading thread's blocked recv() returns; it then closes
     except (ValueError, RuntimeError, OSError):
@@ -221,7 +221,7 @@ def _wake_reader(response) -> None:
 class _ImageBuild:
     """What one build's stream told us, filled by the thread that reads it."""
 
-    log: LiveLog
+    log: LogSink
     stream: _BuildStream = field(default_factory=_BuildStream)
     done: threading.Event = field(default_factory=threading.Event)
     image_id: str | None = None
@@ -336,7 +336,7 @@ class DockerRunner:
     def image_tag(self, project: str, fingerprint: str) -> str:
         return image_tag(project, fingerprint, self.instance)
 
-    def ensure_image(self, project: str, context: Path, fingerprint: str, log: LiveLog,
+    def ensure_image(self, project: str, context: Path, fingerprint: str, log: LogSink,
                      rebuild: bool = False, settings: ProjectSettings | None = None,
                      cancel: threading.Event | None = None) -> str:
         """Build the project's image unless this server already built it for this content (and
@@ -377,7 +377,7 @@ class DockerRunner:
         with self._building_guard:
             return self._building.get(self.image_tag(project, fingerprint))
 
-    def build_image(self, project: str, context: Path, tag: str, log: LiveLog,
+    def build_image(self, project: str, context: Path, tag: str, log: LogSink,
                     nocache: bool = False, pull: bool = False,
                     settings: ProjectSettings | None = None, cancel: threading.Event | None = None,
                     deadline: float | None = None) -> str:
@@ -412,7 +412,7 @@ class DockerRunner:
                 raise ImageBuildError(build.error)
             if build.failure is not None:
                 raise build.failure
-            return build.image_id or self.client.images.get(tag).id
+            return build.image_id or self.client.images.get(tag).attrs["Id"]
 
     def _read_build(self, build: _ImageBuild, options: dict) -> None:
         self._reading.stream = build.stream
@@ -431,7 +431,7 @@ class DockerRunner:
             build.stream.close()
             build.done.set()
 
-    def _attach_build_response(self, response, *args, **kwargs):
+    def _attach_build_response(self, response: requests.Response, *args, **kwargs) -> requests.Response:
         """A requests hook: hand the response of a build this thread opened to its stream."""
         stream = getattr(self._reading, "stream", None)
         if stream is not None and response.request.path_url.split("?")[0].endswith("/build"):
@@ -466,7 +466,7 @@ class DockerRunner:
                                          "(waiting for another job's build of the same image)")
             running.wait(_POLL)
 
-    def _memoized(self, tag: str, log: LiveLog) -> str | None:
+    def _memoized(self, tag: str, log: LogSink) -> str | None:
         """The image this server built for `tag`, if it still exists: another process may have
         removed it (one cheap API call)."""
         image_id = self._built.get(tag)
@@ -511,7 +511,7 @@ class DockerRunner:
         same project on one engine never remove each other's container."""
         return f"mistry-{build_id}-{self.instance[:8]}"
 
-    def run(self, image: str, name: str, project: str, data_dir: Path, log: LiveLog,
+    def run(self, image: str, name: str, project: str, data_dir: Path, log: LogSink,
             settings: ProjectSettings, cancel: threading.Event | None = None) -> RunResult:
         """Run one build container with `data_dir` at /data; stream its output into `log`.
         The container is killed when `settings.build_timeout` passes or `cancel` is set.
@@ -519,7 +519,7 @@ class DockerRunner:
         with self._talking_to_docker("could not run the build container"):
             return self._run(image, name, project, data_dir, log, settings, cancel)
 
-    def _run(self, image: str, name: str, project: str, data_dir: Path, log: LiveLog,
+    def _run(self, image: str, name: str, project: str, data_dir: Path, log: LogSink,
              settings: ProjectSettings, cancel: threading.Event | None) -> RunResult:
         self._remove_left_behind()
         self._remove_container(name)  # a stale container with this name must not block the build
@@ -585,7 +585,7 @@ class DockerRunner:
         self._remove_container(name)
         return result
 
-    def _rebuild_lost(self, image: str, log: LiveLog, settings: ProjectSettings,
+    def _rebuild_lost(self, image: str, log: LogSink, settings: ProjectSettings,
                       cancel: threading.Event) -> str:
         """The image was removed behind our back (after ensure_image checked it): build it again
         from the inputs it was built from. Raises ImageBuildError like ensure_image."""
@@ -662,13 +662,13 @@ class DockerRunner:
 
     def _remove_orphans(self, client: docker.DockerClient) -> list[str]:
         removed = []
-        mine = {"label": [LABEL, f"{INSTANCE_LABEL}={self.instance}"]}
+        mine: dict[str, str | list[str] | bool] = {"label": [LABEL, f"{INSTANCE_LABEL}={self.instance}"]}
         for c in client.containers.list(all=True, filters=mine):
             try:
                 c.remove(force=True, v=True)
             except docker.errors.NotFound:
                 continue  # gone meanwhile
-            removed.append(c.name)
+            removed.append(c.name or c.short_id)
         return removed
 
     def prune_images(self) -> list[str]:
@@ -688,7 +688,7 @@ def remove_instance_images(build_path: Path | str) -> int:
     mine = {"label": [LABEL, f"{INSTANCE_LABEL}={instance_id(build_path)}"]}
     for image in client.images.list(filters=mine):
         try:
-            client.images.remove(image.id, force=True)
+            image.remove(force=True)
             removed += 1
         except docker.errors.APIError:
             pass  # in use by a container of another test, or gone already

@@ -5,6 +5,7 @@ class MistryError(Exception):
     """An error a user can act on. The message names the thing and, where there is one, the fix."""
 
     status = 500
+    retry_after: int | None = None  # seconds after which asking again may work (Retry-After)
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -68,6 +69,7 @@ class Unavailable(MistryError):
     disk); nothing was started, and asking again later may work."""
 
     status = 503
+    retry_after: int
 
     def __init__(self, message: str, retry_after: int = 5):
         super().__init__(message)

@@ -269,7 +269,7 @@ class Collector:
         return self.layout.state_dir() / "index.sqlite"
 
     def _ready_folders(self) -> set[tuple[str, str]]:
-        found = set()
+        found: set[tuple[str, str]] = set()
         for project in _subdirs(self.layout.root):
             found.update((project.name, build.name) for build in _subdirs(project / "ready"))
         return found
@@ -407,7 +407,10 @@ class Collector:
     # --- the index, once space is free --------------------------------------------------------
 
     def _write(self, change: Callable[[Store], T]) -> T | None:
-        """Apply `change` to the index; None when it cannot be written now (a full disk)."""
+        """Apply `change` to the index; None when it cannot be written now (a full disk). The
+        index is opened in here too: opening it writes (a migration, the WAL). `change` runs
+        before this returns, so a lambda made in a loop sees that iteration's values (the
+        `noqa: B023` of the callers)."""
         try:
             return change(self.store)
         except sqlite3.OperationalError as e:
@@ -420,8 +423,7 @@ class Collector:
         finished = {(r["project"], r["id"]): r["finished_at"] for r in rows}
         for key, size in sizes.items():
             if key not in gone:
-                self._write(lambda store, key=key, size=size:
-                            store.record_size(*key, size, finished[key]))
+                self._write(lambda store: store.record_size(*key, size, finished[key]))  # noqa: B023
 
     def _reconcile(self, rows: list[sqlite3.Row], folders: set[tuple[str, str]]) -> None:
         """Make the index and ready/ agree again after a crash: forget the finished builds whose
@@ -432,10 +434,10 @@ class Collector:
         for r in rows:
             indexed.add((r["project"], r["id"]))
             if _lost_its_folder(r, folders) and self._write(
-                    lambda store, r=r: store.forget_unused(r["project"], r["id"], r["last_used"])):
+                    lambda store: store.forget_unused(r["project"], r["id"], r["last_used"])):  # noqa: B023
                 log.info("gc: forgot %s/%s: its folder is gone", r["project"], r["id"])
         for project, build_id in sorted(folders - indexed):
-            if self._write(lambda store, p=project, i=build_id: store.reindex_build(p, i)):
+            if self._write(lambda store: store.reindex_build(project, build_id)):  # noqa: B023
                 log.warning("gc: indexed %s/%s, a finished build the index did not know",
                             project, build_id)
 

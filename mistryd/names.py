@@ -56,6 +56,6 @@ def is_scalar_text(text: str) -> bool:
 
 def check_name(what: str, name: object) -> str:
     problem = name_problem(name)
-    if problem:
+    if problem or not isinstance(name, str):  # name_problem refuses every non-string
         raise BadRequest(f"{what} {name!r} {problem}")
-    return name  # type: ignore[return-value]
+    return name

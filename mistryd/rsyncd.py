@@ -325,7 +325,7 @@ def listening_inodes(port: int) -> set[str]:
 
 
 def socket_inodes(pid: int) -> set[str]:
-    inodes = set()
+    inodes: set[str] = set()
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:

@@ -234,15 +234,17 @@ def _found(dir_fd: int, name: str, path: str) -> Found | None:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         raise TreeChanged(f"{path} vanished while the tree was read") from None
-    common = {"path": path, "mode": stat.S_IMODE(st.st_mode), "mtime": int(st.st_mtime),
-              "dir_fd": dir_fd, "name": name}
+    size, target = 0, None
     if stat.S_ISDIR(st.st_mode):
-        return Found(type="dir", size=0, target=None, **common)
-    if stat.S_ISREG(st.st_mode):
-        return Found(type="file", size=st.st_size, target=None, **common)
-    if stat.S_ISLNK(st.st_mode):
-        return Found(type="symlink", size=0, target=os.readlink(name, dir_fd=dir_fd), **common)
-    return None  # devices, FIFOs, sockets: never listed, never opened
+        kind = "dir"
+    elif stat.S_ISREG(st.st_mode):
+        kind, size = "file", st.st_size
+    elif stat.S_ISLNK(st.st_mode):
+        kind, target = "symlink", os.readlink(name, dir_fd=dir_fd)
+    else:
+        return None  # devices, FIFOs, sockets: never listed, never opened
+    return Found(path=path, type=kind, mode=stat.S_IMODE(st.st_mode), size=size,
+                 mtime=int(st.st_mtime), target=target, dir_fd=dir_fd, name=name)
 
 
 def sha256_of(fd: int, expected_size: int, shown: str) -> str:

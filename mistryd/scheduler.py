@@ -14,12 +14,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .builder import Job
 from .errors import Overloaded, ShuttingDown, Unavailable
 from .jobs import BuildInfo
 
 log = logging.getLogger("mistryd")
+
+Cached = TypeVar("Cached")  # what a cache answers instead of a build (the server's: a Hit)
 
 
 def may_queue(queued: int, backlog: int) -> bool:
@@ -80,10 +83,11 @@ class Scheduler:
             t.start()
             self._workers.append(t)
 
-    def submit(self, job: Job, cached: Callable[[], BuildInfo | None] | None = None,
-               force: bool = False, admit: bool = False) -> Ticket | BuildInfo:
+    def submit(self, job: Job, cached: Callable[[], Cached | None] | None = None,
+               force: bool = False, admit: bool = False) -> Ticket | Cached:
         """Join the identical build in flight, or queue a new one. `cached` is asked again under
-        the lock (a build may have finished since the caller looked) unless `force`. `admit`
+        the lock (a build may have finished since the caller looked) unless `force`; what it
+        answers, if anything, is returned instead of a Ticket. `admit`
         skips the backlog bound (jobs re-queued at start-up were admitted before)."""
         key = (job.project, job.id)
         with self._lock:

@@ -46,6 +46,7 @@ class Server:
                                    on_change=self._queue_changed, on_queue=self._record_queued,
                                    on_cancel_queued=self.builder.record_cancelled,
                                    blocked_on=self._image_being_built)
+        self._lock_fd: int | None = None  # build_path's lock, held from start() to stop()
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -72,8 +73,8 @@ class Server:
             collector.stop()
         self.scheduler.stop(self.config.shutdown_grace if grace is None else grace)
         self.store.flush_usage()
-        if (fd := getattr(self, "_lock_fd", None)) is not None:
-            os.close(fd)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
             self._lock_fd = None
 
     def recover(self) -> None:

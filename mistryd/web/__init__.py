@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Flask, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ..errors import MistryError
 from ..server import Server
@@ -14,11 +15,15 @@ from .http import SECURITY_HEADERS
 HERE = Path(__file__).resolve().parent  # templates and static files ship inside the package
 
 
+class KeyOrderJSONProvider(DefaultJSONProvider):
+    sort_keys = False  # answers keep the order their fields are written in
+
+
 def create_app(server: Server) -> Flask:
     app = Flask("mistryd", template_folder=str(HERE / "templates"),
                 static_folder=str(HERE / "static"), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = server.config.max_body_bytes
-    app.json.sort_keys = False
+    app.json = KeyOrderJSONProvider(app)
     app.extensions["mistryd"] = server
 
     from . import api, apidoc, auth, capacity, views
@@ -34,7 +39,7 @@ def create_app(server: Server) -> Flask:
     def mistry_error(e: MistryError):
         response = jsonify(error=e.message)
         response.status_code = e.status
-        if getattr(e, "retry_after", None):
+        if e.retry_after:
             response.headers["Retry-After"] = str(e.retry_after)
         return response
 
@@ -44,7 +49,7 @@ def create_app(server: Server) -> Flask:
             return render_template("error.html", message=f"There is no page at {request.path}."), 404
         response = jsonify(error=f"{e.name}: {e.description}")
         response.status_code = e.code or 500
-        if e.code == 405 and e.valid_methods:
+        if isinstance(e, MethodNotAllowed) and e.valid_methods:
             response.headers["Allow"] = ", ".join(e.valid_methods)
         return response
 

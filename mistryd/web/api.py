@@ -121,11 +121,14 @@ def job_view(srv: Server, project: str, build_id: str) -> dict:
             info = srv.with_log(BuildInfo.from_json(raw))
             return {"ID": build_id, "Project": project, "State": "ready",
                     "Status": info.get("Status"), "BuildInfo": info}
-    if row is None and flight is None:
+    if row is not None:
+        state, status, build_info = "pending" if flight else row.state, row.status.value, row.info
+    elif flight is not None:
+        state, status, build_info = "pending", "running" if flight.running else "queued", None
+    else:
         raise NotFound(f"no build {project}/{build_id}")
-    status = row.status.value if row else ("running" if flight.running else "queued")
-    return {"ID": build_id, "Project": project, "State": "pending" if flight else row.state,
-            "Status": status, "BuildInfo": row.info if row else None}
+    return {"ID": build_id, "Project": project, "State": state, "Status": status,
+            "BuildInfo": build_info}
 
 
 @bp.get("/job/<project>/<build_id>")

@@ -25,10 +25,10 @@ import stat
 import tarfile
 import tempfile
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import BinaryIO
 
 from flask import Blueprint, Response, current_app, request
@@ -378,14 +378,13 @@ def _file_response(f: _HeldFile, label: str) -> Response:
     response = Response(wrap_file(request.environ, f), mimetype="application/octet-stream",
                         direct_passthrough=True)
     response.content_length = st.st_size
-    response.last_modified = st.st_mtime  # type: ignore[assignment]
+    response.last_modified = datetime.fromtimestamp(st.st_mtime, UTC)
     response.cache_control.no_cache = True
     response.cache_control.max_age = 0
-    response.expires = int(time.time())  # type: ignore[assignment]
+    response.expires = datetime.now(UTC)
     response.set_etag(f"{st.st_mtime}-{st.st_size}-{zlib.adler32(label.encode()) & 0xFFFFFFFF}")
     try:
-        response = response.make_conditional(request.environ, accept_ranges=True,
-                                             complete_length=st.st_size)
+        response.make_conditional(request.environ, accept_ranges=True, complete_length=st.st_size)
     except RequestedRangeNotSatisfiable:
         f.close()
         raise

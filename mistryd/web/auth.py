@@ -186,7 +186,7 @@ def check_access():
 def _same_origin() -> bool:
     """Whether the request carries an Origin and it is this server's own."""
     origin = request.headers.get("Origin")
-    return bool(origin) and same_origin(origin, request.host)
+    return bool(origin and same_origin(origin, request.host))
 
 
 def local_next(value: str | None) -> str:
@@ -293,10 +293,11 @@ def check_host():
     config = _config()
     if host is None or host_allowed(host, config.host, config.allowed_hosts):
         return None  # no Host at all: HTTP/1.0 from a script; browsers always send one
-    if split_host(host) is None:
+    split = split_host(host)
+    if split is None:
         return _refuse(400, f"the Host header {host[:100]!r} is not HOST[:PORT]; send the "
                             "server's name or address")
-    return _refuse(421, f"this server does not answer to the host {split_host(host)[0]!r}; if "
+    return _refuse(421, f"this server does not answer to the host {split[0]!r}; if "
                         "that name points here (a DNS name or a reverse proxy), add it to the "
                         "config's allowed_hosts")
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
 
 from flask import Flask
-from waitress import create_server
 from waitress.channel import HTTPChannel
-from waitress.server import BaseWSGIServer
+from waitress.server import BaseWSGIServer, create_server
 from waitress.task import ErrorTask
 from waitress.utilities import RequestEntityTooLarge
 
 from ..config import Config
+from ..errors import ConfigError
 
 # On every answer, the app's and waitress's own: no MIME sniffing, no framing, no referrer to
 # other sites. Views may set their own (setdefault).
@@ -31,7 +32,7 @@ class JsonErrorTask(ErrorTask):
     {"error": ...} like every other error of mistryd, instead of waitress's plain text."""
 
     def execute(self) -> None:
-        error = self.request.error
+        error = self.request.error  # type: ignore[attr-defined]  # the stub: request is the parser
         message = f"{error.reason}: {error.body}"
         if isinstance(error, RequestEntityTooLarge):
             limit = self.channel.server.adj.max_request_body_size - 1
@@ -39,8 +40,8 @@ class JsonErrorTask(ErrorTask):
                        "(or raise max_body_bytes in the server's config)")
         body = json.dumps({"error": message}).encode()
         self.status = f"{error.code} {error.reason}"
-        self.response_headers.append(("Content-Type", "application/json"))
-        self.response_headers.extend(SECURITY_HEADERS.items())
+        self.response_headers = [*self.response_headers, ("Content-Type", "application/json"),
+                                 *SECURITY_HEADERS.items()]
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
@@ -57,7 +58,7 @@ def make_http_server(app: Flask, config: Config, port: int | None = None) -> Bas
     body limit is waitress's too, so a larger Content-Length is answered 413 before any of it is
     read (waitress refuses a length equal to its limit, hence the + 1)."""
     http = create_server(
-        app, host=config.host, port=config.port if port is None else port,
+        app, host=_one_address(config.host), port=config.port if port is None else port,
         threads=config.http_threads, connection_limit=max(1000, 4 * config.http_threads),
         channel_timeout=3600, cleanup_interval=10, ident="mistryd", clear_untrusted_proxy_headers=True,
         max_request_body_size=config.max_body_bytes + 1,
@@ -65,8 +66,25 @@ def make_http_server(app: Flask, config: Config, port: int | None = None) -> Bas
         # client that went away (`waitress.client_disconnected`), and a waiter lets go
         channel_request_lookahead=1,
     )
+    if not isinstance(http, BaseWSGIServer):  # several sockets: _one_address prevents it
+        http.close()
+        raise RuntimeError(f"waitress listens on {http.effective_listen}, not on one address")
     http.channel_class = MistrydChannel
     return http
+
+
+def _one_address(host: str) -> str:
+    """The address to listen on: one of `host`'s, IPv4 first, as upstream mistry (Go's net.Listen)
+    does. waitress itself would listen on every address of a name (`localhost` is 127.0.0.1 and
+    ::1 on most systems) with a server of another kind, which mistryd does not set up."""
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError("addr", f"{host} does not resolve ({e.strerror}); give an IP address "
+                                  "or a host name this machine resolves") from None
+    first = min(found, key=lambda info: info[0] != socket.AF_INET)  # min is stable: the first IPv4
+    return str(first[4][0])
 
 
 def stop_http_server(http: BaseWSGIServer) -> None:
@@ -74,10 +92,10 @@ def stop_http_server(http: BaseWSGIServer) -> None:
     instead of failing on a descriptor closed under it."""
 
     def close_all() -> None:
-        for channel in list(http._map.values()):
+        for channel in list(http._map.values()):  # type: ignore[attr-defined]  # waitress's socket map
             channel.close()
 
-    http.trigger.pull_trigger(close_all)
+    http.trigger.pull_trigger(close_all)  # type: ignore[attr-defined]  # the stub: trigger is an int
     # the request threads end too (a server started and stopped in one process, as the tests
     # do, would otherwise leave http_threads idle threads behind each time)
     http.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
