@@ -119,7 +119,7 @@ class TcpProxy:
         with self._lock:
             sockets, self._open = self._open, []
         for s in sockets:
-            _shut(s)
+            shut(s)
         return len(sockets)
 
     def close(self) -> None:
@@ -153,11 +153,11 @@ class TcpProxy:
         except OSError:
             pass
         finally:
-            _shut(src)
-            _shut(dst)
+            shut(src)
+            shut(dst)
 
 
-def _shut(s: socket.socket) -> None:
+def shut(s: socket.socket) -> None:
     try:
         s.shutdown(socket.SHUT_RDWR)
     except OSError:

@@ -5,6 +5,8 @@ import time
 
 import requests
 
+from mistry_client.sse import events as sse_events
+
 
 def wait_until(predicate, timeout=30.0, interval=0.05):
     deadline = time.monotonic() + timeout
@@ -57,20 +59,8 @@ def test_job_page_json_and_html(start_server):
 
 
 def read_sse(response):
-    """[(event, id, data)] of a whole SSE stream."""
-    events, event, event_id, data = [], "message", None, []
-    for line in response.iter_lines(decode_unicode=True):
-        if line == "":
-            if data:
-                events.append((event, event_id, "\n".join(data)))
-            event, event_id, data = "message", None, []
-        elif line.startswith("data: "):
-            data.append(line[6:])
-        elif line.startswith("id: "):
-            event_id = line[4:]
-        elif line.startswith("event: "):
-            event = line[7:]
-    return events
+    """[(event, id, data)] of a whole SSE stream (read with the client's parser)."""
+    return [(e.event, e.id, e.data) for e in sse_events(response.iter_content(chunk_size=None))]
 
 
 def test_log_stream_from_the_start_live_resumable_and_ended(start_server):

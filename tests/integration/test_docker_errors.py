@@ -24,7 +24,7 @@ import docker.errors
 import pytest
 import requests
 import urllib3.exceptions
-from support import copy_project, make_setup, start_mistryd, wait_for
+from support import copy_project, make_setup, shut, start_mistryd, wait_for
 
 from mistryd.config import from_dict
 from mistryd.docker_runner import (
@@ -127,7 +127,7 @@ class DockerSocket:
         with self._lock:
             sockets, self._open = self._open, []
         for s in sockets:
-            _shut(s)
+            shut(s)
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -150,16 +150,8 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        _shut(src)
-        _shut(dst)
-
-
-def _shut(s: socket.socket) -> None:
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    s.close()
+        shut(src)
+        shut(dst)
 
 
 class ProxiedMistryd:

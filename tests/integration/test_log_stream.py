@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from mistry_client.sse import events as sse_events
+
 READ = "read-token-0123456789abcdef"
 BUILD = "build-token-0123456789abcdef"
 ADMIN = "admin-token-0123456789abcdef"
@@ -36,18 +38,8 @@ class Follower:
         self._events = self._read()
 
     def _read(self) -> Iterator[tuple[str, str | None, str]]:
-        event, event_id, data = "message", None, []
-        for line in self.response.iter_lines(chunk_size=None, decode_unicode=True):
-            if line == "":
-                if data:
-                    yield event, event_id, "\n".join(data)
-                event, event_id, data = "message", None, []
-            elif line.startswith("data: "):
-                data.append(line[6:])
-            elif line.startswith("id: "):
-                event_id = line[4:]
-            elif line.startswith("event: "):
-                event = line[7:]
+        for e in sse_events(self.response.iter_content(chunk_size=None)):
+            yield e.event, e.id, e.data
 
     def until_line(self, text: str) -> None:
         for item in self._events:
