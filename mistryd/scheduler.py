@@ -66,6 +66,7 @@ class Scheduler:
         self._queue: queue.Queue[Flight | None] = queue.Queue()
         self._queued = 0
         self._running = 0
+        self._finished = 0  # builds ended so far: admission asks the cache again when it moved
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._on_change = on_change or (lambda queued, running: None)
@@ -85,26 +86,35 @@ class Scheduler:
 
     def submit(self, job: Job, cached: Callable[[], Cached | None] | None = None,
                force: bool = False, admit: bool = False) -> Ticket | Cached:
-        """Join the identical build in flight, or queue a new one. `cached` is asked again under
-        the lock (a build may have finished since the caller looked) unless `force`; what it
-        answers, if anything, is returned instead of a Ticket. `admit`
-        skips the backlog bound (jobs re-queued at start-up were admitted before)."""
+        """Join the identical build in flight, or queue a new one. Unless `force`, `cached` is
+        asked first (a build may have finished since the caller looked); what it answers, if
+        anything, is returned instead of a Ticket. `admit` skips the backlog bound (jobs
+        re-queued at start-up were admitted before).
+        `cached` reads files and may write to the index, so it runs outside the lock; a build
+        that finishes meanwhile (maybe this very one) makes it ask again, so a finished build is
+        never built twice."""
         key = (job.project, job.id)
-        with self._lock:
-            if self._closed:
-                raise ShuttingDown()
-            flight = self._flights.get(key)
-            if flight is not None:
-                return Ticket(flight, coalesced=True)
+        while True:
+            with self._lock:
+                ticket, finished = self._join(key), self._finished
+            if ticket is not None:
+                return ticket
             if not force and cached is not None:
                 hit = cached()
                 if hit is not None:
                     return hit
-            if not admit and not may_queue(self._queued, self.backlog):
-                raise Overloaded()
-            flight = Flight(job)
-            self._flights[key] = flight  # identical requests join it from now on
-            self._queued += 1
+            with self._lock:
+                ticket = self._join(key)
+                if ticket is not None:
+                    return ticket
+                if self._finished != finished:
+                    continue  # the cache may hold it now: ask again
+                if not admit and not may_queue(self._queued, self.backlog):
+                    raise Overloaded()
+                flight = Flight(job)
+                self._flights[key] = flight  # identical requests join it from now on
+                self._queued += 1
+                break
         # Admission is transactional: the job is recorded before any worker can see it, and if
         # the record cannot be written (a busy or full disk), nothing stays registered and
         # whoever joined meanwhile gets the same error.
@@ -125,6 +135,13 @@ class Scheduler:
             return Ticket(flight, coalesced=False)
         self._queue.put(flight)
         return Ticket(flight, coalesced=False)
+
+    def _join(self, key: tuple[str, str]) -> Ticket | None:
+        """The ticket of the identical build in flight, if there is one (under the lock)."""
+        if self._closed:
+            raise ShuttingDown()
+        flight = self._flights.get(key)
+        return Ticket(flight, coalesced=True) if flight is not None else None
 
     def cancel(self, project: str, build_id: str, reason: str) -> Flight | None:
         """Cancel a build in flight: a queued one ends at once, a running one is stopped by its
@@ -212,6 +229,7 @@ class Scheduler:
                 with self._lock:
                     self._running -= 1
                     self._flights.pop((flight.job.project, flight.job.id), None)
+                    self._finished += 1
                     flight.result = result
                     self._changed()
                     self._idle.notify_all()

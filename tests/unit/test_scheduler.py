@@ -151,3 +151,30 @@ def test_stop_waits_for_running_builds_then_cancels_them():
     assert gate.runs == ["a"]
     with pytest.raises(ShuttingDown):
         s.submit(job("c"))
+
+
+def test_the_cache_is_asked_outside_the_lock_and_again_when_a_build_finished_meanwhile():
+    """Asking the cache reads files (and may write usage to the index): never under the
+    scheduler's lock. A build of the same job that starts and ends while the cache is asked (so
+    the answer missed it, and it is no longer in flight) makes admission ask again instead of
+    building it a second time."""
+    gate = Gate()
+    gate.release.set()
+    s = Scheduler(gate, concurrency=1, backlog=4)
+    s.start()
+    answers: list[str] = []
+
+    def cached():
+        assert s._lock.acquire(blocking=False), "the cache was asked under the scheduler's lock"
+        s._lock.release()
+        if not answers:  # this look misses; meanwhile another request builds the job to its end
+            other = s.submit(job("a"))
+            assert isinstance(other, Ticket) and other.flight.wait(10) is not None
+            answers.append("miss")
+            return None
+        answers.append("hit")
+        return "HIT"
+
+    assert s.submit(job("a"), cached=cached) == "HIT"
+    assert answers == ["miss", "hit"] and gate.runs == ["a"]
+    s.stop()
