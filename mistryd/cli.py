@@ -117,7 +117,7 @@ def _start_rsyncd(config: Config, server):
     if config.rsync_addr is None:
         return None
     from .config import split_addr
-    from .rsyncd import RsyncDaemon, rsync_users
+    from .rsyncd import RsyncDaemon, rsync_users, upstream_client_misreads
 
     host, port = split_addr(config.rsync_addr)
     try:
@@ -128,6 +128,12 @@ def _start_rsyncd(config: Config, server):
         server.stop()
         click.echo(f"mistryd: config: rsync_addr: {e}", err=True)
         sys.exit(EXIT_USAGE)
+    if misread := upstream_client_misreads(config.build_path, server.projects.names()):
+        logging.getLogger("mistryd").warning(
+            "mistryd: build_path %s contains the name of project(s) %s: upstream's client cuts "
+            "its rsync path at that name's first occurrence and asks for a wrong path; move "
+            "build_path or rename them (mistry's own client is not affected)", config.build_path,
+            ", ".join(misread))
     return rsyncd
 
 

@@ -18,6 +18,7 @@ daemon left over from an earlier run is found through its pid file and stopped.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -68,12 +69,22 @@ def request_problem(build_path: Path, path: str) -> str | None:
     artifacts = build / "data" / "artifacts"
     if os.path.realpath(artifacts) != str(artifacts):
         return f"'{path}': the build's artifacts folder is a symlink; it is not served"
-    wanted = os.path.realpath(root.joinpath(*parts))
-    if os.path.commonpath([wanted, str(artifacts)]) != str(artifacts):
+    if os.path.commonpath([_served_path(root, parts, path), str(artifacts)]) != str(artifacts):
         return f"'{path}': leads out of the build's artifacts through a symlink; not served"
     if not build_succeeded(build):
         return f"'{path}': only artifacts of successful builds are served"
     return None
+
+
+def _served_path(root: Path, parts: list[str], path: str) -> str:
+    """Where the daemon reads a request from. Its last name is sent as it is (a link as a link,
+    never followed: -L and friends are refused), so upstream's `artifacts/*`, which the daemon
+    expands into every entry, may name a link that points anywhere. A request ending in '/' or
+    '/.' makes the daemon go through that last name, so then it must resolve inside too."""
+    requested = root.joinpath(*parts)
+    if path.rsplit("/", 1)[-1] in ("", "."):
+        return os.path.realpath(requested)
+    return os.path.join(os.path.realpath(requested.parent), requested.name)
 
 
 def build_succeeded(build: Path) -> bool:
@@ -151,6 +162,12 @@ def _conf_value(value: object) -> str:
     if "\n" in text or text != text.strip():
         raise RsyncdError(f"the path {text!r} cannot go into an rsyncd.conf; move it")
     return text.replace("%", "%%")  # rsyncd.conf expands %VAR%
+
+
+def upstream_client_misreads(build_path: Path, projects) -> list[str]:
+    """The projects whose rsync path upstream's client gets wrong: it cuts BuildInfo's `Path` at
+    the first occurrence of the project's name, which is inside build_path for these."""
+    return sorted(name for name in projects if name in str(build_path))
 
 
 def rsync_users(tokens) -> dict[str, str]:
@@ -300,10 +317,27 @@ def check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
+            if e.errno == errno.EACCES and port < unprivileged_port_start():
+                raise RsyncdError(privileged_port_problem(host, port)) from None
             holder = port_holder(port)
             raise RsyncdError(f"{host}:{port} is not available ({e.strerror}"
                               f"{'; in use by ' + holder if holder else ''}); stop it or choose "
                               "another rsync_addr") from None
+
+
+def privileged_port_problem(host: str, port: int) -> str:
+    first = unprivileged_port_start()
+    return (f"{host}:{port} is a privileged port (below {first}) that mistryd may not bind: run "
+            "mistryd as root (upstream's client reaches only port 873), or give it "
+            "CAP_NET_BIND_SERVICE as an ambient capability (systemd: AmbientCapabilities=), or "
+            f"choose a port from {first} up (clients then need --transport-port)")
+
+
+def unprivileged_port_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
 
 
 # --- who listens where: /proc/net/tcp and the processes' sockets ------------------------------
