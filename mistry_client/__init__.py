@@ -7,8 +7,21 @@
         client.fetch(info, "out/")
 """
 
-from .api import Client, Submitted
+from typing import TYPE_CHECKING
+
 from .errors import BuildTimeout, ClientError, NotMistryd, ServerError, TransferError, Unreachable
 
 __all__ = ["BuildTimeout", "Client", "ClientError", "NotMistryd", "ServerError", "Submitted",
            "TransferError", "Unreachable"]
+
+if TYPE_CHECKING:
+    from .api import Client, Submitted
+
+
+def __getattr__(name: str):
+    # the API (and requests with it) loads on first use: `import mistry_client.errors` stays light
+    if name in ("Client", "Submitted"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

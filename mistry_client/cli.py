@@ -7,12 +7,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import requests
 
 from .address import FORMS
-from .api import Client
 from .durations import format_duration, parse_duration
 from .errors import (
     EXIT_BROKEN_PIPE,
@@ -27,7 +26,13 @@ from .errors import (
 )
 from .params import ParamError, parse_params
 from .terminal import terminal_safe
-from .transports import TRANSPORTS, HttpTransport, RsyncTransport, ScpTransport
+
+if TYPE_CHECKING:
+    from .api import Client
+
+# requests, the Client and the transports are imported when a command needs them, so that
+# `--help`, `--version` and usage errors answer without loading an HTTP stack
+TRANSPORTS = ("http", "rsync", "scp")  # one class each in transports.py
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -53,6 +58,8 @@ def _remember_token(ctx: click.Context, param: click.Parameter, value: str | Non
 
 def _client(host: str, port: int) -> Client:
     """A Client for the command being run, with its --token (or MISTRY_TOKEN) if any."""
+    from .api import Client
+
     try:
         return Client(host, port, token=click.get_current_context().meta.get("mistry.token"))
     except ValueError as e:
@@ -84,15 +91,19 @@ class _Mistry(click.Group):
         except ClientError as e:
             click.echo(e.message, err=True)
             ctx.exit(e.exit_code)
-        except requests.RequestException as e:  # a read the client did not wrap: still one line
-            click.echo(f"lost the connection to mistryd: {connection_problem(e)}", err=True)
-            ctx.exit(EXIT_UNREACHABLE)
         except BrokenPipeError:  # `mistry logs ... | head`: the reader has what it wanted
             # stdout is gone: point it at /dev/null so the interpreter's final flush is quiet,
             # and end as a command killed by SIGPIPE would
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             ctx.exit(EXIT_BROKEN_PIPE)
+        except Exception as e:
+            # a read the client did not wrap: still one line (requests is loaded if it raised)
+            requests = sys.modules.get("requests")
+            if requests is None or not isinstance(e, requests.RequestException):
+                raise
+            click.echo(f"lost the connection to mistryd: {connection_problem(e)}", err=True)
+            ctx.exit(EXIT_UNREACHABLE)
 
 
 @click.group(cls=_Mistry, context_settings=CONTEXT)
@@ -196,6 +207,8 @@ def _interrupt_on_sigterm() -> None:
 
 
 def _transport(client, name, user, port, extra, progress, keep_special_bits):
+    from .transports import HttpTransport, RsyncTransport, ScpTransport
+
     if name == "rsync":
         token = click.get_current_context().meta.get("mistry.token")
         return RsyncTransport(client.host, user, port, extra, token=token,

@@ -7,8 +7,6 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator
 
-from urllib3.exceptions import ProtocolError
-
 EXIT_OK = 0
 EXIT_BUILD_FAILED = 1
 EXIT_USAGE = 2
@@ -84,7 +82,7 @@ def connection_problem(error: BaseException) -> str:
     """What went wrong on the wire, in a few words, from a requests/urllib3 exception and the
     exceptions it wraps (the most telling one wins: a broken connection wraps its reset)."""
     causes = list(_causes(error))
-    for test, text in _PROBLEMS:
+    for test, text in _problems():
         if any(test(cause) for cause in causes):
             return text
     for cause in causes:
@@ -97,16 +95,21 @@ def connection_problem(error: BaseException) -> str:
 
 
 NOT_HTTP = "the answer is not HTTP"
-_PROBLEMS: list[tuple[Callable[[BaseException], bool], str]] = [
-    (lambda e: isinstance(e, socket.gaierror), "the host name does not resolve"),
-    (lambda e: isinstance(e, ConnectionRefusedError), "connection refused"),
-    # RemoteDisconnected is a BadStatusLine too, but it means no answer at all
-    (lambda e: isinstance(e, http.client.BadStatusLine | http.client.LineTooLong)
-     and not isinstance(e, http.client.RemoteDisconnected), NOT_HTTP),
-    (lambda e: isinstance(e, ConnectionResetError | ConnectionAbortedError | BrokenPipeError
-                          | http.client.IncompleteRead | ProtocolError), BROKEN),
-    (lambda e: isinstance(e, TimeoutError), "no answer in time"),
-]
+
+
+def _problems() -> list[tuple[Callable[[BaseException], bool], str]]:
+    from urllib3.exceptions import ProtocolError  # loaded by now: only requests raises these
+
+    return [
+        (lambda e: isinstance(e, socket.gaierror), "the host name does not resolve"),
+        (lambda e: isinstance(e, ConnectionRefusedError), "connection refused"),
+        # RemoteDisconnected is a BadStatusLine too, but it means no answer at all
+        (lambda e: isinstance(e, http.client.BadStatusLine | http.client.LineTooLong)
+         and not isinstance(e, http.client.RemoteDisconnected), NOT_HTTP),
+        (lambda e: isinstance(e, ConnectionResetError | ConnectionAbortedError | BrokenPipeError
+                              | http.client.IncompleteRead | ProtocolError), BROKEN),
+        (lambda e: isinstance(e, TimeoutError), "no answer in time"),
+    ]
 
 
 def _causes(error: BaseException) -> Iterator[BaseException]:

@@ -47,11 +47,15 @@ class Staging:
         if self.path.exists():
             shutil.rmtree(self.path, ignore_errors=True)
 
-    def commit(self, clear_target: bool = False) -> None:
-        """Move everything staged into the target; with `clear_target` empty it first."""
+    def commit(self, clear_target: bool = False, manifest_paths: set[str] | None = None) -> None:
+        """Move everything staged into the target; with `clear_target` empty it first, except for
+        what `manifest_paths` names (files the target already holds as the manifest has them)."""
         self.target.mkdir(parents=True, exist_ok=True)
         if clear_target:
-            empty_folder(self.target, keep=self.path)
+            if manifest_paths:
+                prune(self.target, manifest_paths, keep=self.path)
+            else:
+                empty_folder(self.target, keep=self.path)
         _merge(self.path, self.target)
         self.discard()
 
@@ -63,6 +67,24 @@ def empty_folder(folder: Path, keep: Path | None = None) -> None:
         if keep_real is not None and os.path.realpath(entry.path) == keep_real:
             continue
         if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+def prune(folder: Path, wanted: set[str], keep: Path, prefix: str = "") -> None:
+    """Remove everything below `folder` whose path (relative to the top) is not in `wanted`;
+    real directories that are wanted are pruned in turn (links are never followed)."""
+    keep_real = os.path.realpath(keep)
+    for entry in os.scandir(folder):
+        rel = prefix + entry.name
+        if not prefix and os.path.realpath(entry.path) == keep_real:
+            continue  # a staging folder inside the target (its parent was not writable)
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if rel in wanted:
+            if is_dir:
+                prune(Path(entry.path), wanted, keep, rel + "/")
+        elif is_dir:
             shutil.rmtree(entry.path)
         else:
             os.unlink(entry.path)

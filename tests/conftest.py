@@ -6,6 +6,7 @@ Nothing here skips: a missing component is a failure, because `make test` instal
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,19 @@ from mistryd.docker_runner import remove_instance_images
 from mistryd.server import Server
 from mistryd.web import create_app
 from mistryd.web.http import make_http_server, stop_http_server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def client_state_in_a_temporary_cache(tmp_path_factory):
+    """`mistry` remembers the files it placed in a target under $XDG_CACHE_HOME: the suite's
+    clients keep that in a folder of the run, not in the home folder of whoever runs it."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
 
 
 def pytest_collection_modifyitems(items):

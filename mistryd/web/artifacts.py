@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import stat
+import struct
 import tarfile
 import tempfile
 import threading
@@ -36,7 +37,7 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.wsgi import wrap_file
 
 from .. import leases
-from ..errors import NotFound, Unprocessable
+from ..errors import BadRequest, NotFound, Unprocessable
 from ..jobs import servable
 from ..layout import INFO_FILE
 from ..names import name_problem
@@ -393,17 +394,33 @@ def _file_response(f: _HeldFile, label: str) -> Response:
 
 
 # --- the tar --------------------------------------------------------------------------------------
+#
+# The tar is sent in manifest order, in writes of about TAR_WRITE bytes: for a tree of many small
+# files the cost is per entry (a header, an open, a read), so headers are packed by hand (a plain
+# ustar header; tarfile's PAX writer only for what ustar cannot hold: long or non-ASCII names,
+# sizes of 8 GiB and more) and a small file is read with one read into the write buffer. Its
+# bytes depend only on the manifest and the files' contents, so two requests get the same tar.
+# `?start=N` begins at the manifest's entry N (0-based): how `mistry` resumes a stream that broke.
+
+TAR_WRITE = 1 << 20
+BLOCK = tarfile.BLOCKSIZE
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+_TAR_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}
+_OCTAL_12 = 8 ** 11  # what 11 octal digits hold
 
 
 @bp.get("/artifacts/<project>/<build_id>.tar")
 def get_tar(project: str, build_id: str):
+    start = request.args.get("start", "0")
+    if not start.isdigit() or len(start) > 9:
+        raise BadRequest(f"start={start!r}: give the index of a manifest entry (0, 1, ...)")
     stack = contextlib.ExitStack()
     try:
         build = _open_build(stack, project, build_id)
         stack.enter_context(capacity().artifacts.slot())
         manifest = _manifest_file(build, slot_held=True)
         stack.callback(manifest.close)
-        response = Response(_tar_stream(manifest, build), mimetype="application/x-tar",
+        response = Response(_tar_stream(manifest, build, int(start)), mimetype="application/x-tar",
                             headers={"Content-Disposition": f"attachment; filename={build_id}.tar"})
         response.call_on_close(stack.close)  # the lease and the slot last as long as the stream
     except BaseException:
@@ -412,48 +429,103 @@ def get_tar(project: str, build_id: str):
     return response
 
 
-def _tar_stream(manifest: _Manifest, build: _Build) -> Iterator[bytes]:
+def _tar_stream(manifest: _Manifest, build: _Build, start: int = 0) -> Iterator[bytes]:
     """A tar written as it is sent, entry by entry in the manifest's order; no temporary file.
     An entry that cannot be read as announced cuts the stream (no end blocks): a client never
-    gets a well-formed tar that silently lacks files."""
+    gets a well-formed tar that silently lacks files. What was read before it is still sent."""
+    out = bytearray()
     with FileOpener(build.artifacts_fd) as opener:
-        for entry in _manifest_entries(manifest, build.label):
-            info = tarfile.TarInfo(entry["path"])
-            info.mode = entry["mode"]
-            info.mtime = entry.get("mtime", 0)
-            if entry["type"] == "dir":
-                info.type = tarfile.DIRTYPE
-                yield info.tobuf(tarfile.PAX_FORMAT)
-            elif entry["type"] == "symlink":
-                info.type = tarfile.SYMTYPE
-                info.linkname = entry["target"]
-                yield info.tobuf(tarfile.PAX_FORMAT)
-            else:
-                yield from _tar_file(opener, info, entry["size"], build.label)
-    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+        try:
+            for n, entry in enumerate(_manifest_entries(manifest, build.label)):
+                if n < start:
+                    continue
+                if entry["type"] != "file":
+                    out += _tar_header(entry, 0)
+                else:
+                    yield from _tar_file(opener, entry, build.label, out)
+                if len(out) >= TAR_WRITE:
+                    yield bytes(out)
+                    out.clear()
+        except ArtifactStreamBroken:
+            if out:
+                yield bytes(out)
+            raise
+    out += b"\0" * (2 * BLOCK)
+    yield bytes(out)
 
 
-def _tar_file(opener: FileOpener, info: tarfile.TarInfo, size: int, label: str) -> Iterator[bytes]:
+def _tar_file(opener: FileOpener, entry: dict, label: str, out: bytearray) -> Iterator[bytes]:
+    """Appends the file's header and, when it is small, its bytes to `out`; a large one is sent
+    in chunks of its own (after what `out` holds)."""
+    path, size = entry["path"], entry["size"]
     try:
-        fd = opener.open(info.name)
+        fd = opener.open(path)
     except TreeError as e:
         raise _broken(label, str(e)) from None
     try:
         if os.fstat(fd).st_size != size:
-            raise _broken(label, f"{info.name} changed size since its manifest was made")
-        info.size = size
-        yield info.tobuf(tarfile.PAX_FORMAT)
+            raise _broken(label, f"{path} changed size since its manifest was made")
+        out += _tar_header(entry, size)
         try:
-            yield from read_exactly(fd, size, info.name)
+            if size <= TAR_WRITE:
+                data = os.read(fd, size) if size else b""
+                out += data
+                if len(data) < size:  # a short read: the file shrank, or a read of its own
+                    for chunk in read_exactly(fd, size - len(data), path):
+                        out += chunk
+            else:
+                yield bytes(out)
+                out.clear()
+                yield from read_exactly(fd, size, path)
         except TreeError as e:
             raise _broken(label, str(e)) from None
-        if size % tarfile.BLOCKSIZE:
-            yield b"\0" * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE)
+        if size % BLOCK:
+            out += bytes(BLOCK - size % BLOCK)
     finally:
         os.close(fd)
+
+
+def _tar_header(entry: dict, size: int) -> bytes:
+    """The entry's tar header: ustar packed by hand, or tarfile's PAX header when it does not fit."""
+    path, kind = entry["path"], entry["type"]
+    target = entry.get("target") or ""
+    mtime = entry.get("mtime", 0)
+    name, prefix = _ustar_name(path)
+    if name is None or len(target) > 100 or not target.isascii() or size >= _OCTAL_12 \
+            or not 0 <= mtime < _OCTAL_12:
+        return _pax_header(entry, size)
+    fields = [name, b"%07o\0" % entry["mode"], b"0000000\0", b"0000000\0", b"%011o\0" % size,
+              b"%011o\0" % mtime, b" " * 8, _TAR_TYPES[kind], target.encode(), b"ustar\x0000",
+              b"", b"", b"0000000\0", b"0000000\0", prefix]
+    header = bytearray(_USTAR.pack(*fields))
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def _ustar_name(path: str) -> tuple[bytes | None, bytes]:
+    """(name, prefix) of a path ustar can hold (ASCII, name <= 100, prefix <= 155), else None."""
+    if not path.isascii():
+        return None, b""
+    raw = path.encode()
+    if len(raw) <= 100:
+        return raw, b""
+    cut = raw.find(b"/", len(raw) - 101)
+    if cut <= 0 or cut > 155:
+        return None, b""
+    return raw[cut + 1:], raw[:cut]
+
+
+def _pax_header(entry: dict, size: int) -> bytes:
+    info = tarfile.TarInfo(entry["path"])
+    info.mode = entry["mode"]
+    info.mtime = entry.get("mtime", 0)
+    info.type = _TAR_TYPES[entry["type"]]
+    info.size = size
+    if entry["type"] == "symlink":
+        info.linkname = entry["target"]
+    return info.tobuf(tarfile.PAX_FORMAT)
 
 
 def _broken(label: str, problem: str) -> ArtifactStreamBroken:
     log.warning("cutting the .tar of %s: %s", label, problem)
     return ArtifactStreamBroken(f"the .tar of {label} was cut: {problem}")
-

@@ -133,3 +133,50 @@ def tree_of(root: Path) -> dict:
             else:
                 found[rel] = ("file", mode, full.read_text())
     return found
+
+
+class TamperingProxy(TcpProxy):
+    """A proxy that changes the first `pattern` it sees in the server's answers into
+    `replacement` (same length), once: bytes corrupted on the way, with the framing intact."""
+
+    def __init__(self, upstream_port: int, pattern: bytes, replacement: bytes):
+        assert len(pattern) == len(replacement)
+        self.pattern = pattern
+        self.replacement = replacement
+        self.tampered = 0
+        super().__init__(upstream_port)
+
+    def forward(self, data: bytes, to_client: bool, sent: int) -> tuple[bytes, bool]:
+        if to_client and self.pattern in data:
+            with self._lock:
+                if not self.tampered:
+                    self.tampered += 1
+                    return data.replace(self.pattern, self.replacement, 1), False
+        return data, False
+
+
+def exact_tree_of(root: Path) -> dict:
+    """{relative path: ("file", mode, sha256) | ("dir", mode) | ("link", target)}: what is in
+    `root`, content included (links not followed)."""
+    import hashlib
+
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            rel = str(full.relative_to(root))
+            st = full.lstat()
+            if full.is_symlink():
+                found[rel] = ("link", os.readlink(full))
+            elif full.is_dir():
+                found[rel] = ("dir", st.st_mode & 0o7777)
+            else:
+                found[rel] = ("file", st.st_mode & 0o7777,
+                              hashlib.sha256(full.read_bytes()).hexdigest())
+    return found
+
+
+def inodes_of(root: Path) -> dict[str, int]:
+    """{relative path: inode} of the regular files below `root`."""
+    return {str(p.relative_to(root)): p.lstat().st_ino for p in root.rglob("*")
+            if p.is_file() and not p.is_symlink()}

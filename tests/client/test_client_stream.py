@@ -1,0 +1,165 @@
+"""Fetching a many-file tree as one verified stream: exact, tamper-proof, resumable, and a re-fetch
+moves only what changed. Real server, real `mistry` command, real TCP proxies in between."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from client_helpers import (
+    CuttingProxy,
+    RecordingProxy,
+    TamperingProxy,
+    exact_tree_of,
+    inodes_of,
+    port_of,
+    run_mistry,
+)
+
+PROJECT = "client-many"
+
+
+@pytest.fixture
+def many(start_server, tmp_path):
+    """A server with `client-many` built, the build's artifacts folder, and `fetch(target, port)`
+    running `mistry build` with its own cache folder for target state."""
+    server = start_server(projects=(PROJECT,))
+    info = server.build(PROJECT)
+    assert info["ExitCode"] == 0, info
+    artifacts = server.build_path / PROJECT / "ready" / info["ID"] / "data" / "artifacts"
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def fetch(target, port=None, *extra):
+        return run_mistry(["build", "--project", PROJECT, "-t", str(target), *extra],
+                          port=port or port_of(server.url), env=env)
+
+    fetch.server = server
+    fetch.artifacts = artifacts
+    return fetch
+
+
+def _tars(proxy: RecordingProxy) -> list[str]:
+    return [line for line in proxy.request_lines() if ".tar" in line]
+
+
+def _file_gets(proxy: RecordingProxy) -> list[str]:
+    return [line for line in proxy.request_lines()
+            if line.startswith("GET /artifacts/") and not line.endswith("/") and ".tar" not in line]
+
+
+def _untouched(target, parent) -> None:
+    assert sorted(os.listdir(target)) == ["keep.txt"]
+    assert (target / "keep.txt").read_text() == "mine"
+    assert [p for p in os.listdir(parent) if p.startswith(".mistry-")] == []
+
+
+def test_a_many_file_tree_arrives_exactly_in_one_stream(many, tmp_path):
+    recorder = RecordingProxy(port_of(many.server.url))
+    try:
+        r = many(tmp_path / "out", recorder.port)
+    finally:
+        recorder.close()
+    assert r.returncode == 0, r.stderr
+    expected = exact_tree_of(many.artifacts)
+    assert len([v for v in expected.values() if v[0] == "file"]) > 600
+    assert expected["empty.txt"][0] == "file" and expected["locked"] == ("dir", 0o555)
+    assert exact_tree_of(tmp_path / "out") == expected
+    assert len(_tars(recorder)) == 1 and _file_gets(recorder) == []
+
+
+def test_a_tampered_stream_fails_and_leaves_the_target_untouched(many, tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    proxy = TamperingProxy(port_of(many.server.url), b"A" * 16, b"A" * 15 + b"B")
+    try:
+        r = many(target, proxy.port)
+    finally:
+        proxy.close()
+    assert proxy.tampered == 1
+    assert r.returncode == 6, r.stderr
+    assert "artifact aaaa.txt: sha256" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    _untouched(target, tmp_path)
+
+
+def test_a_cut_stream_resumes_and_the_result_is_exact(many, tmp_path):
+    recorder = RecordingProxy(port_of(many.server.url))
+    # every connection (the stream's, and the Range requests after it) drops after 4 MB, 3 times
+    cutter = CuttingProxy(recorder.port, cut_after=4 * 1024 * 1024, cuts=3)
+    try:
+        r = many(tmp_path / "out", cutter.port)
+    finally:
+        cutter.close()
+        recorder.close()
+    assert r.returncode == 0, r.stderr
+    assert cutter.cuts_done == 3
+    assert exact_tree_of(tmp_path / "out") == exact_tree_of(many.artifacts)
+    starts = [int(line.rsplit("?start=", 1)[1]) for line in _tars(recorder)]
+    assert len(starts) >= 2 and starts == sorted(set(starts))  # each stream picks up further on
+
+
+def test_a_stream_that_keeps_breaking_gives_up_and_leaves_the_target_untouched(many, tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    cutter = CuttingProxy(port_of(many.server.url), cut_after=200_000, cuts=1000)
+    try:
+        r = many(target, cutter.port)
+    finally:
+        cutter.close()
+    assert r.returncode == 6, r.stderr
+    assert "failed after 4 attempts: the connection broke; the target was left untouched" \
+        in r.stderr and "Traceback" not in r.stderr, r.stderr
+    _untouched(target, tmp_path)
+
+
+def test_a_refetch_moves_only_what_changed(many, tmp_path):
+    target = tmp_path / "out"
+    assert many(target).returncode == 0
+    before = inodes_of(target)
+    (target / "pkg3" / "lib" / "f1.js").write_text("changed by hand")
+    (target / "pkg4" / "lib" / "deep" / "f20.js").unlink()
+    os.chmod(target / "run.sh", 0o700)
+    (target / "mine.txt").write_text("not from the build")
+    changed = {"pkg3/lib/f1.js", "pkg4/lib/deep/f20.js", "run.sh"}
+
+    recorder = RecordingProxy(port_of(many.server.url))
+    try:
+        r = many(target, recorder.port)
+    finally:
+        recorder.close()
+    assert r.returncode == 0, r.stderr
+    expected = exact_tree_of(many.artifacts)
+    assert exact_tree_of(target) == {**expected, "mine.txt": ("file", 0o644, expected_sha(target))}
+    after = inodes_of(target)
+    assert {p for p in before if before[p] != after[p]} == changed  # the rest never moved
+    assert sorted(line.rsplit("/", 1)[-1] for line in _file_gets(recorder)) == [
+        "f1.js", "f20.js", "run.sh"]
+    assert _tars(recorder) == []
+
+    # --clear-target: what the build did not make goes, what is equal stays where it is
+    r = many(target, None, "--clear-target")
+    assert r.returncode == 0, r.stderr
+    assert exact_tree_of(target) == expected
+    assert inodes_of(target) == {p: i for p, i in after.items() if p != "mine.txt"}
+
+
+def test_a_refetch_without_the_state_file_checks_by_content(many, tmp_path):
+    target = tmp_path / "out"
+    assert many(target).returncode == 0
+    before = inodes_of(target)
+    for state in (tmp_path / "cache").rglob("*.json"):
+        state.write_text(json.dumps({"v": 1, "target": str(target), "files": {}}))
+    (target / "pkg0" / "lib" / "f2.js").write_bytes(b"x" * (target / "pkg0" / "lib" /
+                                                           "f2.js").stat().st_size)
+    assert many(target).returncode == 0
+    assert exact_tree_of(target) == exact_tree_of(many.artifacts)
+    after = inodes_of(target)
+    assert {p for p in before if before[p] != after[p]} == {"pkg0/lib/f2.js"}
+
+
+def expected_sha(target) -> str:
+    import hashlib
+
+    return hashlib.sha256((target / "mine.txt").read_bytes()).hexdigest()
