@@ -1,5 +1,5 @@
 """`python -m bench [--only NAME,...] [--quick] [--out DIR] [--profile DIR]`: run the measurements,
-print the table, write results.json and results.md."""
+print the table, write results.json and results.md. `--only delivery` runs issue 11's."""
 
 from __future__ import annotations
 
@@ -15,22 +15,26 @@ from . import report
 from .harness import Env, Scale
 from .stats import Row
 
-# The issue's numbering: one module per measurement.
+# Issue 5's numbering, then issue 11's (artifact delivery): one module per measurement.
 MEASUREMENTS = ("hit_latency", "hit_throughput", "end_to_end", "incremental", "coalescing",
-                "build_overhead", "scale", "memory")
+                "build_overhead", "scale", "memory", "delivery_file", "delivery_tree",
+                "delivery_fanout")
+# --only takes these names for several measurements
+GROUPS = {"delivery": ("delivery_file", "delivery_tree", "delivery_fanout")}
 HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", default="", help=f"comma-separated, of: {', '.join(MEASUREMENTS)}")
+    parser.add_argument("--only", default="",
+                        help=f"comma-separated, of: {', '.join((*MEASUREMENTS, *GROUPS))}")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and few repetitions (the smoke test; figures mean nothing)")
     parser.add_argument("--out", type=Path, default=HERE, help="where results.json/.md go")
     parser.add_argument("--profile", type=Path, default=None,
                         help="record every server with py-spy into this folder (raw stacks)")
     args = parser.parse_args(argv)
-    names = [n for n in args.only.split(",") if n] or list(MEASUREMENTS)
+    names = [m for n in args.only.split(",") if n for m in GROUPS.get(n, (n,))] or list(MEASUREMENTS)
     unknown = set(names) - set(MEASUREMENTS)
     if unknown:
         parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")

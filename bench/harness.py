@@ -58,15 +58,16 @@ class Env:
         return path
 
     def server(self, projects: dict[str, int], name: str, build_path: Path | None = None,
-               **config) -> BenchServer:
+               host: str = "127.0.0.1", **config) -> BenchServer:
         """Start mistryd with these projects (name -> bytes of big file, copied from
-        bench/projects/<template>); it is stopped when the run ends, or earlier by the caller."""
+        bench/projects/<template>) listening on `host`; it is stopped when the run ends, or
+        earlier by the caller."""
         home = self.dir(name)
         projects_path = home / "projects"
         for project, big in projects.items():
             make_project(projects_path, project, big)
         srv = BenchServer(home, projects_path, build_path or home / "builds", config,
-                          self.profile_dir and self.profile_dir / f"{name}.txt")
+                          self.profile_dir and self.profile_dir / f"{name}.txt", host=host)
         self.stack.callback(remove_images, srv.build_path)  # runs after the server stopped
         self.stack.callback(srv.stop)
         srv.start()
@@ -122,9 +123,9 @@ def fill_tree(root: Path, files: int, total_bytes: int) -> None:
         (folder / f"f{i:05d}").write_bytes(data)
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -149,10 +150,10 @@ class HttpClient:
     """One keep-alive connection, as a real client holds: the figures are the server's time plus
     loopback, not TCP handshakes."""
 
-    def __init__(self, port: int, timeout: float = 300):
+    def __init__(self, port: int, timeout: float = 300, host: str = "127.0.0.1"):
         self.port = port
         self.timeout = timeout
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict | None = None) -> tuple[int, bytes]:
@@ -193,6 +194,7 @@ class BenchServer:
     build_path: Path
     extra: dict
     profile_file: Path | None = None
+    host: str = "127.0.0.1"
     port: int = 0
     rsync_port: int | None = None
     proc: subprocess.Popen | None = None
@@ -206,16 +208,16 @@ class BenchServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
-        self.port = free_port()
+        self.port = free_port(self.host)
         config = {"projects_path": str(self.projects_path), "build_path": str(self.build_path),
-                  "addr": f"127.0.0.1:{self.port}", "job_concurrency": 2, "job_backlog": 100,
+                  "addr": f"{self.host}:{self.port}", "job_concurrency": 2, "job_backlog": 100,
                   **self.extra}
         if config.pop("rsync", False):
-            self.rsync_port = free_port()
-            config["rsync_addr"] = f"127.0.0.1:{self.rsync_port}"
+            self.rsync_port = free_port(self.host)
+            config["rsync_addr"] = f"{self.host}:{self.rsync_port}"
         path = self.home / "config.json"
         path.write_text(json.dumps(config, indent=2))
         with open(self.home / "mistryd.log", "wb") as log:
@@ -226,7 +228,7 @@ class BenchServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mistryd exited {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                with socket.create_connection((self.host, self.port), timeout=1):
                     break
             except OSError:
                 time.sleep(0.05)
@@ -241,7 +243,7 @@ class BenchServer:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def client(self) -> HttpClient:
-        c = HttpClient(self.port)
+        c = HttpClient(self.port, host=self.host)
         self.clients.append(c)
         return c
 

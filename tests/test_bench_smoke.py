@@ -28,3 +28,39 @@ def test_one_measurement_runs_and_reports(docker_engine, tmp_path):
 def test_unknown_measurement_is_refused():
     with pytest.raises(SystemExit):
         main(["--only", "nonsense"])
+
+
+def test_a_fetched_tree_is_checked_against_the_build(tmp_path):
+    """The delivery measurements check every fetch: a fast wrong copy must not pass."""
+    import os
+    import shutil
+
+    from bench.delivery import Expected
+
+    source = tmp_path / "artifacts"
+    (source / "pkg" / "bin").mkdir(parents=True)
+    (source / "pkg" / "bin" / "cli.js").write_bytes(b"#!/usr/bin/env node\n")
+    os.chmod(source / "pkg" / "bin" / "cli.js", 0o755)
+    (source / "pkg" / "big.bin").write_bytes(os.urandom(17 << 20))  # checked by windows
+    os.symlink("../pkg/bin/cli.js", source / "cli")
+    expect = Expected(source)
+    def flip_a_byte(t):
+        with open(t / "pkg" / "big.bin", "r+b") as f:
+            f.seek((17 << 20) // 3)
+            byte = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([byte[0] ^ 1]))
+
+    for spoil in (lambda t: (t / "pkg" / "bin" / "cli.js").write_bytes(b"#!/usr/bin/env nodx\n"),
+                  flip_a_byte,
+                  lambda t: os.chmod(t / "pkg" / "bin" / "cli.js", 0o644),
+                  lambda t: (t / "cli").unlink(),
+                  lambda t: (t / "extra").write_bytes(b""),
+                  lambda t: os.truncate(t / "pkg" / "big.bin", 16 << 20)):
+        target = tmp_path / "target"
+        shutil.copytree(source, target, symlinks=True)
+        expect.check(target)
+        spoil(target)
+        with pytest.raises(RuntimeError):
+            expect.check(target)
+        shutil.rmtree(target)
