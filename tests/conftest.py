@@ -39,6 +39,14 @@ def client_state_in_a_temporary_cache(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = old
 
 
+@pytest.fixture
+def signal_dir(tmp_path):
+    """A folder to mount at /signal in build containers: `client-waiting` ends when `go` exists."""
+    path = tmp_path / "signal"
+    path.mkdir()
+    return path
+
+
 def pytest_collection_modifyitems(items):
     """Markers follow the fixtures a test really uses, so `pytest -m "not docker"` is an honest,
     fast subset (pure logic and real files only) and `-m "not btrfs"` needs no loop device."""

@@ -28,14 +28,6 @@ def mistry(start_server):
 
 
 @pytest.fixture
-def signal_dir(tmp_path):
-    """A folder mounted at /signal in build containers: `client-waiting` ends when `go` exists."""
-    path = tmp_path / "signal"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def waiting_server(start_server, signal_dir):
     server = start_server(projects=("client-waiting", "hello"),
                           mounts={str(signal_dir): "/signal"})

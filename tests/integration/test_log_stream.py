@@ -65,14 +65,6 @@ class Follower:
 
 
 @pytest.fixture
-def signal_dir(tmp_path):
-    """Mounted at /signal in build containers: `client-waiting` ends when `go` exists."""
-    path = tmp_path / "signal"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def server(start_server, signal_dir):
     srv = start_server(projects=("client-waiting", "hello"), tokens=TOKENS, job_concurrency=1,
                        mounts={str(signal_dir): "/signal"})
