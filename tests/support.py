@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,24 @@ from pathlib import Path
 import requests
 
 TEST_PROJECTS = Path(__file__).parent / "projects"
+
+# API tokens of the servers with access control, one per role
+READ = "read-token-0123456789"
+BUILD = "build-token-0123456789"
+ADMIN = "admin-token-0123456789"
+TOKENS = [{"name": "viewer", "token": READ, "role": "read"},
+          {"name": "ci", "token": BUILD, "role": "build"},
+          {"name": "ops", "token": ADMIN, "role": "admin"}]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def docker_cli(*args: str) -> subprocess.CompletedProcess:
+    """The docker command against the machine's real engine (whatever DOCKER_HOST a test set)."""
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    return subprocess.run(["docker", *args], capture_output=True, text=True, env=env, check=False)
 
 
 def copy_project(dest_root: Path, name: str, source: str | None = None) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from support import ADMIN, BUILD, READ, TOKENS, bearer
 
 from mistryd.config import Token
 from mistryd.web.auth import listens_beyond_loopback, match_token, required_role
@@ -20,17 +21,7 @@ from mistryd.web.auth import listens_beyond_loopback, match_token, required_role
 MISTRY = Path(sys.executable).parent / "mistry"
 MISTRYD = Path(sys.executable).parent / "mistryd"
 
-READ = "read-token-0123456789"
-BUILD = "build-token-0123456789"
-ADMIN = "admin-token-0123456789"
-TOKENS = [{"name": "viewer", "token": READ, "role": "read"},
-          {"name": "ci", "token": BUILD, "role": "build"},
-          {"name": "ops", "token": ADMIN, "role": "admin"}]
 JSON = {"Accept": "application/json"}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import re
 import shutil
 import socket
@@ -24,7 +23,7 @@ import docker.errors
 import pytest
 import requests
 import urllib3.exceptions
-from support import copy_project, make_setup, shut, start_mistryd, wait_for
+from support import copy_project, docker_cli, make_setup, shut, start_mistryd, wait_for
 
 from mistryd.config import from_dict
 from mistryd.docker_runner import (
@@ -43,11 +42,6 @@ from mistryd.projects import folder_fingerprint
 
 TYPO = "dockerfile-typo"
 NO_BASE = "missing-base-image"
-
-
-def docker_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}  # the real engine
-    return subprocess.run(["docker", *args], capture_output=True, text=True, env=env)
 
 
 def page(url: str, project: str, build_id: str) -> str:

@@ -10,19 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from support import ADMIN, BUILD, READ, TOKENS, bearer
 
 from mistry_client.sse import events as sse_events
-
-READ = "read-token-0123456789abcdef"
-BUILD = "build-token-0123456789abcdef"
-ADMIN = "admin-token-0123456789abcdef"
-TOKENS = [{"name": "viewer", "token": READ, "role": "read"},
-          {"name": "ci", "token": BUILD, "role": "build"},
-          {"name": "ops", "token": ADMIN, "role": "admin"}]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 class Follower:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import subprocess
 import threading
 import time
 import uuid
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 from click.testing import CliRunner
-from support import copy_project
+from support import copy_project, docker_cli
 
 from mistryd.cli import main
 from mistryd.config import from_dict
@@ -34,10 +33,6 @@ LIMITS = "sec-img-limits"
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def docker(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
 
 
 def fresh_projects(root: Path, *names: str) -> Path:
@@ -59,7 +54,7 @@ def running_in(log: str) -> str:
 
 
 def assert_container_gone(container: str) -> None:
-    out = docker("container", "inspect", container)
+    out = docker_cli("container", "inspect", container)
     assert out.returncode != 0 and "No such" in out.stderr, f"container {container} remains"
 
 
@@ -93,13 +88,13 @@ class Janitor:
 
     def clean(self) -> None:
         for instance in self.instances:
-            ids = docker("images", "-aq", "--filter", f"label={INSTANCE_LABEL}={instance}")
+            ids = docker_cli("images", "-aq", "--filter", f"label={INSTANCE_LABEL}={instance}")
             if ids.stdout.split():
-                docker("rmi", "-f", *set(ids.stdout.split()))
-        untagged = [i for i in self.steps if docker(
+                docker_cli("rmi", "-f", *set(ids.stdout.split()))
+        untagged = [i for i in self.steps if docker_cli(
             "image", "inspect", "--format", "{{len .RepoTags}}", i).stdout.strip() == "0"]
         if untagged:  # without -f: a step image that something else uses stays
-            docker("rmi", *untagged)
+            docker_cli("rmi", *untagged)
 
 
 @pytest.fixture
@@ -216,7 +211,7 @@ def test_an_image_removed_behind_the_servers_back_is_built_again(start_server, o
     our_images(srv.server.runner.instance)
     assert srv.build("hello")["Status"] == "succeeded"
     tag = srv.server.runner.image_tag("hello", srv.server.projects.fingerprint("hello"))
-    assert docker("rmi", "-f", tag).returncode == 0
+    assert docker_cli("rmi", "-f", tag).returncode == 0
     again = srv.build("hello", params={"n": "2"})
     assert again["Status"] == "succeeded", again["ContainerStdouterr"]
     assert "removed outside mistryd; building it again" in again["ContainerStdouterr"]
@@ -227,7 +222,7 @@ def test_run_builds_again_an_image_removed_after_ensure_image(tmp_path, our_imag
     context = fresh_projects(tmp_path / "p", "hello") / "hello"
     log = open_log(tmp_path / "out.log")
     image = runner.ensure_image("hello", context, folder_fingerprint(context), log)
-    assert docker("rmi", "-f", image).returncode == 0
+    assert docker_cli("rmi", "-f", image).returncode == 0
     data = tmp_path / "data"
     for sub in ("params", "artifacts", "cache"):
         (data / sub).mkdir(parents=True)
@@ -247,12 +242,12 @@ def test_two_servers_on_one_engine_build_their_own_images(start_server, tmp_path
         our_images(srv.server.runner.instance)
         assert srv.build("hello")["Status"] == "succeeded"
         tag = srv.server.runner.image_tag("hello", srv.server.projects.fingerprint("hello"))
-        label = docker("image", "inspect", "--format",
+        label = docker_cli("image", "inspect", "--format",
                        f'{{{{index .Config.Labels "{INSTANCE_LABEL}"}}}}', tag).stdout.strip()
         assert label == srv.server.runner.instance
         tags.append(tag)
     assert tags[0] != tags[1]
-    assert docker("rmi", "-f", tags[0]).returncode == 0  # another process removes one's image
+    assert docker_cli("rmi", "-f", tags[0]).returncode == 0  # another process removes one's image
     other = second.build("hello", params={"n": "2"})["ContainerStdouterr"]
     assert "mistryd: using image" in other and "removed outside" not in other
 
@@ -276,8 +271,8 @@ def test_rebuild_command_prunes_only_this_servers_dangling_images(tmp_path, our_
                                   "build_path": str(mine.config.build_path)}))
     result = CliRunner().invoke(main, ["rebuild", "--config", str(config)])
     assert result.exit_code == 0, result.output
-    assert docker("image", "inspect", my_old).returncode != 0  # pruned
-    assert docker("image", "inspect", their_dangling).returncode == 0  # another server's: kept
+    assert docker_cli("image", "inspect", my_old).returncode != 0  # pruned
+    assert docker_cli("image", "inspect", their_dangling).returncode == 0  # another server's: kept
 
 
 # --- through the server: cancel, and no worker held by a job waiting for another's image ------
