@@ -108,8 +108,9 @@ def _wants_json() -> bool:
     return best == "application/json"
 
 
-def job_view(srv: Server, project: str, build_id: str) -> dict:
-    """{ID, Project, State, BuildInfo} for any known build: queued, running or finished."""
+def job_view(srv: Server, project: str, build_id: str, with_log: bool = True) -> dict:
+    """{ID, Project, State, BuildInfo} for any known build: queued, running or finished; a
+    finished build's BuildInfo with its log unless `with_log` is False."""
     _checked(project, build_id)
     flight = srv.scheduler.in_flight(project, build_id)
     if flight is not None and flight.job.log.finished:
@@ -118,7 +119,8 @@ def job_view(srv: Server, project: str, build_id: str) -> dict:
     if flight is None:
         raw = srv.layout.read_info(project, build_id)
         if raw is not None:
-            info = srv.with_log(BuildInfo.from_json(raw))
+            finished = BuildInfo.from_json(raw)
+            info = srv.with_log(finished) if with_log else finished.to_json()
             return {"ID": build_id, "Project": project, "State": "ready",
                     "Status": info.get("Status"), "BuildInfo": info}
     if row is not None:
@@ -190,9 +192,9 @@ def log_stream(project: str, build_id: str):
 def _final_info(srv: Server, project: str, build_id: str, shows_path: bool) -> dict | None:
     """The BuildInfo of the `end` event: what GET /job/<project>/<id> (JSON) answers this reader
     (the same `job_view`; `for_this_reader`'s rule, decided before the stream), without the log,
-    which the follower has just received whole. None when the build is gone."""
+    which the follower has just received whole (so it is not read). None when the build is gone."""
     try:
-        info = job_view(srv, project, build_id)["BuildInfo"]
+        info = job_view(srv, project, build_id, with_log=False)["BuildInfo"]
     except NotFound:
         return None
     if info is None:
