@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import socket
+import time
 
 from flask import Flask
+from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import ErrorTask
@@ -25,6 +29,20 @@ SECURITY_HEADERS = {
                                "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
 }
+
+
+OUTBUF_WATERMARK = 4 << 20
+
+
+class QuietDisconnects(logging.Filter):
+    """A client that hangs up (a closed build page, a cancelled download, a client's own timeout)
+    is ordinary for a build server: waitress's line for each would bury the server's own log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Client disconnected while serving")
+
+
+QUIET_DISCONNECTS = QuietDisconnects()
 
 
 class JsonErrorTask(ErrorTask):
@@ -48,7 +66,49 @@ class JsonErrorTask(ErrorTask):
 
 
 class MistrydChannel(HTTPChannel):
+    """waitress's channel, and a file answered whole (`wsgi.file_wrapper`: an artifact) goes out
+    with `sendfile` from the page cache, where waitress would read it into Python in pieces of the
+    socket buffer's size on its one I/O thread."""
+
     error_task_class = JsonErrorTask
+
+    def _flush_some(self, do_close: bool = True) -> bool:
+        buf = self.outbufs[0]
+        if type(buf) is not ReadOnlyFileBasedBuffer or not buf.remain:
+            return super()._flush_some(do_close)  # type: ignore[misc]  # not in waitress's stubs
+        sent = _sendfile_some(self, buf, do_close)
+        if sent:
+            self.last_activity = time.time()
+        if buf.remain and self.connected:
+            return bool(sent)  # the socket is full: the loop calls again when it is writable
+        return super()._flush_some(do_close) or bool(sent)  # done: waitress moves on
+
+
+def _sendfile_some(channel: HTTPChannel, buf: ReadOnlyFileBasedBuffer, do_close: bool) -> int:
+    """As much of the file as the socket takes now; the file's position follows what was sent."""
+    file, sock = buf.file, channel.socket
+    assert sock is not None  # a connected channel's
+    sent = 0
+    while buf.remain:
+        offset = file.tell()
+        try:
+            n = os.sendfile(sock.fileno(), file.fileno(), offset, buf.remain)
+        except BlockingIOError:
+            break
+        except OSError:  # the client went away (or the file did): as waitress's own send
+            if do_close:
+                channel.handle_close()
+            break
+        if n == 0:  # the file is shorter than announced: the answer is cut, the connection closed
+            channel.total_outbufs_len -= buf.remain
+            buf.remain = 0
+            channel.will_close = True
+            break
+        file.seek(offset + n)
+        buf.remain -= n
+        channel.total_outbufs_len -= n
+        sent += n
+    return sent
 
 
 def make_http_server(app: Flask, config: Config, port: int | None = None) -> BaseWSGIServer:
@@ -65,7 +125,13 @@ def make_http_server(app: Flask, config: Config, port: int | None = None) -> Bas
         # read ahead on a connection while its request runs: that is how waitress notices a
         # client that went away (`waitress.client_disconnected`), and a waiter lets go
         channel_request_lookahead=1,
+        # an answer's unsent bytes stay in memory (waitress would spool more than 1 MB of them
+        # to a temporary file, writing and reading every byte of an artifact stream once more);
+        # a writer waits while more than the watermark is unsent, and writes 1 MiB at a time
+        outbuf_high_watermark=OUTBUF_WATERMARK, outbuf_overflow=2 * OUTBUF_WATERMARK,
+        log_socket_errors=False,  # a reset by a client that hung up: no traceback in the log
     )
+    logging.getLogger("waitress").addFilter(QUIET_DISCONNECTS)  # the same filter once
     if not isinstance(http, BaseWSGIServer):  # several sockets: _one_address prevents it
         http.close()
         raise RuntimeError(f"waitress listens on {http.effective_listen}, not on one address")
