@@ -247,13 +247,16 @@ def _found(dir_fd: int, name: str, path: str) -> Found | None:
                  mtime=int(st.st_mtime), target=target, dir_fd=dir_fd, name=name)
 
 
-def sha256_of(fd: int, expected_size: int, shown: str) -> str:
-    """The sha256 of exactly `expected_size` bytes read from `fd`; TreeChanged when the file
-    ends sooner."""
-    digest = hashlib.sha256()
+def digests_of(fd: int, expected_size: int, shown: str) -> tuple[str, str]:
+    """The sha256 and BLAKE3 of exactly `expected_size` bytes read from `fd`; TreeChanged when
+    the file ends sooner."""
+    from blake3 import blake3
+
+    sha256, fast = hashlib.sha256(), blake3()
     for chunk in read_exactly(fd, expected_size, shown):
-        digest.update(chunk)
-    return digest.hexdigest()
+        sha256.update(chunk)
+        fast.update(chunk)
+    return sha256.hexdigest(), fast.hexdigest()
 
 
 def read_exactly(fd: int, size: int, shown: str) -> Iterator[bytes]:

@@ -438,6 +438,11 @@ class Store:
             "UPDATE builds SET size_bytes=?, size_of=? WHERE project=? AND id=? AND finished_at=?",
             (size, finished_at, project, build_id, finished_at))
 
+    def remeasure(self, project: str, build_id: str) -> None:
+        """Measure a build's folder again at the next pass (it holds more now: a tar cache)."""
+        self._conn().execute("UPDATE builds SET size_of=NULL WHERE project=? AND id=?",
+                             (project, build_id))
+
     def remeasure_group(self, project: str, group: str) -> None:
         """Measure a group's builds again at the next pass: on Btrfs a snapshot is charged only
         for what it does not share with older builds of its group, so when one of those goes,

@@ -32,8 +32,13 @@ def post_job():
     job_request = JobRequest.from_json(_json_body())
     build_id, outcome = srv.submit(job_request)
     if "async" in request.args:
-        return jsonify(id=build_id, url=f"job/{job_request.project}/{build_id}",
-                       cached=isinstance(outcome, Hit)), 201
+        answer: dict = {"id": build_id, "url": f"job/{job_request.project}/{build_id}",
+                        "cached": isinstance(outcome, Hit)}
+        if isinstance(outcome, Hit):  # finished already: its record, as the `end` event has it
+            info = outcome.info.to_json()
+            info.pop("ContainerStdouterr", None)
+            answer["info"] = for_this_reader(info)
+        return jsonify(answer), 201
     if isinstance(outcome, Hit):
         return Response(outcome.body, status=201, mimetype="application/json")
     try:

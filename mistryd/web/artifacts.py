@@ -16,6 +16,7 @@ and sending a tar take a slot of a small pool; without a free slot the answer is
 
 from __future__ import annotations
 
+import array
 import contextlib
 import io
 import json
@@ -23,6 +24,7 @@ import logging
 import os
 import stat
 import struct
+import sys
 import tarfile
 import tempfile
 import threading
@@ -30,14 +32,15 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import BinaryIO
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.wsgi import wrap_file
 
 from .. import leases
-from ..errors import BadRequest, NotFound, Unprocessable
+from ..errors import BadRequest, MistryError, NotFound, Unprocessable
 from ..jobs import servable
 from ..layout import INFO_FILE
 from ..names import name_problem
@@ -46,11 +49,11 @@ from ..safe_tree import (
     FileOpener,
     TreeError,
     TreeTooLarge,
+    digests_of,
     open_dir,
     open_file,
     open_regular_at,
     read_exactly,
-    sha256_of,
     walk,
 )
 from .capacity import capacity
@@ -59,7 +62,7 @@ bp = Blueprint("artifacts", __name__)
 log = logging.getLogger("mistryd")
 
 MANIFEST_FILE = "artifacts.manifest.json"
-MANIFEST_VERSION = 2  # 2: one entry per line, streamed from the file
+MANIFEST_VERSION = 3  # 2: one entry per line, streamed from the file; 3: blake3 beside sha256
 MAX_ENTRIES = 1_000_000  # ~150 MB of manifest; more is a job for rsync
 MAX_DEPTH = 128
 MAX_INFO_BYTES = 1 << 20
@@ -85,7 +88,11 @@ def _open_build(stack: contextlib.ExitStack, project: str, build_id: str) -> _Bu
     label = f"{project}/{build_id}"
     if name_problem(project) or name_problem(build_id):
         raise NotFound(f"no build {label}")
-    folder = current_app.extensions["mistryd"].layout.ready(project, build_id)
+    return _hold_build(stack, current_app.extensions["mistryd"].layout.ready(project, build_id),
+                       label)
+
+
+def _hold_build(stack: contextlib.ExitStack, folder: Path, label: str) -> _Build:
     try:
         folder_fd = stack.enter_context(leases.reading(folder))
     except OSError:
@@ -256,7 +263,7 @@ def _write_body(out: BinaryIO, build: _Build) -> None:
         elif found.type == "file":
             fd = open_regular_at(found.dir_fd, found.name, found.path)
             try:
-                entry["sha256"] = sha256_of(fd, found.size, found.path)
+                entry["sha256"], entry["blake3"] = digests_of(fd, found.size, found.path)
             finally:
                 os.close(fd)
             total += found.size
@@ -411,17 +418,21 @@ _OCTAL_12 = 8 ** 11  # what 11 octal digits hold
 
 @bp.get("/artifacts/<project>/<build_id>.tar")
 def get_tar(project: str, build_id: str):
-    start = request.args.get("start", "0")
-    if not start.isdigit() or len(start) > 9:
-        raise BadRequest(f"start={start!r}: give the index of a manifest entry (0, 1, ...)")
+    start, stop = _entry_index("start") or 0, _entry_index("stop")
     stack = contextlib.ExitStack()
     try:
         build = _open_build(stack, project, build_id)
+        cached = _open_tar_cache(build, start, stop)
+        if cached is not None:  # sent by the WSGI server with sendfile: no thread, no slot
+            fd, length = cached
+            held = _HeldFile(fd, stack.close)
+            return _tar_response(Response(wrap_file(request.environ, held),
+                                          direct_passthrough=True), build_id, length)
         stack.enter_context(capacity().artifacts.slot())
         manifest = _manifest_file(build, slot_held=True)
         stack.callback(manifest.close)
-        response = Response(_tar_stream(manifest, build, int(start)), mimetype="application/x-tar",
-                            headers={"Content-Disposition": f"attachment; filename={build_id}.tar"})
+        _keep_tar_later(project, build_id)
+        response = _tar_response(Response(_tar_stream(manifest, build, start, stop)), build_id)
         response.call_on_close(stack.close)  # the lease and the slot last as long as the stream
     except BaseException:
         stack.close()
@@ -429,27 +440,58 @@ def get_tar(project: str, build_id: str):
     return response
 
 
-def _tar_stream(manifest: _Manifest, build: _Build, start: int = 0) -> Iterator[bytes]:
-    """A tar written as it is sent, entry by entry in the manifest's order; no temporary file.
-    An entry that cannot be read as announced cuts the stream (no end blocks): a client never
-    gets a well-formed tar that silently lacks files. What was read before it is still sent."""
+def _entry_index(name: str) -> int | None:
+    value = request.args.get(name)
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 9:
+        raise BadRequest(f"{name}={value!r}: give the index of a manifest entry (0, 1, ...)")
+    return int(value)
+
+
+def _tar_response(response: Response, build_id: str, length: int | None = None) -> Response:
+    response.mimetype = "application/x-tar"
+    response.headers["Content-Disposition"] = f"attachment; filename={build_id}.tar"
+    if length is not None:
+        response.content_length = length
+    return response
+
+
+def _tar_stream(manifest: _Manifest, build: _Build, start: int = 0, stop: int | None = None,
+                offsets: array.array | None = None) -> Iterator[bytes]:
+    """A tar written as it is sent, entry by entry in the manifest's order, from entry `start`;
+    with `stop`, the entries before it and no end blocks (a part of the tar for a client that
+    fetches in parallel). An entry that cannot be read as announced cuts the stream (no end
+    blocks): a client never gets a well-formed tar that silently lacks files. What was read
+    before it is still sent. `offsets` gets where each entry's header starts in the stream."""
     out = bytearray()
+    sent = 0
     with FileOpener(build.artifacts_fd) as opener:
         try:
             for n, entry in enumerate(_manifest_entries(manifest, build.label)):
                 if n < start:
                     continue
+                if stop is not None and n >= stop:
+                    yield bytes(out)
+                    return
+                if offsets is not None:
+                    offsets.append(sent + len(out))
                 if entry["type"] != "file":
                     out += _tar_header(entry, 0)
                 else:
-                    yield from _tar_file(opener, entry, build.label, out)
+                    for chunk in _tar_file(opener, entry, build.label, out):
+                        sent += len(chunk)
+                        yield chunk
                 if len(out) >= TAR_WRITE:
+                    sent += len(out)
                     yield bytes(out)
                     out.clear()
         except ArtifactStreamBroken:
             if out:
                 yield bytes(out)
             raise
+    if offsets is not None:
+        offsets.append(sent + len(out))
     out += b"\0" * (2 * BLOCK)
     yield bytes(out)
 
@@ -483,6 +525,143 @@ def _tar_file(opener: FileOpener, entry: dict, label: str, out: bytearray) -> It
             out += bytes(BLOCK - size % BLOCK)
     finally:
         os.close(fd)
+
+
+# --- the tar cache ----------------------------------------------------------------------------
+#
+# For a tree of many small files the tar costs the server a few system calls per file. The first
+# `.tar` request of a build is streamed from the files, and starts a background thread that
+# writes the whole tar beside build_info.json (`artifacts.tar`, as large as the artifacts,
+# counted by the garbage collector) with an index of where each manifest entry's header starts
+# (`artifacts.tar.index`: a JSON line with the manifest's stamp and the entry count, then one
+# little-endian uint64 per entry and one for the end blocks). Later requests, any `start` and
+# `stop`, are a range of that file sent with sendfile: the same bytes as a stream.
+
+TAR_CACHE = "artifacts.tar"
+TAR_INDEX = "artifacts.tar.index"
+
+
+class _TarCache:
+    """The tar cache of one build being written (into temporary names, kept by `finish`)."""
+
+    def __init__(self, build: _Build, tar: BinaryIO, suffix: str):
+        self.build = build
+        self.tar = tar
+        self.tar_tmp, self.index_tmp = f".{TAR_CACHE}{suffix}", f".{TAR_INDEX}{suffix}"
+
+    @classmethod
+    def create(cls, build: _Build) -> _TarCache | None:
+        """None when the build folder is read-only (nothing is kept)."""
+        suffix = f".{os.getpid()}.{threading.get_ident()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(f".{TAR_CACHE}{suffix}", flags, 0o644, dir_fd=build.folder_fd)
+        except OSError:
+            return None
+        return cls(build, os.fdopen(fd, "wb", 1 << 20), suffix)
+
+    def write(self, manifest: _Manifest) -> None:
+        """The whole tar, then its index; the tar first (an index names the tar's size, so a
+        tar without its index, or a stale index, is never served). OSError: nothing kept."""
+        offsets = array.array("Q")
+        try:
+            for chunk in _tar_stream(manifest, self.build, 0, None, offsets):
+                self.tar.write(chunk)
+            self.tar.close()
+            head = _json({"stamp": _stamp(self.build), "entries": len(offsets) - 1,
+                          "size": offsets[-1] + 2 * BLOCK}) + b"\n"
+            folder = self.build.folder_fd
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            with os.fdopen(os.open(self.index_tmp, flags, 0o644, dir_fd=folder), "wb") as f:
+                f.write(head + _little_endian(offsets).tobytes())
+            os.replace(self.tar_tmp, TAR_CACHE, src_dir_fd=folder, dst_dir_fd=folder)
+            os.replace(self.index_tmp, TAR_INDEX, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            self.tar.close()
+            _unlink(self.build.folder_fd, self.tar_tmp)
+            _unlink(self.build.folder_fd, self.index_tmp)
+            raise
+
+
+_keeping: set[str] = set()  # builds whose tar cache is being written, or waits to be
+_one_at_a_time = threading.Semaphore(1)  # one tar is written at a time, beside the requests
+
+
+def _keep_tar_later(project: str, build_id: str) -> None:
+    """Write the build's tar cache in a background thread (once; the stream that asked goes on
+    from the files), so that the next fetch of it is a sendfile."""
+    label = f"{project}/{build_id}"
+    with _locks_guard:
+        if label in _keeping:
+            return
+        _keeping.add(label)
+    srv = current_app.extensions["mistryd"]
+    folder = srv.layout.ready(project, build_id)
+    threading.Thread(target=_keep_tar, args=(srv.store, folder, label), daemon=True,
+                     name=f"tar-cache {label}").start()
+
+
+def _keep_tar(store: Any, folder: Path, label: str) -> None:
+    try:
+        with _one_at_a_time, contextlib.ExitStack() as stack:
+            build = _hold_build(stack, folder, label)
+            if _open_tar_cache(build, 0, None) is not None:
+                return  # another process kept it meanwhile
+            manifest = _manifest_file(build, slot_held=True)
+            stack.callback(manifest.close)
+            cache = _TarCache.create(build)
+            if cache is None:
+                return
+            cache.write(manifest)
+        project, build_id = label.split("/", 1)
+        store.remeasure(project, build_id)  # the garbage collector: the folder grew
+    except (OSError, MistryError, ArtifactStreamBroken) as e:
+        log.warning("the tar of %s was not kept: %s", label, getattr(e, "message", e))
+    finally:
+        with _locks_guard:
+            _keeping.discard(label)
+
+
+def _little_endian(offsets: array.array) -> array.array:
+    if sys.byteorder == "big":
+        offsets = array.array("Q", offsets)
+        offsets.byteswap()
+    return offsets
+
+
+def _open_tar_cache(build: _Build, start: int, stop: int | None) -> tuple[int, int] | None:
+    """The build's kept tar, open and positioned at entry `start` (past the end: at the end
+    blocks), and the bytes to send: to entry `stop`, or to the end. None when there is no tar
+    for this very build."""
+    try:
+        fd = os.open(TAR_INDEX, FILE_FLAGS, dir_fd=build.folder_fd)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            head = json.loads(f.readline(1 << 16))
+        except ValueError:
+            return None
+        if not isinstance(head, dict) or head.get("stamp") != _stamp(build):
+            return None
+        offsets = array.array("Q")
+        offsets.frombytes(f.read())
+    offsets = _little_endian(offsets)
+    if len(offsets) != head.get("entries", -1) + 1:
+        return None
+    try:
+        tar = os.open(TAR_CACHE, FILE_FLAGS, dir_fd=build.folder_fd)
+    except OSError:
+        return None
+    st = os.fstat(tar)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != head.get("size"):
+        os.close(tar)
+        return None
+    last = len(offsets) - 1
+    begin = offsets[min(start, last)]
+    end = offsets[stop] if stop is not None and stop < last else st.st_size
+    os.lseek(tar, begin, os.SEEK_SET)
+    return tar, max(end - begin, 0)
 
 
 def _tar_header(entry: dict, size: int) -> bytes:

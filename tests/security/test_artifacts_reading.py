@@ -412,6 +412,6 @@ def test_reading_a_file_that_shrank_fails(tree):
     fd = os.open(tree / "top.txt", os.O_RDONLY)
     try:
         with pytest.raises(safe_tree.TreeChanged, match="shrank"):
-            safe_tree.sha256_of(fd, 10, "top.txt")
+            safe_tree.digests_of(fd, 10, "top.txt")
     finally:
         os.close(fd)
