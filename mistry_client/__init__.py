@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str):
-    # the API (and requests with it) loads on first use: `import mistry_client.errors` stays light
+    # the API (and its HTTP) loads on first use: `import mistry_client.errors` stays light
     if name in ("Client", "Submitted"):
         from . import api
 

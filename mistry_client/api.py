@@ -1,4 +1,4 @@
-"""A small Python API for mistryd, on `requests`; the `mistry` command is built on it.
+"""A small Python API for mistryd (HTTP from mistry_client.wire); the `mistry` command is built on it.
 
     from mistry_client import Client
     info = Client("127.0.0.1", 8462).build("hello", params={"ref": "main"})
@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
 from .address import parse_address
 from .deadline import after, cap, earliest, interrupt_at, passed
 from .durations import format_duration
@@ -34,6 +32,7 @@ from .errors import (
 )
 from .log_tail import LogTail
 from .sse import events
+from .wire import Response, Session, WireError
 
 FINISHED = {"succeeded", "failed", "timed-out", "cancelled", "abandoned"}
 HEARTBEAT_GRACE = 45.0  # the server sends a keep-alive every 15 s; silence this long = dead link
@@ -45,6 +44,7 @@ class Submitted:
     id: str
     url: str
     cached: bool
+    info: dict | None = None  # a cache hit's record (without the log), from servers that send it
 
 
 class Client:
@@ -52,13 +52,12 @@ class Client:
     wins over `port` and `scheme`. ValueError when it is none of these."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8462, scheme: str = "http",
-                 session: requests.Session | None = None, connect_timeout: float = 10.0,
-                 token: str | None = None):
+                 connect_timeout: float = 10.0, token: str | None = None):
         self.address = parse_address(host, port, scheme)
         self.host = self.address.host
         self.port = self.address.port
         self.base = self.address.base
-        self.session = session or requests.Session()
+        self.session = Session(self.base)
         self.connect_timeout = connect_timeout
         self.has_token = bool(token)
         if token:
@@ -66,17 +65,21 @@ class Client:
 
     # --- plumbing -------------------------------------------------------------------------------
 
+    def reconnect(self) -> None:
+        """Use a new connection from now on (after a fork), leaving the old one alone."""
+        self.session = self.session.fresh()
+
     def url(self, path: str) -> str:
         return f"{self.base}/{path.lstrip('/')}"
 
     def request(self, method: str, path: str, read_timeout: float = 60.0,
-                deadline: float | None = None, **kw: Any) -> requests.Response:
+                deadline: float | None = None, **kw: Any) -> Response:
         """One request; every failure is a ClientError with a one-line message. Under a
         `deadline` (a time.monotonic() value) it waits no longer than that: BuildTimeout."""
         timeouts = (cap(self.connect_timeout, deadline), cap(read_timeout, deadline))
         try:
-            r = self.session.request(method, self.url(path), timeout=timeouts, **kw)
-        except requests.RequestException as e:
+            r = self.session.request(method, path.lstrip("/"), timeouts, **kw)
+        except WireError as e:
             if passed(deadline):
                 raise BuildTimeout(f"no answer from mistryd at {self.base} before the deadline") \
                     from None
@@ -90,11 +93,11 @@ class Client:
             raise ServerError(r.status_code, error, _retry_after(r))
         return r
 
-    def _failure(self, e: requests.RequestException, connect: float, read: float) -> ClientError:
-        if isinstance(e, requests.ConnectTimeout):
+    def _failure(self, e: WireError, connect: float, read: float) -> ClientError:
+        if e.timeout and e.phase == "connect":
             return Unreachable(f"cannot reach mistryd at {self.base}: no answer within "
                                f"{format_duration(connect)} ({CHECK_ADDRESS})")
-        if isinstance(e, requests.ReadTimeout):
+        if e.timeout:
             return Unreachable(f"mistryd at {self.base} did not answer within "
                                f"{format_duration(read)}")
         problem = connection_problem(e)
@@ -105,17 +108,19 @@ class Client:
             return NotMistryd(f"no mistryd at {self.base}: {problem} ({CHECK_ADDRESS})")
         return Unreachable(f"cannot reach mistryd at {self.base}: {problem} ({CHECK_ADDRESS})")
 
-    def _not_mistryd(self, r: requests.Response, what: str) -> str:
+    def _not_mistryd(self, r: Response, what: str) -> str:
         kind = (r.headers.get("Content-Type") or "").split(";")[0].strip() or "no content type"
-        return (f"no mistryd at {self.base}: {r.request.method} {r.request.path_url} got "
+        return (f"no mistryd at {self.base}: {r.method} {r.path} got "
                 f'"{r.status_code} {r.reason}" ({kind}) {what} ({CHECK_ADDRESS})')
 
-    def _json(self, r: requests.Response, *keys: str) -> dict:
+    def _json(self, r: Response, *keys: str) -> dict:
         """The answer's JSON object, which must have `keys`; NotMistryd when it is not one."""
         try:
             body = r.json()
         except ValueError:
             body = None
+        except WireError as e:
+            raise self._failure(e, self.connect_timeout, 60.0) from None
         if not isinstance(body, dict) or any(k not in body for k in keys):
             raise NotMistryd(self._not_mistryd(r, "instead of mistryd's JSON"))
         return body
@@ -128,7 +133,8 @@ class Client:
         body = {"project": project, "params": params or {}, "group": group, "rebuild": rebuild}
         raw = self._json(self.request("POST", "jobs?async", json=body, deadline=deadline),
                          "id", "url")
-        return Submitted(id=raw["id"], url=raw["url"], cached=bool(raw.get("cached")))
+        return Submitted(id=raw["id"], url=raw["url"], cached=bool(raw.get("cached")),
+                         info=finished_info(raw) if raw.get("cached") else None)
 
     def job(self, project: str, build_id: str, deadline: float | None = None) -> dict:
         """`GET /job/<project>/<id>` as JSON: {ID, Project, State, Status, BuildInfo}."""
@@ -154,7 +160,7 @@ class Client:
                 raise BuildTimeout(f"{project}/{build_id} did not finish in time")
             try:
                 with self.request("GET", f"log/{project}/{build_id}", HEARTBEAT_GRACE, deadline,
-                                  stream=True, headers={"Accept": "text/event-stream",
+                                  headers={"Accept": "text/event-stream",
                                                         "Last-Event-ID": str(offset)}) as r, \
                         interrupt_at(deadline, r):
                     if not r.headers.get("Content-Type", "").startswith("text/event-stream"):
@@ -172,7 +178,7 @@ class Client:
                 problem = "the stream ended before the build did"
             except Unreachable as e:
                 problem = e.message
-            except requests.RequestException as e:
+            except WireError as e:
                 problem = connection_problem(e)
             except ServerError as e:
                 if e.retry_after is None:
@@ -248,7 +254,7 @@ class Client:
     # --- artifacts ------------------------------------------------------------------------------
 
     def manifest(self, project: str, build_id: str) -> dict:
-        return self.request("GET", f"artifacts/{project}/{build_id}/").json()
+        return self._json(self.request("GET", f"artifacts/{project}/{build_id}/"), "entries")
 
     def fetch(self, info: dict, target: str, clear_target: bool = False,
               progress: bool = False) -> None:
@@ -267,11 +273,11 @@ def finished_info(end: dict) -> dict | None:
     return None
 
 
-def _error_text(r: requests.Response) -> str | None:
+def _error_text(r: Response) -> str | None:
     """mistryd's `{"error": ...}`; None when the answer is not one."""
     try:
         body = r.json()
-    except (ValueError, requests.RequestException):
+    except (ValueError, WireError):
         return None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return body["error"]
@@ -286,7 +292,7 @@ def _json_or_empty(text: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _retry_after(r: requests.Response) -> float | None:
+def _retry_after(r: Response) -> float | None:
     """A 503's Retry-After in seconds (mistryd sends whole seconds), capped at a minute."""
     value = r.headers.get("Retry-After", "") if r.status_code == 503 else ""
     return min(float(value), 60.0) if value.isdigit() else None

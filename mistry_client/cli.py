@@ -30,8 +30,8 @@ from .terminal import terminal_safe
 if TYPE_CHECKING:
     from .api import Client
 
-# requests, the Client and the transports are imported when a command needs them, so that
-# `--help`, `--version` and usage errors answer without loading an HTTP stack
+# the Client and the transports are imported when a command needs them, so that `--help`,
+# `--version` and usage errors answer without loading an HTTP stack
 TRANSPORTS = ("http", "rsync", "scp")  # one class each in transports.py
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -98,9 +98,9 @@ class _Mistry(click.Group):
             os.dup2(devnull, sys.stdout.fileno())
             ctx.exit(EXIT_BROKEN_PIPE)
         except Exception as e:
-            # a read the client did not wrap: still one line (requests is loaded if it raised)
-            requests = sys.modules.get("requests")
-            if requests is None or not isinstance(e, requests.RequestException):
+            # a read the client did not wrap: still one line (wire is loaded if it raised)
+            wire = sys.modules.get("mistry_client.wire")
+            if wire is None or not isinstance(e, wire.WireError):
                 raise
             click.echo(f"lost the connection to mistryd: {connection_problem(e)}", err=True)
             ctx.exit(EXIT_UNREACHABLE)
@@ -165,9 +165,12 @@ def build(project, group, target, host, port, transport, transport_user, transpo
                 if json_result:
                     click.echo(json.dumps({"ID": job.id, "URL": job.url, "Cached": job.cached}))
                 sys.exit(EXIT_OK)
-            on_line = (lambda line: click.echo(terminal_safe(line), err=json_result)) \
-                if verbose else None
-            info = client.wait(project, job.id, on_line=on_line, deadline=deadline)
+            if job.info is not None and not verbose and not json_result:
+                info = job.info  # a cache hit: its record came with the answer, no log to follow
+            else:
+                on_line = (lambda line: click.echo(terminal_safe(line), err=json_result)) \
+                    if verbose else None
+                info = client.wait(project, job.id, on_line=on_line, deadline=deadline)
         except BuildTimeout:
             raise BuildTimeout(f"The build did not finish after {format_duration(timeout)}") \
                 from None

@@ -10,8 +10,10 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import requests
+if TYPE_CHECKING:
+    from .wire import Response
 
 
 def after(seconds: float | None) -> float | None:
@@ -37,7 +39,7 @@ def cap(seconds: float, deadline: float | None) -> float:
 
 
 @contextlib.contextmanager
-def interrupt_at(deadline: float | None, response: requests.Response) -> Iterator[None]:
+def interrupt_at(deadline: float | None, response: Response) -> Iterator[None]:
     """While inside, the deadline shuts the response's socket for reading: a read blocked on it
     (or any later one) ends at once, however much the server keeps sending."""
     if deadline is None:
@@ -52,8 +54,5 @@ def interrupt_at(deadline: float | None, response: requests.Response) -> Iterato
         timer.cancel()
 
 
-def _shut(response: requests.Response) -> None:
-    try:
-        response.raw.shutdown()  # urllib3 >= 2.3: meant to be called from another thread
-    except (AttributeError, ValueError, RuntimeError, OSError):
-        pass  # already closed or released: nothing is reading from it any more
+def _shut(response: Response) -> None:
+    response.shutdown()  # safe from another thread; a closed one is left as it is

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http.client
 import socket
-import ssl
+import sys
 from collections.abc import Callable, Iterator
 
 EXIT_OK = 0
@@ -79,14 +79,15 @@ BROKEN = "the connection broke"
 
 
 def connection_problem(error: BaseException) -> str:
-    """What went wrong on the wire, in a few words, from a requests/urllib3 exception and the
+    """What went wrong on the wire, in a few words, from a WireError (or any exception) and the
     exceptions it wraps (the most telling one wins: a broken connection wraps its reset)."""
     causes = list(_causes(error))
     for test, text in _problems():
         if any(test(cause) for cause in causes):
             return text
+    ssl = sys.modules.get("ssl")  # loaded when the server is https
     for cause in causes:
-        if isinstance(cause, ssl.SSLError):
+        if ssl is not None and isinstance(cause, ssl.SSLError):
             return f"TLS failed ({cause.reason or cause}); is the server really https?"
     for cause in causes:
         if isinstance(cause, OSError) and cause.strerror:
@@ -98,8 +99,6 @@ NOT_HTTP = "the answer is not HTTP"
 
 
 def _problems() -> list[tuple[Callable[[BaseException], bool], str]]:
-    from urllib3.exceptions import ProtocolError  # loaded by now: only requests raises these
-
     return [
         (lambda e: isinstance(e, socket.gaierror), "the host name does not resolve"),
         (lambda e: isinstance(e, ConnectionRefusedError), "connection refused"),
@@ -107,7 +106,7 @@ def _problems() -> list[tuple[Callable[[BaseException], bool], str]]:
         (lambda e: isinstance(e, http.client.BadStatusLine | http.client.LineTooLong)
          and not isinstance(e, http.client.RemoteDisconnected), NOT_HTTP),
         (lambda e: isinstance(e, ConnectionResetError | ConnectionAbortedError | BrokenPipeError
-                              | http.client.IncompleteRead | ProtocolError), BROKEN),
+                              | http.client.IncompleteRead), BROKEN),
         (lambda e: isinstance(e, TimeoutError), "no answer in time"),
     ]
 

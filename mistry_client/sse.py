@@ -1,4 +1,4 @@
-"""A Server-Sent Events reader over a streamed `requests` response."""
+"""A Server-Sent Events reader over a streamed response's pieces."""
 
 from __future__ import annotations
 

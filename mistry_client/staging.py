@@ -8,11 +8,22 @@ import errno
 import os
 import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import Self
 
 from .errors import TransferError
+
+
+def _private_folder(parent: Path, prefix: str) -> Path:
+    """A new folder only this user can enter (as tempfile.mkdtemp, whose import costs more)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{os.urandom(6).hex()}"
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free staging folder name in {parent}")
 
 
 def safe_relpath(path: object) -> str:
@@ -31,11 +42,10 @@ class Staging:
         self.target = target
         parent = target.resolve().parent
         try:
-            self.path = Path(tempfile.mkdtemp(prefix=f".mistry-{target.resolve().name}-",
-                                              dir=parent))
+            self.path = _private_folder(parent, f".mistry-{target.resolve().name}-")
         except OSError:
             target.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=".mistry-partial-", dir=target))
+            self.path = _private_folder(target, ".mistry-partial-")
 
     def __enter__(self) -> Self:
         return self
@@ -47,17 +57,22 @@ class Staging:
         if self.path.exists():
             shutil.rmtree(self.path, ignore_errors=True)
 
-    def commit(self, clear_target: bool = False, manifest_paths: set[str] | None = None) -> None:
+    def commit(self, clear_target: bool = False,
+               manifest_paths: set[str] | None = None) -> set[str]:
         """Move everything staged into the target; with `clear_target` empty it first, except for
-        what `manifest_paths` names (files the target already holds as the manifest has them)."""
+        what `manifest_paths` names (files the target already holds as the manifest has them).
+        The paths (relative to the target) that were renamed into place: what lies beneath them
+        came along untouched."""
         self.target.mkdir(parents=True, exist_ok=True)
         if clear_target:
             if manifest_paths:
                 prune(self.target, manifest_paths, keep=self.path)
             else:
                 empty_folder(self.target, keep=self.path)
-        _merge(self.path, self.target)
+        moved: set[str] = set()
+        _merge(self.path, self.target, "", moved)
         self.discard()
+        return moved
 
 
 def empty_folder(folder: Path, keep: Path | None = None) -> None:
@@ -90,17 +105,19 @@ def prune(folder: Path, wanted: set[str], keep: Path, prefix: str = "") -> None:
             os.unlink(entry.path)
 
 
-def _merge(src: Path, dest: Path) -> None:
+def _merge(src: Path, dest: Path, prefix: str, moved: set[str]) -> None:
     """Move src's entries into dest, replacing same-named ones (as rsync and scp do)."""
     for entry in os.scandir(src):
         target = dest / entry.name
+        moved.add(prefix + entry.name)
         try:
             existing = os.lstat(target)
         except FileNotFoundError:
             existing = None
         if entry.is_dir(follow_symlinks=False):
             if existing is not None and stat.S_ISDIR(existing.st_mode):
-                _merge(Path(entry.path), target)
+                moved.discard(prefix + entry.name)  # merged into, not moved
+                _merge(Path(entry.path), target, f"{prefix}{entry.name}/", moved)
                 os.chmod(target, stat.S_IMODE(os.lstat(entry.path).st_mode))
                 continue
             if existing is not None:

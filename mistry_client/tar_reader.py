@@ -7,13 +7,18 @@ wrong is a corrupt stream (TransferError); a stream that ends before its end blo
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .errors import TransferError
 
 BLOCK = 512
+_ZEROS = bytes(BLOCK)
 _TYPES = {b"0": "file", b"\0": "file", b"5": "dir", b"2": "symlink"}
+# name, mode, uid, gid, size, mtime, checksum, type, link name, magic, version, user, group,
+# devmajor, devminor, prefix
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
 
 
 class StreamCut(Exception):
@@ -29,47 +34,77 @@ class Member:
 
 
 class TarReader:
+    """Pieces of the stream are handed out as memoryviews of the chunks they arrived in (no
+    copy); a header that straddles two chunks is joined."""
+
     def __init__(self, chunks: Iterator[bytes]):
         self._chunks = chunks
-        self._chunk = memoryview(b"")
+        self._chunk: bytes = b""
         self._pos = 0
 
     def next_member(self) -> Member | None:
         """The next member's header; None at the end of the tar."""
-        pax: dict[str, str] = {}
+        pax: dict[str, str] | None = None
         while True:
-            header = bytes(self.read(BLOCK))
-            if header == bytes(BLOCK):
+            header = self._block()
+            if header == _ZEROS:
                 return None
-            _check_sum(header)
-            flag = header[156:157]
-            size = _number(header[124:136])
+            (name, _, _, _, size_field, _, sum_field, flag, link, magic, _, _, _, _, _,
+             prefix) = _HEADER.unpack(header)
+            _check_sum(header, sum_field)
+            size = _number(size_field)
             if flag == b"x":  # PAX records for the header that follows
+                pax = pax or {}
                 pax.update(_pax_records(bytes(self.read(_padded(size)))[:size]))
                 continue
             kind = _TYPES.get(flag)
             if kind is None:
                 raise TransferError(f"the artifact stream has a member of type {flag!r}, which "
                                     "mistryd never sends; the target was left untouched")
-            name = _text(header[0:100])
-            if header[257:262] == b"ustar" and header[345] != 0:
-                name = f"{_text(header[345:500])}/{name}"
-            path = pax.get("path", name)
+            path = _text(name)
+            if magic[:5] == b"ustar" and prefix[0]:
+                path = f"{_text(prefix)}/{path}"
+            target = _text(link)
+            if pax:
+                path = pax.get("path", path)
+                size = int(pax.get("size", size))
+                target = pax.get("linkpath", target)
             if kind == "dir":
                 path = path.rstrip("/")
-            size = int(pax.get("size", size))
-            return Member(path, kind, size if kind == "file" else 0,
-                          pax.get("linkpath", _text(header[157:257])))
+            return Member(path, kind, size if kind == "file" else 0, target)
+
+    def _block(self) -> bytes:
+        """The next header block, as bytes."""
+        pos, chunk = self._pos, self._chunk
+        if len(chunk) - pos >= BLOCK:
+            self._pos = pos + BLOCK
+            return chunk[pos:pos + BLOCK]
+        return bytes(self.read(BLOCK))
+
+    def pieces(self, size: int) -> list[memoryview]:
+        """The member's `size` bytes as a list of pieces, then past its padding."""
+        pos, chunk = self._pos, self._chunk
+        padded = _padded(size)
+        if len(chunk) - pos >= padded:  # the common case: the whole body is in this chunk
+            self._pos = pos + padded
+            return [memoryview(chunk)[pos:pos + size]]
+        found = list(self._pieces_of(size))
+        if size % BLOCK:
+            self.read(BLOCK - size % BLOCK)
+        return found
 
     def body(self, size: int) -> Iterator[memoryview]:
-        """The member's `size` bytes, in pieces, then past its padding."""
+        """The member's `size` bytes, in pieces as they arrive, then past its padding."""
+        yield from self._pieces_of(size)
+        if size % BLOCK:
+            self.read(BLOCK - size % BLOCK)
+
+    def _pieces_of(self, size: int) -> Iterator[memoryview]:
         left = size
         while left:
             piece = self.read_some(left)
             left -= len(piece)
             yield piece
-        if size % BLOCK:
-            self.read(BLOCK - size % BLOCK)
 
     def read(self, n: int) -> memoryview:
         """Exactly n bytes."""
@@ -84,21 +119,22 @@ class TarReader:
     def read_some(self, n: int) -> memoryview:
         """1 to n bytes: what is left of the current chunk, or of the next one."""
         if self._pos == len(self._chunk):
-            self._chunk = memoryview(next(self._chunks, b""))
+            self._chunk = next(self._chunks, b"")
             self._pos = 0
             if not self._chunk:
                 raise StreamCut("the artifact stream ended before the tar did")
-        piece = self._chunk[self._pos:self._pos + n]
+        piece = memoryview(self._chunk)[self._pos:self._pos + n]
         self._pos += len(piece)
         return piece
 
 
-def _check_sum(header: bytes) -> None:
+def _check_sum(header: bytes, field: bytes) -> None:
     try:
-        stored = int(header[148:156].rstrip(b"\0 ") or b"-1", 8)
+        stored = int(field.rstrip(b"\0 ") or b"-1", 8)
     except ValueError:
         stored = -1
-    if stored != sum(header[:148]) + 256 + sum(header[156:]):
+    # the sum of the header's bytes with the checksum field counted as eight spaces
+    if stored != sum(header) - sum(field) + 256:
         raise TransferError("the artifact stream is corrupt (a tar header's checksum is wrong); "
                             "the target was left untouched")
 

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def _load(target: Path) -> dict[str, list]:
     return state["files"] if ok else {}
 
 
-def _signature(st: os.stat_result) -> list[int]:
+def signature(st: os.stat_result) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
@@ -51,8 +50,8 @@ def already_there(target: Path, entries: list[dict], mode_mask: int) -> tuple[se
     """Indexes of the manifest entries the target holds as they are: files (see above), symlinks
     with the same target, real directories with the same mode; and whether the state file already
     vouched for every file found (else it is worth writing again)."""
-    if not target.is_dir():
-        return set(), False
+    if not target.is_dir() or _empty(target):
+        return set(), False  # nothing there (the usual first fetch)
     recorded = _load(target)
     checks = _Checks(recorded)
     root = os.fspath(target)
@@ -85,6 +84,11 @@ def already_there(target: Path, entries: list[dict], mode_mask: int) -> tuple[se
     return there, not checks.hashed
 
 
+def _empty(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return next(entries, None) is None
+
+
 def _beneath(parent: str, dirs: set[str]) -> bool:
     while parent:
         if parent in dirs:
@@ -103,7 +107,7 @@ class _Checks:
         if not stat.S_ISREG(st.st_mode) or st.st_size != entry["size"] \
                 or stat.S_IMODE(st.st_mode) != entry.get("mode", 0o644) & mode_mask:
             return False
-        if self.recorded.get(rel) == [entry["sha256"], *_signature(st)]:
+        if self.recorded.get(rel) == [entry["sha256"], *signature(st)]:
             return True
         self.hashed = True
         return _sha256_of(path) == entry["sha256"]
@@ -120,26 +124,36 @@ def _sha256_of(path: str) -> str | None:
     return digest.hexdigest()
 
 
-def record(target: Path, files: Iterable[dict]) -> None:
+def record(target: Path, files: Iterable[dict], written: dict[str, list[int]],
+           moved: set[str]) -> None:
     """Remember the sha256 and signature of the manifest's files as they now are in the target.
-    Best effort: a cache that cannot be written only makes the next re-fetch hash."""
+    `written`: the signatures of the files just placed, taken in the staging folder; `moved`:
+    the paths renamed into the target (a rename changes the ctime of what it moves, not of what
+    lies beneath it), which are looked at again. Best effort: a cache that cannot be written
+    only makes the next re-fetch hash."""
     root = os.fspath(target)
     seen: dict[str, list] = {}
     for entry in files:
+        path = entry["path"]
+        known = None if path in moved else written.get(path)
+        if known is not None:
+            seen[path] = [entry["sha256"], *known]
+            continue
         try:
-            st = os.lstat(f"{root}/{entry['path']}")
+            st = os.lstat(f"{root}/{path}")
         except OSError:
             continue
         if stat.S_ISREG(st.st_mode):
-            seen[entry["path"]] = [entry["sha256"], *_signature(st)]
+            seen[path] = [entry["sha256"], *signature(st)]
     path = state_file(target)
     body = {"v": STATE_VERSION, "target": os.path.realpath(target), "files": seen}
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=path.parent)
+        tmp = str(path.parent / f".state-{os.getpid()}-{os.urandom(4).hex()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(body, f, separators=(",", ":"))
+            with os.fdopen(fd, "wb") as f:  # dumps: json.dump would use the slow pure-Python encoder
+                f.write(json.dumps(body, separators=(",", ":")).encode())
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):

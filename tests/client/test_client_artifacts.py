@@ -120,7 +120,7 @@ def test_corrupt_or_truncated_artifacts_leave_the_target_untouched(start_server,
     (art / "top.txt").write_text("TOP\n")  # same size, other bytes
     r = run_mistry(["build", "--project", "client-tree", "-t", str(target), "--clear-target"],
                    port=port)
-    assert r.returncode == 6 and "top.txt: sha256" in r.stderr, r.stderr
+    assert r.returncode == 6 and "top.txt: BLAKE3" in r.stderr, r.stderr
     _untouched(target, tmp_path)
 
     (art / "top.txt").write_text("to")  # truncated

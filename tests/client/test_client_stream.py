@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
+import urllib.request
 
 import pytest
 from client_helpers import (
@@ -16,6 +18,8 @@ from client_helpers import (
     port_of,
     run_mistry,
 )
+
+from mistry_client import parallel
 
 PROJECT = "client-many"
 
@@ -36,6 +40,7 @@ def many(start_server, tmp_path):
 
     fetch.server = server
     fetch.artifacts = artifacts
+    fetch.build_id = info["ID"]
     return fetch
 
 
@@ -54,7 +59,9 @@ def _untouched(target, parent) -> None:
     assert [p for p in os.listdir(parent) if p.startswith(".mistry-")] == []
 
 
-def test_a_many_file_tree_arrives_exactly_in_one_stream(many, tmp_path):
+def test_a_many_file_tree_arrives_exactly_in_streams_that_cover_it_once(many, tmp_path):
+    """Several streams (one per download process, on Linux) of contiguous runs of the
+    manifest's entries, together covering every file once; no single-file GET."""
     recorder = RecordingProxy(port_of(many.server.url))
     try:
         r = many(tmp_path / "out", recorder.port)
@@ -65,7 +72,19 @@ def test_a_many_file_tree_arrives_exactly_in_one_stream(many, tmp_path):
     assert len([v for v in expected.values() if v[0] == "file"]) > 600
     assert expected["empty.txt"][0] == "file" and expected["locked"] == ("dir", 0o555)
     assert exact_tree_of(tmp_path / "out") == expected
-    assert len(_tars(recorder)) == 1 and _file_gets(recorder) == []
+    files = sum(v[0] == "file" for v in expected.values())
+    runs = sorted(_run_of(line) for line in _tars(recorder))
+    assert len(runs) == parallel.workers_for(files) > 1 and _file_gets(recorder) == []
+    assert all(a[1] == b[0] for a, b in zip(runs, runs[1:], strict=False)), runs  # contiguous
+    manifest = json.loads(urllib.request.urlopen(
+        f"{many.server.url}/artifacts/client-many/{many.build_id}/").read())
+    kinds = [e["type"] for e in manifest["entries"]]
+    assert runs[0][0] == kinds.index("file") and runs[-1][1] == len(kinds) - kinds[::-1].index("file")
+
+
+def _run_of(request_line: str) -> tuple[int, int]:
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(request_line.split()[1]).query)
+    return int(query["start"][0]), int(query["stop"][0])
 
 
 def test_a_tampered_stream_fails_and_leaves_the_target_untouched(many, tmp_path):
@@ -79,7 +98,7 @@ def test_a_tampered_stream_fails_and_leaves_the_target_untouched(many, tmp_path)
         proxy.close()
     assert proxy.tampered == 1
     assert r.returncode == 6, r.stderr
-    assert "artifact aaaa.txt: sha256" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "artifact aaaa.txt: BLAKE3" in r.stderr and "Traceback" not in r.stderr, r.stderr
     _untouched(target, tmp_path)
 
 
@@ -95,8 +114,11 @@ def test_a_cut_stream_resumes_and_the_result_is_exact(many, tmp_path):
     assert r.returncode == 0, r.stderr
     assert cutter.cuts_done == 3
     assert exact_tree_of(tmp_path / "out") == exact_tree_of(many.artifacts)
-    starts = [int(line.rsplit("?start=", 1)[1]) for line in _tars(recorder)]
-    assert len(starts) >= 2 and starts == sorted(set(starts))  # each stream picks up further on
+    streams = [_run_of(line) for line in _tars(recorder)]
+    for stop in {stop for _, stop in streams}:  # each run's streams pick up further on
+        starts = [start for start, end in streams if end == stop]
+        assert starts == sorted(set(starts)), streams
+    assert len(streams) > len({stop for _, stop in streams}), streams  # something resumed
 
 
 def test_a_stream_that_keeps_breaking_gives_up_and_leaves_the_target_untouched(many, tmp_path):

@@ -7,9 +7,11 @@ import io
 import tarfile
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mistry_client.errors import TransferError
-from mistry_client.tar_reader import StreamCut, TarReader
+from mistry_client.tar_reader import StreamCut, TarReader, _check_sum
 from mistryd.web.artifacts import BLOCK, _tar_header
 
 LONG = "a-folder-with-a-long-name/" * 5 + "file.txt"  # 138 bytes: ustar's prefix holds it
@@ -78,3 +80,19 @@ def test_a_corrupt_header_or_a_cut_stream_is_told_apart():
         _read_all(bytes(data), 4096)
     with pytest.raises(StreamCut):
         _read_all(_server_tar()[:BLOCK + 100], 4096)
+
+
+@given(st.binary(min_size=BLOCK, max_size=BLOCK), st.integers(-70000, 70000))
+def test_the_header_checksum_is_the_byte_sum_with_its_field_as_spaces(header, off):
+    """Every true checksum passes, and nothing else does."""
+    true_sum = sum(header[:148]) + 256 + sum(header[156:])
+    if off == 0 or true_sum + off < 0:
+        off = 1
+
+    def checked(value: int) -> None:
+        field = b"%06o\0 " % value
+        _check_sum(header[:148] + field + header[156:], field)
+
+    checked(true_sum)
+    with pytest.raises(TransferError, match="checksum"):
+        checked(true_sum + off)

@@ -9,6 +9,8 @@ import time
 
 import pytest
 import requests
+from hypothesis import given
+from hypothesis import strategies as st
 from urllib3.exceptions import ProtocolError
 
 from mistry_client.address import ServerAddress, parse_address
@@ -20,7 +22,7 @@ from mistry_client.log_tail import LogTail
 from mistry_client.params import ParamError, parse_params
 from mistry_client.sse import events
 from mistry_client.staging import safe_relpath
-from mistry_client.transports import _checked_entries
+from mistry_client.transports import _check_paths, _checked_entries
 from mistryd.web.artifacts import safe_relative
 
 
@@ -196,3 +198,16 @@ def test_connection_problems_in_a_few_words(error, problem):
 
 def test_server_errors_are_one_line():
     assert ServerError(500, "first\nsecond\n").message == "(error: 500) first second"
+
+
+@given(st.lists(st.text(alphabet="ab./\n\0", max_size=8), min_size=1, max_size=6))
+def test_the_one_scan_path_check_refuses_exactly_what_safe_relpath_refuses(paths):
+    def refused(check) -> bool:
+        try:
+            check()
+        except TransferError:
+            return True
+        return False
+
+    expected = any(refused(lambda p=p: safe_relpath(p)) for p in paths)
+    assert refused(lambda: _check_paths(paths)) == expected
