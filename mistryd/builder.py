@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,11 +22,12 @@ from .docker_runner import (
     RunResult,
 )
 from .errors import MistryError
-from .jobs import BuildInfo, JobRequest, rfc3339
+from .jobs import BuildInfo, JobRequest, public_params, rfc3339
 from .layout import INFO_FILE, LOG_FILE, Layout, point, publish, write_json_atomically
 from .logs import LiveLog
 from .metrics import Metrics
 from .outputs import hand_over, replace_bad_data_dirs, sanitize
+from .queue.base import Outcome
 from .storage import Storage
 from .store import Status, Store
 
@@ -44,6 +46,12 @@ class Job:
     log: LiveLog = field(default_factory=LiveLog)
     cancel: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str = ""
+    # set by the worker that took the job from the queue: when it started, how the outcome is
+    # recorded (the queue's finish under the worker's lease), and whether the lease was lost
+    started_at: float | None = None
+    record: Callable[[Outcome], None] | None = None
+    recorded: bool = False
+    lease_lost: threading.Event = field(default_factory=threading.Event)
 
     @property
     def project(self) -> str:
@@ -70,10 +78,15 @@ class Builder:
         self.metrics = metrics
 
     def new_info(self, job: Job, started: float) -> BuildInfo:
+        return self._info(job.project, job.id, job.request.key_params(), job.request.group,
+                          started)
+
+    def _info(self, project: str, build_id: str, params: dict[str, str], group: str,
+              started: float) -> BuildInfo:
         return BuildInfo(
-            ID=job.id, Project=job.project, Params=job.request.key_params(),
-            Group=job.request.group, URL=job.url,
-            Path=str(self.layout.ready(job.project, job.id) / "data" / "artifacts"),
+            ID=build_id, Project=project, Params=public_params(params), Group=group,
+            URL=f"job/{project}/{build_id}",
+            Path=str(self.layout.ready(project, build_id) / "data" / "artifacts"),
             StartedAt=rfc3339(datetime.fromtimestamp(started, UTC)),
         )
 
@@ -86,12 +99,14 @@ class Builder:
             return self._crashed(job, e)
 
     def _run(self, job: Job) -> BuildInfo:
-        started = time.time()
+        started = time.time() if job.started_at is None else job.started_at  # the queue's take
         project = job.project
         pending = self.layout.pending(project, job.id)
         info = self.new_info(job, started)
-        self.store.record_running(project, job.id, now=started)
+        if job.record is None:  # not taken from a queue: the index learns of the start here
+            self.store.record_running(project, job.id, now=started)
         self.metrics.builds_started.labels(project).inc()
+        log.info("mistryd: build %s/%s started (group %s)", project, job.id, job.request.group or "-")
         timings = {"queued": round(started - job.queued_at, 3)}
         status, reason = Status.FAILED, ""
         try:
@@ -178,8 +193,7 @@ class Builder:
         info.ErrBuild = f"mistryd could not finish the build: {type(error).__name__}: {error}"
         for attempt in (
             lambda: self.storage.remove(self.layout.pending(job.project, job.id)),
-            lambda: self.store.record_finished(job.project, job.id, Status.FAILED,
-                                               info.to_json(), info.ErrBuild),
+            lambda: self._record(job, Status.FAILED, info, info.ErrBuild),
         ):
             try:
                 attempt()
@@ -188,15 +202,27 @@ class Builder:
         job.log.finish({"status": info.Status, "exit_code": info.ExitCode})
         return info
 
-    def record_cancelled(self, job: Job) -> BuildInfo:
-        """A queued job cancelled before any worker took it: a record, no build folder."""
-        info = self.new_info(job, time.time())
+    def cancelled_info(self, job: Job) -> BuildInfo:
+        """The record of a queued job of this process cancelled before any worker took it (the
+        queue writes it)."""
+        return self.cancelled_record(job.project, job.id, job.request.params, job.request.group,
+                                     job.cancel_reason)
+
+    def cancelled_record(self, project: str, build_id: str, params: dict[str, str], group: str,
+                         reason: str) -> BuildInfo:
+        """The record of a job cancelled before it ran: no build folder, no log."""
+        info = self._info(project, build_id, params, group, time.time())
         info.Status = Status.CANCELLED.value
-        info.ErrBuild = job.cancel_reason
-        self.store.record_finished(job.project, job.id, Status.CANCELLED, info.to_json(),
-                                   job.cancel_reason)
-        job.log.finish({"status": info.Status, "exit_code": info.ExitCode})
+        info.ErrBuild = reason
         return info
+
+    def _record(self, job: Job, status: Status, info: BuildInfo, reason: str) -> None:
+        """The outcome into the queue (under the worker's lease), or straight into the index
+        for a job that was not taken from a queue."""
+        if job.record is not None:
+            job.record(Outcome(status, info.to_json(), reason))
+        else:
+            self.store.record_finished(job.project, job.id, status, info.to_json(), reason)
 
     def _prepare_workspace(self, job: Job, pending: Path) -> bool:
         """An empty folder, or a clone of the group's last good build of which only /data/cache
@@ -234,6 +260,13 @@ class Builder:
         start)."""
         project = job.project
         ready = self.layout.ready(project, job.id)
+        if job.lease_lost.is_set():
+            # another builder took the job again (this one stopped heartbeating): its result
+            # is the one that counts; this one publishes nothing and records nothing
+            log.warning("mistryd: build %s/%s lost its lease; its result is not published",
+                        project, job.id)
+            job.log.finish({"status": status.value, "exit_code": info.ExitCode})
+            return
         try:
             if not pending.exists():
                 self.storage.create(pending)
@@ -247,7 +280,7 @@ class Builder:
         else:
             self._after_publish(job, ready, replaced, status)
         try:
-            self.store.record_finished(project, job.id, status, info.to_json(), reason)
+            self._record(job, status, info, reason)
         except Exception:  # noqa: BLE001
             log.exception("mistryd: the index row of %s/%s was not written; it is mended from "
                           "the build folder at the next start", project, job.id)
@@ -256,6 +289,8 @@ class Builder:
         hist = self.metrics.succeeded_seconds if status is Status.SUCCEEDED \
             else self.metrics.failed_seconds
         hist.labels(project).observe(seconds)
+        log.info("mistryd: build %s/%s %s after %.1fs%s", project, job.id, status.value, seconds,
+                 f" ({reason})" if reason else "")
         job.log.finish({"status": status.value, "exit_code": info.ExitCode})
 
     def _after_publish(self, job: Job, ready: Path, replaced: Path | None,

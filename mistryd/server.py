@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -13,18 +12,25 @@ from pathlib import Path
 from .builder import Builder, Job
 from .config import Config
 from .docker_runner import DockerRunner
-from .errors import ConfigError, Conflict, MistryError, NotFound, Overloaded, ShuttingDown, Unavailable
+from .errors import (
+    ConfigError,
+    Conflict,
+    MistryError,
+    NotFound,
+    Overloaded,
+    ProjectChanged,
+    ShuttingDown,
+)
 from .gc import Collector, check_free_space
 from .hits import Hit, HitCache, wire_form
 from .jobs import BuildInfo, JobRequest, job_key, record_status
 from .layout import LOG_FILE, BuildPathInUse, Layout, lock_build_path
 from .metrics import Metrics
 from .projects import Projects
+from .queue import EmbeddedQueue, Lease
 from .scheduler import Scheduler, Ticket
 from .storage import make_storage
 from .store import BuildRow, Status, Store
-
-MAX_INTERRUPTIONS = 3  # a job cut short this often in a row (a crash loop?) is not queued again
 
 log = logging.getLogger("mistryd")
 
@@ -42,10 +48,12 @@ class Server:
         self.runner = runner or DockerRunner(config)
         self.builder = Builder(self.layout, self.store, self.storage, self.runner, self.metrics,
                                uid=config.container_uid, gid=config.container_gid)
+        self.queue = EmbeddedQueue(self.store)
         self.scheduler = Scheduler(self.builder.run, config.job_concurrency, config.backlog,
-                                   on_change=self._queue_changed, on_queue=self._record_queued,
-                                   on_cancel_queued=self.builder.record_cancelled,
-                                   blocked_on=self._image_being_built)
+                                   on_change=self._queue_changed,
+                                   on_cancel_queued=self.builder.cancelled_info,
+                                   blocked_on=self._image_being_built, queue=self.queue,
+                                   make_job=self._job_of)
         self._lock_fd: int | None = None  # build_path's lock, held from start() to stop()
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -78,33 +86,29 @@ class Server:
             self._lock_fd = None
 
     def recover(self) -> None:
-        """After a crash or a stop: remove half-built folders and orphaned containers, then queue
-        again every job that was queued or running (or record why it cannot run)."""
+        """After a crash or a stop: remove half-built folders and orphaned containers; the jobs
+        that were running go back to the queue (no builder of the previous process lives on),
+        and every queued job is checked against its project (or recorded why it cannot run)."""
         removed = 0
         for pending_dir in self.layout.root.glob("*/pending/*"):
             self.storage.remove(pending_dir)
             removed += 1
         orphans = self.runner.remove_orphans()
         unfinished = self.store.unfinished()
-        outcomes = [self._resume(row) for row in unfinished]
+        for row in unfinished:
+            done = self.layout.read_info(row.project, row.id)
+            if done is not None and _same_run(done, row):  # it finished; only the index lagged
+                self.store.record_finished(row.project, row.id, Status(record_status(done)), done)
+        self.queue.reap(every_lease=True)
+        outcomes = [self._resume(row) for row in self.store.unfinished()]
         if removed or orphans or unfinished:
             log.warning("mistryd: removed %d pending folder(s) and %d orphaned container(s); "
                         "of %d unfinished job(s): %d queued again", removed, len(orphans),
                         len(unfinished), outcomes.count(True))
 
     def _resume(self, row: BuildRow) -> bool:
-        """Queue an interrupted job again; False when it is recorded as ended instead."""
-        done = self.layout.read_info(row.project, row.id)
-        if done is not None and _same_run(done, row):  # it finished; only the index lagged
-            self.store.record_finished(row.project, row.id, Status(record_status(done)), done)
-            return False
-        if row.status is Status.RUNNING:
-            interruptions = self.store.count_interruption(row.project, row.id)
-            if interruptions >= MAX_INTERRUPTIONS:
-                self.store.transition(row.project, row.id, Status.ABANDONED,
-                                      f"interrupted {interruptions} times in a row; "
-                                      "not tried again")
-                return False
+        """A queued job after a restart stays queued when its project still gives it the same
+        key; else it is recorded as ended (and queued under its new key). False when ended."""
         try:
             job = self.make_job(JobRequest(row.project, {**row.params, **row.opaque}, row.group,
                                            row.rebuild))
@@ -112,12 +116,23 @@ class Server:
             self.store.transition(row.project, row.id, Status.FAILED,
                                   f"cannot run again after a restart: {e.message}")
             return False
-        if job.id != row.id:
-            self.store.transition(row.project, row.id, Status.ABANDONED,
-                                  f"the project changed while mistryd was down; "
-                                  f"queued again as {job.id}")
+        if job.id == row.id:
+            return True
+        self.store.transition(row.project, row.id, Status.ABANDONED,
+                              f"the project changed while mistryd was down; "
+                              f"queued again as {job.id}")
         self.scheduler.submit(job, force=True, admit=True)
         return True
+
+    def _job_of(self, lease: Lease) -> Job:
+        """The Job of a queued request (submitted by another process, or queued before a
+        restart). ProjectChanged when the project no longer gives it the key it was queued
+        under."""
+        r = lease.request
+        job = self.make_job(JobRequest(r["project"], r["params"], r["group"], r["rebuild"]))
+        if job.id != lease.key.id:
+            raise ProjectChanged(job.project, "while the build was queued")
+        return job
 
 
     # --- requests -----------------------------------------------------------------------------
@@ -159,16 +174,6 @@ class Server:
             self.metrics.builds_coalesced.labels(job.project).inc()
         return build_id, outcome
 
-    def _record_queued(self, job: Job) -> None:
-        r = job.request
-        try:
-            self.store.record_queued(job.project, job.id, r.group, r.params, r.rebuild,
-                                     now=job.queued_at)
-        except (sqlite3.Error, OSError) as e:
-            log.error("mistryd: could not record job %s/%s: %s", job.project, job.id, e)
-            raise Unavailable(f"mistryd could not record the job in its index ({e}); nothing "
-                              "was started, try again later") from None
-
     def _hit(self, hit: Hit) -> Hit:
         self.metrics.cache_hits.labels(hit.info.Project).inc()
         self.store.touch(hit.info.Project, hit.info.ID)
@@ -193,9 +198,13 @@ class Server:
     def cancel(self, project: str, build_id: str, reason: str = "cancelled through the API",
                wait: float = 60) -> BuildInfo:
         """Cancel a queued or running build; its waiters get the same outcome."""
-        flight = self.scheduler.cancel(project, build_id, reason)
+        row = self.store.get(project, build_id)
+        record = None
+        if row is not None and self.scheduler.in_flight(project, build_id) is None:
+            record = self.builder.cancelled_record(project, build_id, row.params, row.group,
+                                                   reason).to_json()
+        flight = self.scheduler.cancel(project, build_id, reason, record)
         if flight is None:
-            row = self.store.get(project, build_id)
             if row is None:
                 raise NotFound(f"no build {project}/{build_id}")
             raise Conflict(f"build {project}/{build_id} has already ended ({row.status.value}); "

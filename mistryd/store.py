@@ -131,6 +131,29 @@ def _add_gc_sizes(db: sqlite3.Connection) -> None:
     _add_columns(db, {"size_bytes": "INTEGER", "size_of": "REAL"})
 
 
+def _add_queue_leases(db: sqlite3.Connection) -> None:
+    """The embedded queue's lease on a running job (who holds it, which take, until when) and a
+    cancel asked for while it runs (its builder stops it)."""
+    _add_columns(db, {"lease_owner": "TEXT", "lease_token": "INTEGER NOT NULL DEFAULT 0",
+                      "lease_expires": "REAL", "cancel_reason": "TEXT"})
+
+
+# The dashboard's charts over time: one row a minute at most (mistryd/history.py samples), with
+# the request counters of the process that wrote it (they start at 0 with every process) and the
+# queue at that moment.
+SAMPLES = """
+CREATE TABLE samples (
+    at        REAL PRIMARY KEY,
+    process   TEXT NOT NULL,
+    hits      INTEGER NOT NULL,
+    started   INTEGER NOT NULL,
+    coalesced INTEGER NOT NULL,
+    queued    INTEGER NOT NULL,
+    running   INTEGER NOT NULL
+);
+"""
+
+
 Migration = str | Callable[[sqlite3.Connection], None]  # a script, or a function for what SQL cannot say
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -138,6 +161,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     _add_counts,          # 2
     _add_opaque_params,   # 3
     _add_gc_sizes,        # 4
+    _add_queue_leases,    # 5
+    SAMPLES,              # 6
 )
 
 
@@ -183,6 +208,13 @@ def _matching(project: str, status: Status | None, group: str) -> tuple[str, tup
     tests = (("project = ?", project), ("status = ?", status and status.value), ("grp = ?", group))
     given = [(test, value) for test, value in tests if value]
     return " AND ".join(test for test, _ in given) or "1", tuple(value for _, value in given)
+
+
+def _slim(info: dict) -> dict:
+    """A build record as the index keeps it: without the log, without opaque params."""
+    slim = {k: v for k, v in info.items() if k not in ("ContainerStdouterr",)}
+    slim["Params"] = public_params(slim.get("Params") or {})
+    return slim
 
 
 @contextmanager
@@ -278,7 +310,8 @@ class Store:
                ON CONFLICT (project, id) DO UPDATE SET
                  status='queued', params=excluded.params, opaque=excluded.opaque,
                  rebuild=excluded.rebuild, queued_at=excluded.queued_at, started_at=NULL,
-                 finished_at=NULL, exit_code=NULL, reason='', last_used=excluded.last_used""",
+                 finished_at=NULL, exit_code=NULL, reason='', last_used=excluded.last_used,
+                 lease_owner=NULL, lease_expires=NULL, cancel_reason=NULL""",
             (project, build_id, group, json.dumps(public_params(params)),
              json.dumps(opaque, sort_keys=True), int(rebuild), now, now),
         )
@@ -293,8 +326,7 @@ class Store:
     def record_finished(self, project: str, build_id: str, status: Status, info: dict,
                         reason: str = "", now: float | None = None) -> None:
         now = time.time() if now is None else now
-        slim = {k: v for k, v in info.items() if k not in ("ContainerStdouterr",)}
-        slim["Params"] = public_params(slim.get("Params") or {})
+        slim = _slim(info)
         self._conn().execute(
             """INSERT INTO builds (project, id, grp, params, status, exit_code, reason, queued_at,
                                    started_at, finished_at, last_used, info, attempts)
@@ -350,6 +382,172 @@ class Store:
     def forget(self, project: str, build_id: str) -> None:
         self._conn().execute("DELETE FROM builds WHERE project=? AND id=?", (project, build_id))
 
+    # --- the embedded queue (mistryd/queue/embedded.py): a job's row is its queue entry --------
+
+    def queue_peek(self, project: str, build_id: str) -> tuple[Status | None, float | None]:
+        """(status, when it last ended) of a job; (None, None) when it has no row."""
+        row = self._conn().execute("SELECT status, finished_at FROM builds WHERE project=? AND id=?",
+                                   (project, build_id)).fetchone()
+        return (Status(row[0]), row[1]) if row else (None, None)
+
+    def queue_submit(self, project: str, build_id: str, group: str, params: dict, rebuild: bool,
+                     backlog: int | None, seen: tuple[Status | None, float | None] | None,
+                     now: float) -> str:
+        """In one transaction: 'joined' when the job is in flight; 'ended' when it ended since
+        `seen` (a peek); 'full' when `backlog` jobs already wait; else 'queued' (recorded)."""
+        db = self._conn()
+        with _transaction(db):
+            row = db.execute("SELECT status, finished_at FROM builds WHERE project=? AND id=?",
+                             (project, build_id)).fetchone()
+            if row is not None and not Status(row[0]).finished:
+                return "joined"
+            if seen is not None and (row[1] if row else None) != seen[1]:
+                return "ended"
+            if backlog is not None and self._count_status(Status.QUEUED) >= backlog:
+                return "full"
+            self.record_queued(project, build_id, group, params, rebuild, now=now)
+            return "queued"
+
+    def queue_take(self, builder: str, lease_seconds: float, exclude: set[tuple[str, str]],
+                   now: float) -> tuple[BuildRow, int] | None:
+        """The oldest queued job not in `exclude`, now running under a lease for `builder`;
+        with the lease's token."""
+        db = self._conn()
+        with _transaction(db):
+            candidates = db.execute(
+                "SELECT project, id FROM builds WHERE status='queued' ORDER BY queued_at ASC, "
+                "rowid ASC LIMIT ?", (len(exclude) + 1,)).fetchall()
+            chosen = next(((p, i) for p, i in candidates if (p, i) not in exclude), None)
+            if chosen is None:
+                return None
+            token = db.execute(
+                "UPDATE builds SET status='running', started_at=?, lease_owner=?, "
+                "lease_token=lease_token+1, lease_expires=?, cancel_reason=NULL "
+                "WHERE project=? AND id=? RETURNING lease_token",
+                (now, builder, now + lease_seconds, *chosen)).fetchone()[0]
+            row = self.get(*chosen)
+        assert row is not None
+        return row, token
+
+    _HOLDS = "project=? AND id=? AND status='running' AND lease_owner=? AND lease_token=?"
+
+    def queue_heartbeat(self, project: str, build_id: str, builder: str, token: int,
+                        lease_seconds: float, now: float) -> tuple[bool, str | None]:
+        """(whether the lease is still held, the reason of a cancel asked for meanwhile)."""
+        row = self._conn().execute(
+            f"UPDATE builds SET lease_expires=? WHERE {self._HOLDS} RETURNING cancel_reason",
+            (now + lease_seconds, project, build_id, builder, token)).fetchone()
+        return (True, row[0]) if row else (False, None)
+
+    def queue_cancel_reason(self, project: str, build_id: str, builder: str,
+                            token: int) -> str | None:
+        row = self._conn().execute(f"SELECT cancel_reason FROM builds WHERE {self._HOLDS}",
+                                   (project, build_id, builder, token)).fetchone()
+        return row[0] if row else None
+
+    def queue_finish(self, project: str, build_id: str, builder: str, token: int, status: Status,
+                     info: dict, reason: str, now: float) -> bool:
+        """Record the end of a leased job; False (nothing written) when the lease is lost."""
+        db = self._conn()
+        with _transaction(db):
+            if db.execute(f"SELECT 1 FROM builds WHERE {self._HOLDS}",
+                          (project, build_id, builder, token)).fetchone() is None:
+                return False
+            self.record_finished(project, build_id, status, info, reason, now=now)
+            db.execute("UPDATE builds SET lease_owner=NULL, lease_expires=NULL, "
+                       "cancel_reason=NULL WHERE project=? AND id=?", (project, build_id))
+        return True
+
+    def queue_release(self, project: str, build_id: str, builder: str, token: int) -> bool:
+        """A leased job back to queued, where it was; False when the lease is lost."""
+        cur = self._conn().execute(
+            "UPDATE builds SET status='queued', started_at=NULL, lease_owner=NULL, "
+            f"lease_expires=NULL WHERE {self._HOLDS}", (project, build_id, builder, token))
+        return cur.rowcount == 1
+
+    def queue_cancel(self, project: str, build_id: str, reason: str, info: dict | None,
+                     now: float) -> str:
+        """'ended' (it was queued: now cancelled, with `info` as its record), 'requested' (it
+        runs: the cancel waits for its builder) or 'not-in-flight'."""
+        db = self._conn()
+        with _transaction(db):
+            row = db.execute("SELECT status FROM builds WHERE project=? AND id=?",
+                             (project, build_id)).fetchone()
+            if row is None or Status(row[0]).finished:
+                return "not-in-flight"
+            if row[0] == Status.RUNNING.value:
+                db.execute("UPDATE builds SET cancel_reason=COALESCE(cancel_reason, ?) "
+                           "WHERE project=? AND id=?", (reason, project, build_id))
+                return "requested"
+            db.execute(
+                "UPDATE builds SET status='cancelled', reason=?, finished_at=?, last_used=?, "
+                "info=?, exit_code=?, opaque='{}', attempts=0 WHERE project=? AND id=?",
+                (reason, now, now, json.dumps(_slim(info)) if info is not None else None,
+                 (info or {}).get("ExitCode"), project, build_id))
+            return "ended"
+
+    def queue_reap(self, now: float, every_lease: bool,
+                   max_interruptions: int) -> list[tuple[str, str, Status]]:
+        """Running jobs whose lease expired (every one with `every_lease`) end or go back to
+        the queue: cancelled when a cancel was asked for, abandoned when interrupted
+        `max_interruptions` times in a row, else queued again where they were."""
+        db = self._conn()
+        moved: list[tuple[str, str, Status]] = []
+        with _transaction(db):
+            rows = db.execute(
+                "SELECT project, id, attempts, cancel_reason FROM builds WHERE status='running' "
+                "AND (? OR lease_expires IS NULL OR lease_expires < ?)",
+                (int(every_lease), now)).fetchall()
+            for project, build_id, attempts, cancel_reason in rows:
+                if cancel_reason is not None:
+                    to, reason = Status.CANCELLED, cancel_reason
+                elif attempts + 1 >= max_interruptions:
+                    to, reason = Status.ABANDONED, (f"interrupted {attempts + 1} times in a row; "
+                                                    "not tried again")
+                else:
+                    to, reason = Status.QUEUED, ""
+                db.execute(
+                    "UPDATE builds SET status=?, reason=?, attempts=attempts+1, lease_owner=NULL, "
+                    "lease_expires=NULL, started_at=CASE WHEN ?='queued' THEN NULL "
+                    "ELSE started_at END, finished_at=CASE WHEN ?='queued' THEN NULL ELSE ? END, "
+                    "opaque=CASE WHEN ?='queued' THEN opaque ELSE '{}' END "
+                    "WHERE project=? AND id=?",
+                    (to.value, reason, to.value, to.value, now, to.value, project, build_id))
+                moved.append((project, build_id, to))
+        return moved
+
+    def queue_next_expiry(self) -> float | None:
+        """When the first lease of a running job expires (None: nothing runs)."""
+        return self._conn().execute(
+            "SELECT MIN(lease_expires) FROM builds WHERE status='running'").fetchone()[0]
+
+    def queue_outcome(self, project: str, build_id: str) -> tuple[Status, dict | None, str] | None:
+        """(status, record, reason) of a job that is not in flight; None while it is (or when
+        it has no row)."""
+        row = self._conn().execute("SELECT status, info, reason FROM builds WHERE project=? AND id=?",
+                                   (project, build_id)).fetchone()
+        if row is None or not Status(row[0]).finished:
+            return None
+        return Status(row[0]), json.loads(row[1]) if row[1] else None, row[2]
+
+    def queue_position(self, project: str, build_id: str) -> int | None:
+        row = self._conn().execute(
+            "SELECT queued_at, rowid FROM builds WHERE project=? AND id=? AND status='queued'",
+            (project, build_id)).fetchone()
+        if row is None:
+            return None
+        return self._conn().execute(
+            "SELECT COUNT(*) FROM builds WHERE status='queued' AND "
+            "(queued_at < ? OR (queued_at = ? AND rowid < ?))", (row[0], row[0], row[1])).fetchone()[0]
+
+    def queue_counts(self) -> tuple[int, int]:
+        """(queued, running), from the trigger-kept counts."""
+        return self._count_status(Status.QUEUED), self._count_status(Status.RUNNING)
+
+    def _count_status(self, status: Status) -> int:
+        return self._conn().execute("SELECT COALESCE(SUM(n), 0) FROM build_counts WHERE status=?",
+                                    (status.value,)).fetchone()[0]
+
     # --- reads: every question asked of the index, newest first unless said otherwise ---------
 
     def get(self, project: str, build_id: str) -> BuildRow | None:
@@ -400,6 +598,22 @@ class Store:
         counts = {status.value: 0 for status in Status}
         counts.update({status: n for status, n in rows if status in counts})
         return counts
+
+    def record_sample(self, at: float, process: str, hits: int, started: int, coalesced: int,
+                      queued: int, running: int, keep_seconds: float) -> None:
+        """One point of the dashboard's charts; points older than `keep_seconds` go."""
+        db = self._conn()
+        with _transaction(db):
+            db.execute("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (at, process, hits, started, coalesced, queued, running))
+            db.execute("DELETE FROM samples WHERE at < ?", (at - keep_seconds,))
+
+    def samples_since(self, since: float, limit: int = 50_000) -> list[sqlite3.Row]:
+        """The chart points from `since` on, oldest first, and the one before it (a process's
+        counters are cumulative: the first point's change is measured from it)."""
+        return self._conn().execute(
+            "SELECT * FROM samples WHERE at >= COALESCE((SELECT MAX(at) FROM samples "
+            "WHERE at < ?), ?) ORDER BY at LIMIT ?", (since, since, limit)).fetchall()
 
     def _select(self, where: str, args: tuple = (), limit: int | None = None, offset: int = 0,
                 order: str = "queued_at DESC") -> list[BuildRow]:

@@ -8,6 +8,7 @@ import os
 import subprocess
 
 from client_helpers import MISTRY, free_port, port_of, run_mistry
+from support import wait_for
 
 from mistry_client import Client
 
@@ -77,12 +78,20 @@ def test_unknown_project(mistry):
     assert r.stdout == ""
 
 
-def test_overloaded_server_gets_upstreams_503_message(start_server, tmp_path):
-    server = start_server(projects=("hello",), job_backlog=0)  # no room for any new build
-    r = run_mistry(["build", "--project", "hello", "-t", str(tmp_path / "o")],
-                   port=port_of(server.url))
-    assert r.returncode == 3
-    assert r.stderr.strip() == "(error: 503) Server is overloaded; try again later"
+def test_overloaded_server_gets_upstreams_503_message(start_server, signal_dir, tmp_path):
+    # one worker, busy with a build that waits, and no backlog: no room for another build (as
+    # upstream, a backlog of 0 still hands a job to an idle worker)
+    server = start_server(projects=("client-waiting", "hello"), job_concurrency=1, job_backlog=0,
+                          mounts={str(signal_dir): "/signal"})
+    try:
+        assert server.post_job({"project": "client-waiting"}, asynchronous=True).status_code == 201
+        wait_for(lambda: server.server.queue.stats().running == 1, timeout=120)
+        r = run_mistry(["build", "--project", "hello", "-t", str(tmp_path / "o")],
+                       port=port_of(server.url))
+        assert r.returncode == 3
+        assert r.stderr.strip() == "(error: 503) Server is overloaded; try again later"
+    finally:
+        (signal_dir / "go").touch()
 
 
 def test_unreachable_server_and_flags_beat_the_environment(mistry, tmp_path):

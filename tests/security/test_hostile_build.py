@@ -145,7 +145,7 @@ def test_admission_is_transactional_when_the_index_cannot_be_written(start_serve
     store.record_queued = failing_once
     r = srv.post_job({"project": "hello"}, timeout=30)
     assert r.status_code == 503 and "could not record" in r.json()["error"], r.text
-    assert srv.server.scheduler.flights() == [] and srv.server.scheduler._queued == 0
+    assert srv.server.scheduler.flights() == [] and srv.server.queue.stats().queued == 0
     info = srv.build("hello")  # neither wedged nor refused by a leaked backlog slot
     assert info["ExitCode"] == 0 and info["Cached"] is False
 

@@ -1,0 +1,198 @@
+"""The embedded queue: one machine, any number of processes, no service to run.
+
+The SQLite index is the queue (a job's row is its entry; WAL, `BEGIN IMMEDIATE` to claim work),
+and a FIFO per process (wakeups.Bell) tells the other processes when to look again: a job ended,
+a cancel was asked for, work arrived. Nothing waits by polling the database; a slow safety look
+(SAFETY_LOOK seconds) only covers a wakeup lost to a reader that fell far behind.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Collection
+from pathlib import Path
+
+from ..errors import Overloaded, Unavailable
+from ..store import Status, Store
+from .base import (
+    LEASE_SECONDS,
+    MAX_INTERRUPTIONS,
+    Admission,
+    Cancelled,
+    JobKey,
+    Lease,
+    LeaseLost,
+    Outcome,
+    Peek,
+    QueueStats,
+)
+from .wakeups import Bell, Wakeups
+
+SAFETY_LOOK = 5.0
+WORK = "work"
+
+
+def _ended(key: JobKey) -> str:
+    return f"end\t{key.project}\t{key.id}"
+
+
+def _cancel(key: JobKey) -> str:
+    return f"cancel\t{key.project}\t{key.id}"
+
+
+class EmbeddedQueue:
+    def __init__(self, store: Store, folder: Path | None = None,
+                 max_interruptions: int = MAX_INTERRUPTIONS):
+        self.store = store
+        self.max_interruptions = max_interruptions
+        self._wakeups = Wakeups()
+        self._bell = Bell(folder or store.path.parent / "queue-bell", self._wakeups.ring)
+
+    def _ring(self, topic: str) -> None:
+        self._wakeups.ring(topic)  # this process's waiters
+        self._bell.ring(topic)  # everyone else's
+
+    # --- the API tier's side ----------------------------------------------------------------
+
+    def peek(self, key: JobKey) -> Peek:
+        status, ended_at = self.store.queue_peek(key.project, key.id)
+        return Peek(status, ended_at)
+
+    def submit(self, key: JobKey, request: dict, *, backlog: int | None = None,
+               seen: Peek | None = None, now: float | None = None) -> Admission:
+        try:
+            answer = self.store.queue_submit(
+                key.project, key.id, request.get("group", ""), request.get("params", {}),
+                bool(request.get("rebuild")), backlog,
+                None if seen is None else (seen.status, seen.ended_at),
+                time.time() if now is None else now)
+        except (sqlite3.Error, OSError) as e:
+            raise Unavailable(f"mistryd could not record the job in its index ({e}); nothing "
+                              "was started, try again later") from None
+        if answer == "full":
+            raise Overloaded()
+        if answer == "queued":
+            self._ring(WORK)
+        return Admission(answer)
+
+    def cancel(self, key: JobKey, reason: str, info: dict | None = None,
+               now: float | None = None) -> Cancelled:
+        answer = Cancelled(self.store.queue_cancel(key.project, key.id, reason, info,
+                                                   time.time() if now is None else now))
+        if answer is Cancelled.ENDED:
+            self._ring(_ended(key))
+        elif answer is Cancelled.REQUESTED:
+            self._ring(_cancel(key))
+        return answer
+
+    def wait(self, key: JobKey, timeout: float | None = None) -> Outcome | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._wakeups.listening(_ended(key)) as woken:
+            while True:
+                woken.clear()
+                ended = self.store.queue_outcome(key.project, key.id)
+                if ended is not None:
+                    return Outcome(*ended)
+                if self._wakeups.closed or not _sleep(woken, deadline):
+                    return None
+
+    # --- the builders' side -----------------------------------------------------------------
+
+    def take(self, builder: str, lease_seconds: float = LEASE_SECONDS,
+             timeout: float | None = 0, exclude: Collection[JobKey] = (),
+             now: float | None = None) -> Lease | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        skip = {(k.project, k.id) for k in exclude}
+        with self._wakeups.listening(WORK) as woken:
+            while True:
+                woken.clear()
+                if self._wakeups.closed:
+                    return None
+                at = time.time() if now is None else now
+                self.reap(at)
+                taken = self.store.queue_take(builder, lease_seconds, skip, at)
+                if taken is not None:
+                    row, token = taken
+                    request = {"project": row.project, "params": {**row.params, **row.opaque},
+                               "group": row.group, "rebuild": row.rebuild}
+                    return Lease(JobKey(row.project, row.id), builder, token, request,
+                                 row.queued_at, at, row.interruptions)
+                # nobody rings when a lease runs out: wake up for the first one that will
+                expiry = self.store.queue_next_expiry()
+                until = deadline if expiry is None else _earliest(
+                    deadline, time.monotonic() + max(0.0, expiry - time.time()) + 0.01)
+                if not _sleep(woken, until) and deadline is not None \
+                        and time.monotonic() >= deadline:
+                    return None
+
+    def heartbeat(self, lease: Lease, lease_seconds: float = LEASE_SECONDS,
+                  now: float | None = None) -> str | None:
+        held, cancel_reason = self.store.queue_heartbeat(
+            lease.key.project, lease.key.id, lease.builder, lease.token, lease_seconds,
+            time.time() if now is None else now)
+        if not held:
+            raise LeaseLost(lease)
+        return cancel_reason
+
+    def wait_for_cancel(self, lease: Lease, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        with self._wakeups.listening(_cancel(lease.key)) as woken:
+            while True:
+                woken.clear()
+                reason = self.store.queue_cancel_reason(lease.key.project, lease.key.id,
+                                                        lease.builder, lease.token)
+                if reason is not None:
+                    return reason
+                if self._wakeups.closed or not _sleep(woken, deadline):
+                    return None
+
+    def finish(self, lease: Lease, outcome: Outcome, now: float | None = None) -> None:
+        info = outcome.info if outcome.info is not None else {}
+        if not self.store.queue_finish(lease.key.project, lease.key.id, lease.builder,
+                                       lease.token, outcome.status, info, outcome.reason,
+                                       time.time() if now is None else now):
+            raise LeaseLost(lease)
+        self._ring(_ended(lease.key))
+
+    def release(self, lease: Lease) -> None:
+        if not self.store.queue_release(lease.key.project, lease.key.id, lease.builder,
+                                        lease.token):
+            raise LeaseLost(lease)
+        self._ring(WORK)
+
+    def reap(self, now: float | None = None, every_lease: bool = False) -> list[JobKey]:
+        moved = self.store.queue_reap(time.time() if now is None else now, every_lease,
+                                      self.max_interruptions)
+        for project, build_id, to in moved:
+            if to is not Status.QUEUED:
+                self._ring(_ended(JobKey(project, build_id)))
+        if any(to is Status.QUEUED for _, _, to in moved):
+            self._ring(WORK)
+        return [JobKey(p, i) for p, i, to in moved if to is Status.QUEUED]
+
+    # --- questions ----------------------------------------------------------------------------
+
+    def position(self, key: JobKey) -> int | None:
+        return self.store.queue_position(key.project, key.id)
+
+    def stats(self) -> QueueStats:
+        return QueueStats(*self.store.queue_counts())
+
+    def close(self) -> None:
+        self._wakeups.close()
+        self._bell.close()
+
+
+def _earliest(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)
+
+
+def _sleep(woken, until: float | None) -> bool:
+    """Wait for a wakeup until `until` (monotonic; None: no end), at most SAFETY_LOOK at a time;
+    False when `until` has passed."""
+    remaining = SAFETY_LOOK if until is None else until - time.monotonic()
+    if remaining <= 0:
+        return False
+    woken.wait(min(remaining, SAFETY_LOOK))
+    return True
