@@ -81,6 +81,7 @@ def serve(config: Config) -> None:
                    "see `ss -ltnp`); choose another with --addr", err=True)
         sys.exit(EXIT_USAGE)
     rsyncd = _start_rsyncd(config, server)
+    logging.getLogger("mistryd").info(access_control_line(config))
     if warning := startup_warning(config):
         logging.getLogger("mistryd").warning(warning)
 
@@ -109,6 +110,17 @@ def serve(config: Config) -> None:
             rsyncd.stop()
         if not shutting_down.is_set():
             server.stop()
+
+
+def access_control_line(config: Config) -> str:
+    """The start-up line that says who may do what (token names, never the tokens)."""
+    if not config.tokens:
+        return ("mistryd: access control off: no tokens in the config, every client that reaches "
+                f"{config.addr} may build, cancel and read")
+    names = ", ".join(f"{t.name} ({t.role})" for t in config.tokens)
+    anonymous = "may read" if config.anonymous_read else "are refused"
+    return (f"mistryd: access control on: {len(config.tokens)} token(s): {names}; requests "
+            f"without a token {anonymous}")
 
 
 def _start_rsyncd(config: Config, server):
@@ -211,11 +223,11 @@ class _Console:
     def __init__(self, verbose: bool):
         self.verbose = verbose
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, stream: str = "") -> None:
         if self.verbose:
             sys.stderr.write(data.decode("utf-8", "replace"))
 
-    def line(self, text: str) -> None:
+    def line(self, text: str, stream: str = "") -> None:
         self.write((text + "\n").encode())
 
 

@@ -29,7 +29,7 @@ import urllib3.exceptions
 
 from .config import Config, ProjectSettings
 from .errors import DockerRefused, DockerUnavailable, MistryError, ProjectChanged
-from .logs import LogSink
+from .logs import IMAGE, STDERR, STDOUT, LogSink
 from .projects import folder_fingerprint
 
 LABEL = "io.mistryd.managed"
@@ -232,7 +232,7 @@ class _ImageBuild:
 
     def take(self, chunk: dict) -> None:
         if "stream" in chunk:
-            self.log.write(chunk["stream"].encode("utf-8", "replace"))
+            self.log.write(chunk["stream"].encode("utf-8", "replace"), IMAGE)
             if running := _RUNNING_IN.search(chunk["stream"]):
                 self.container = running.group(1)
             if step := _STEP.search(chunk["stream"]):
@@ -387,7 +387,7 @@ class DockerRunner:
         settings = settings or self.config.for_project(project)
         if deadline is None:
             deadline = _deadline(settings.build_timeout)
-        log.line(f"mistryd: building image {tag}{' without cache' if nocache else ''}")
+        log.line(f"mistryd: building image {tag}{' without cache' if nocache else ''}", IMAGE)
         build = _ImageBuild(log)
         options = dict(
             path=str(context), tag=tag, rm=True, forcerm=True, nocache=nocache, pull=pull,
@@ -405,10 +405,10 @@ class DockerRunner:
                 reader.join(_STOP_GRACE)
                 if build.container:  # the daemon removes it on hang-up; make sure of it
                     self._remove_container(build.container)
-                log.line(f"mistryd: {stop}")
+                log.line(f"mistryd: {stop}", IMAGE)
                 raise stop
             if build.error is not None:
-                log.line(build.error)
+                log.line(build.error, IMAGE)
                 raise ImageBuildError(build.error)
             if build.failure is not None:
                 raise build.failure
@@ -475,10 +475,10 @@ class DockerRunner:
         with self._talking_to_docker("could not inspect the image"):
             gone = self._gone(lambda: self.client.api.inspect_image(image_id))
         if gone:
-            log.line(f"mistryd: image {tag} was removed outside mistryd; building it again")
+            log.line(f"mistryd: image {tag} was removed outside mistryd; building it again", IMAGE)
             self._forget(image_id)
             return None
-        log.line(f"mistryd: using image {tag}")
+        log.line(f"mistryd: using image {tag}", IMAGE)
         return image_id
 
     def _untag(self, tag: str) -> None:
@@ -560,12 +560,20 @@ class DockerRunner:
             # Attached before the start, the stream carries every byte the build prints. Following
             # the log file instead (`logs(follow=True)`) ends early when a container that prints a
             # lot exits on a busy engine (Docker 20.10 cut a 100,000-line log at line 5,335).
-            output = container.attach(stdout=True, stderr=True, stream=True, logs=False)
+            # Demultiplexed, each write says which stream it came from (out.log.marks). The
+            # order between the two streams is the engine's: dockerd reads the container's
+            # stdout and stderr pipes in two goroutines, so writes a few microseconds apart can
+            # arrive swapped (docs/web.md, "Log order").
+            output = container.attach(stdout=True, stderr=True, stream=True, logs=False,
+                                      demux=True)
             container.start()
             watcher = threading.Thread(target=watch, daemon=True, name=f"watch-{name[:20]}")
             watcher.start()
-            for chunk in output:
-                log.write(chunk)
+            for out, err in output:
+                if out:
+                    log.write(out, STDOUT)
+                if err:
+                    log.write(err, STDERR)
             status = container.wait()
             ended.set()
             watcher.join(5)
@@ -595,7 +603,8 @@ class DockerRunner:
                                   "build the project again")
         self._forget(image)
         project, context, fingerprint = source
-        log.line(f"mistryd: image {image[:19]} was removed outside mistryd; building it again")
+        log.line(f"mistryd: image {image[:19]} was removed outside mistryd; building it again",
+                 IMAGE)
         return self.ensure_image(project, context, fingerprint, log, settings=settings,
                                  cancel=cancel)
 

@@ -1,12 +1,16 @@
 """The web view's questions to the SQLite index: filtered, paginated history, counts per status,
-the latest build of each group, cache use. Every answer is a few of the store's indexed queries;
-nothing here reads a build folder, so a page costs the same with 10 builds or 100,000.
+the latest build of each group, cache use, and the charts' data (a project's recent durations and
+outcomes; the cache hit rate and queue depth over time, from samples kept in the index). Every
+answer is a few of the store's indexed queries; nothing here reads a build folder, so a page costs
+the same with 10 builds or 100,000.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import threading
+import uuid
+from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 
@@ -145,3 +149,100 @@ def cache_use(metrics: Metrics) -> CacheUse:
     return CacheUse(hits=_counter_total(metrics.cache_hits),
                     started=_counter_total(metrics.builds_started),
                     coalesced=_counter_total(metrics.builds_coalesced))
+
+
+# --- charts -------------------------------------------------------------------------------------
+
+CHART_BUILDS = 50  # a project's chart: its newest finished builds
+SAMPLE_EVERY = 60.0  # seconds between two points of the dashboard's charts, at least
+KEEP_SAMPLES = 30 * 86400.0
+TIMELINE_SPAN = 24 * 3600.0  # the dashboard's charts: the last day...
+TIMELINE_BUCKETS = 48  # ...in half hours
+
+
+def build_seconds(row: BuildRow) -> float | None:
+    """How long a finished build took: its BuildInfo's Duration, else started to finished."""
+    duration = (row.info or {}).get("Duration")
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool):
+        return duration / 1e9
+    if row.finished_at and row.started_at:
+        return max(0.0, row.finished_at - row.started_at)
+    return None
+
+
+def project_chart(store: Store, project: str, limit: int = CHART_BUILDS) -> dict:
+    """The project page's chart: its newest finished builds, oldest first, each a bar as tall as
+    the build took, in one series per outcome (so each gets its colour and legend entry)."""
+    rows = list(reversed(store.recent_finished(limit, project)))
+    series: dict[str, list[float | None]] = {"succeeded": [], "failed": [], "other": []}
+    for row in rows:
+        outcome = row.status.value if row.status.value in series else "other"
+        took = build_seconds(row)
+        for name, values in series.items():
+            values.append(took if name == outcome and took is not None else None)
+    return {"project": project, "x": list(range(1, len(rows) + 1)), "ids": [r.id for r in rows],
+            "at": [r.finished_at or r.queued_at for r in rows],
+            "statuses": [r.status.value for r in rows], **series}
+
+
+@dataclass
+class Sampler:
+    """Writes a point of the dashboard's charts at most every `every` seconds: the request
+    counters of this process (cumulative since it started) and the queue. Asked on requests, so
+    it needs no thread of its own; an idle server writes no points, and nothing changed then."""
+
+    every: float = SAMPLE_EVERY
+    process: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    _next: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def due(self, now: float) -> bool:
+        """True for one caller once `every` has passed (the others go on at once)."""
+        if now < self._next:
+            return False
+        with self._lock:
+            if now < self._next:
+                return False
+            self._next = now + self.every
+            return True
+
+    def sample(self, store: Store, use: CacheUse, queued: int, running: int, now: float) -> None:
+        store.record_sample(now, self.process, use.hits, use.started, use.coalesced, queued,
+                            running, KEEP_SAMPLES)
+
+    def current(self, use: CacheUse, queued: int, running: int, now: float) -> dict:
+        """This moment as a point (not stored): the charts' last bucket is up to date."""
+        return {"at": now, "process": self.process, "hits": use.hits, "started": use.started,
+                "coalesced": use.coalesced, "queued": queued, "running": running}
+
+
+def timeline(store: Store, now: float, current: dict | None = None, span: float = TIMELINE_SPAN,
+             buckets: int = TIMELINE_BUCKETS) -> dict:
+    """The dashboard's charts: per time bucket, the share of build requests answered from the
+    cache (None with no requests) and the longest queue seen (None with no point in it). A
+    process's counters start at 0, so a point's change is measured against the point before it of
+    the same process, and the first point of a process counts from 0. `current` (this moment,
+    from `Sampler.current`) is counted as the last point."""
+    start = now - span
+    width = span / buckets
+    hits = [0] * buckets
+    requests = [0] * buckets
+    queue: list[int | None] = [None] * buckets
+    last: dict[str, tuple[int, int, int]] = {}
+    points = list(store.samples_since(start)) + ([current] if current else [])
+    for row in points:
+        before = last.get(row["process"], (0, 0, 0))
+        now_counts = (row["hits"], row["started"], row["coalesced"])
+        last[row["process"]] = now_counts
+        if row["at"] < start:
+            continue
+        i = min(buckets - 1, int((row["at"] - start) // width))
+        d_hits, d_started, d_coalesced = (max(0, a - b) for a, b in zip(now_counts, before,
+                                                                        strict=True))
+        hits[i] += d_hits
+        requests[i] += d_hits + d_started + d_coalesced
+        queue[i] = max(queue[i] or 0, row["queued"])
+    return {"t": [start + (i + 1) * width for i in range(buckets)],
+            "hit_rate": [round(100 * h / r, 1) if r else None for h, r in zip(hits, requests,
+                                                                              strict=True)],
+            "requests": requests, "queued": queue}

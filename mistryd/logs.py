@@ -8,6 +8,10 @@ The promise to every follower, whenever it connects (before the build starts, wh
 between the publish of its folder and the log's finish, after the finish, resuming from an
 offset): every line from its offset to the end of the log, then exactly one `end` event, sent only
 once the log has finished, whose data says how the build ended (`end_event_data`).
+
+Beside the log, `out.log.marks` says where each write came from and when (see `Marks`): the log
+itself stays the plain text upstream's readers expect, and the web view marks stderr lines, folds
+the image build and shows a time per line from the marks.
 """
 
 from __future__ import annotations
@@ -20,13 +24,88 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+# Where a write to the log came from (one letter in out.log.marks)
+STDOUT = "o"  # the build container's stdout
+STDERR = "e"  # the build container's stderr
+IMAGE = "i"  # the image build: docker's output and mistryd's lines about the image
+MISTRYD = "m"  # mistryd's own notes (a cancel, a refusal, ...)
+STREAMS = frozenset({STDOUT, STDERR, IMAGE, MISTRYD})
+
 
 class LogSink(Protocol):
     """Where docker's output goes: a build's LiveLog, or the terminal of `mistryd rebuild`."""
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes, stream: str = STDOUT) -> None: ...
 
-    def line(self, text: str) -> None: ...
+    def line(self, text: str, stream: str = MISTRYD) -> None: ...
+
+
+MARKS_SUFFIX = ".marks"
+MARK_SIZE = 29  # one record: "%012d %s %013d\n", the log's size after the write, stream, epoch ms
+
+
+def marks_path(log_path: Path) -> Path:
+    return log_path.with_name(log_path.name + MARKS_SUFFIX)
+
+
+def mark_record(end: int, stream: str, ms: int) -> bytes:
+    return b"%012d %s %013d\n" % (end, stream.encode(), ms)
+
+
+class Marks:
+    """Reads out.log.marks: fixed-size records, one per write, in the order of the log, so the
+    write holding any byte is found by a binary search (a 100,000-line log costs no more)."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        # where the last lookup ended (index, the record there, the end of the one before): a
+        # follower asks for offsets in order, and scans on from here instead of searching
+        self._hint: tuple[int, tuple[int, str, int], int] | None = None
+
+    def close(self) -> None:
+        self._f.close()
+
+    def _count(self) -> int:
+        return os.fstat(self._f.fileno()).st_size // MARK_SIZE
+
+    def _record(self, i: int) -> tuple[int, str, int] | None:
+        self._f.seek(i * MARK_SIZE)
+        raw = self._f.read(MARK_SIZE)
+        try:
+            end, stream, ms = raw.split()
+            return int(end), stream.decode(), int(ms)
+        except ValueError:  # a torn record (a full disk): no mark for this part of the log
+            return None
+
+    def at(self, offsets: list[int]) -> list[tuple[str, int] | None]:
+        """(stream, epoch ms) of the write holding the byte at each of the ascending `offsets`;
+        None where no record covers it (a log from before the marks)."""
+        out: list[tuple[str, int] | None] = []
+        count = self._count()
+        if not offsets or count == 0:
+            return [None] * len(offsets)
+        rec: tuple[int, str, int] | None
+        if self._hint is not None and self._hint[2] <= offsets[0]:
+            i, rec, before = self._hint
+        else:
+            lo, hi = 0, count  # the first record whose end is past offsets[0]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                found = self._record(mid)
+                if found is not None and found[0] <= offsets[0]:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            i = lo
+            rec = self._record(i) if i < count else None
+            before = 0
+        for offset in offsets:
+            while rec is not None and rec[0] <= offset and i + 1 < count:
+                i, before = i + 1, rec[0]
+                rec = self._record(i)
+            out.append((rec[1], rec[2]) if rec is not None and rec[0] > offset else None)
+        self._hint = (i, rec, before) if rec is not None else None
+        return out
 
 
 class LiveLog:
@@ -41,6 +120,8 @@ class LiveLog:
         self.size = 0
         self.finished = False
         self.end_payload: dict = {}
+        self._marks: BinaryIO | None = None
+        self.marks_identity: tuple[int, int] | None = None
 
     def open(self, path: Path) -> None:
         with self._cond:
@@ -48,15 +129,23 @@ class LiveLog:
             st = os.fstat(self._file.fileno())
             self.identity = (st.st_dev, st.st_ino)
             self.size = self._file.tell()
+            try:
+                self._marks = open(marks_path(path), "ab", buffering=0)
+                st = os.fstat(self._marks.fileno())
+                self.marks_identity = (st.st_dev, st.st_ino)
+            except OSError:
+                self._marks = None  # the log goes on without marks
             self.path = path
             self._cond.notify_all()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, stream: str = STDOUT) -> None:
         if not data:
             return
         with self._cond:
             if self._file is None:
                 return
+            # the mark first: a follower that reads a byte of the log finds its mark
+            self._mark(self.size + len(data), stream)
             try:
                 self._file.write(data)
             except OSError:  # a full disk: the build goes on; its log is cut short here
@@ -66,8 +155,17 @@ class LiveLog:
             self.size += len(data)
             self._cond.notify_all()
 
-    def line(self, text: str) -> None:
-        self.write((text.rstrip("\n") + "\n").encode("utf-8", "replace"))
+    def _mark(self, end: int, stream: str) -> None:
+        if self._marks is None:
+            return
+        try:
+            self._marks.write(mark_record(end, stream, int(time.time() * 1000)))
+        except OSError:
+            self._marks.close()
+            self._marks = None
+
+    def line(self, text: str, stream: str = MISTRYD) -> None:
+        self.write((text.rstrip("\n") + "\n").encode("utf-8", "replace"), stream)
 
     def finish(self, end_payload: dict | None = None) -> None:
         """The log is whole and the build's record is written (the builder calls this last)."""
@@ -75,6 +173,9 @@ class LiveLog:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+            if self._marks is not None:
+                self._marks.close()
+                self._marks = None
             self.finished = True
             self.end_payload = end_payload or {}
             self._cond.notify_all()
@@ -186,6 +287,18 @@ def open_log(live: LiveLog | None, path: Path | None) -> BinaryIO | None:
     return _open_matching([live.path, path], live.identity)
 
 
+def open_marks(live: LiveLog | None, path: Path) -> Marks | None:
+    """The marks beside the log at `path` (a finished build's) or beside a live build's log,
+    opened as `open_log` opens the log; None when there are none."""
+    if live is None:
+        f = _open_matching([marks_path(path)], None)
+    elif live.path is None or live.marks_identity is None:
+        return None
+    else:
+        f = _open_matching([marks_path(live.path), marks_path(path)], live.marks_identity)
+    return Marks(f) if f is not None else None
+
+
 def _open_matching(paths: list[Path | None], identity: tuple[int, int] | None) -> BinaryIO | None:
     for candidate in paths:
         if candidate is None:
@@ -212,17 +325,24 @@ def sse_event(data: str, event: str | None = None, event_id: int | str | None = 
     return "\n".join(out) + "\n\n"
 
 
+LineRenderer = Callable[[int, int, str], str]  # (line start, line end, text) -> event data
+
+
 def sse_stream(live: LiveLog | None, path: Path | None, offset: int, end: Callable[[], dict],
-               heartbeat: float = 15.0, gone: Callable[[], bool] | None = None) -> Iterator[str]:
+               heartbeat: float = 15.0, gone: Callable[[], bool] | None = None,
+               render: LineRenderer | None = None) -> Iterator[str]:
     """The log as Server-Sent Events from `offset`, then one `end` event whose data `end()` gives
-    (asked once, after the last line: for a live build, once its record is written)."""
+    (asked once, after the last line: for a live build, once its record is written). Each line's
+    data is its text, or what `render` makes of it (the web view's lines with their marks)."""
     yield "retry: 1000\n\n"
+    start = offset
     for item in follow(live, path, offset, heartbeat=heartbeat, gone=gone):
         if item is None:
             yield ": keep-alive\n\n"
             continue
         pos, text = item
-        yield sse_event(text, event_id=pos)
+        yield sse_event(text if render is None else render(start, pos, text), event_id=pos)
+        start = pos
     if gone is not None and gone():
         return
     yield sse_event(json.dumps(end()), event="end")

@@ -18,6 +18,7 @@ from ..names import name_problem
 from ..server import Server
 from .auth import sees_host_paths
 from .capacity import capacity
+from .logview import PageRenderer
 
 bp = Blueprint("api", __name__)
 
@@ -165,6 +166,9 @@ def log_stream(project: str, build_id: str):
     gone = _client_gone()
     flight = srv.scheduler.in_flight(project, build_id)
     offset = _resume_offset(request.headers.get("Last-Event-ID") or request.args.get("offset"))
+    page = request.args.get("format") == "page"  # the build page's lines: HTML, stream, time
+    render = PageRenderer(flight.job.log if flight else None, srv.log_path(project, build_id)) \
+        if page else None
     if flight is not None:
         live = flight.job.log
         _check_offset(offset, live.size)
@@ -173,7 +177,8 @@ def log_stream(project: str, build_id: str):
             return end_event_data(_final_info(srv, project, build_id, shows_path),
                                   live.end_payload.get("status"), live.end_payload.get("exit_code"))
 
-        stream = sse_stream(live, srv.log_path(project, build_id), offset, end, gone=gone)
+        stream = sse_stream(live, srv.log_path(project, build_id), offset, end, gone=gone,
+                            render=render)
     else:
         raw = srv.layout.read_info(project, build_id)
         if raw is None:
@@ -185,12 +190,14 @@ def log_stream(project: str, build_id: str):
         _check_offset(offset, path.stat().st_size if path.exists() else 0)
         final = end_event_data(_final_info(srv, project, build_id, shows_path),
                                raw.get("Status"), raw.get("ExitCode"))
-        stream = sse_stream(None, path, offset, lambda: final, gone=gone)
+        stream = sse_stream(None, path, offset, lambda: final, gone=gone, render=render)
     # the thread is held until the stream closes: on its end, or when the client hangs up
     give_back = capacity().waits.take()
     response = Response(stream, mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     response.call_on_close(give_back)
+    if render is not None:
+        response.call_on_close(render.close)
     return response
 
 

@@ -56,6 +56,7 @@ from ..safe_tree import (
     read_exactly,
     walk,
 )
+from . import views
 from .capacity import capacity
 
 bp = Blueprint("artifacts", __name__)
@@ -327,6 +328,8 @@ def get_manifest(project: str, build_id: str):
     response = Response(wrap_file(request.environ, manifest.file), mimetype="application/json",
                         direct_passthrough=True)
     response.content_length = manifest.end - manifest.start  # the file's last line is not sent
+    if views.wants_page():  # a browser: the same manifest as a page
+        return views.manifest_page(project, build_id, response)
     return response
 
 

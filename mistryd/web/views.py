@@ -1,29 +1,38 @@
-"""HTML pages for people: dashboard, history, project, build, full log.
+"""HTML pages for people: dashboard, history, project, build, full log, artifact manifest.
 
 Lists come from the SQLite index only (see history.py); the build page reads one build's folder
 at most. Everything from builds is escaped by Jinja2's autoescaping in the templates and by
-textContent in static/mistryd.js; nothing here marks text as safe.
+textContent in static/mistryd.js; the only markup made from a build's text is a log line, which
+ansi2html escapes and colours (logview.py).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import mimetypes
 import os
+import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
+from flask.sansio.blueprints import BlueprintSetupState
 
 from .. import history, leases, safe_tree
 from ..jobs import record_status
-from ..logs import open_log
+from ..logs import IMAGE, Marks, open_log, open_marks
 from ..names import name_problem
 from ..server import Server
 from ..store import BuildRow, Status
+from . import logview
 
 bp = Blueprint("views", __name__)
+log = logging.getLogger("mistryd")
 
 LOG_TAIL_LINES = 2000
 LOG_TAIL_BYTES = 2 << 20  # a tail of a few huge lines is cut here, at a line boundary
@@ -32,6 +41,31 @@ MAX_ARTIFACTS = 1000
 
 def server() -> Server:
     return current_app.extensions["mistryd"]
+
+
+# --- the dashboard's charts over time: a point a minute, written on the way of a request ------
+
+
+@bp.record_once
+def _add_sampler(state: BlueprintSetupState) -> None:
+    state.app.extensions["mistryd.sampler"] = history.Sampler()
+
+
+@bp.before_app_request
+def sample_for_charts() -> None:
+    """At most once a minute (one float compare on every other request, the hit path's too)."""
+    sampler: history.Sampler = current_app.extensions["mistryd.sampler"]
+    now = time.time()
+    if not sampler.due(now):
+        return
+    srv = server()
+    flights = srv.scheduler.flights()
+    running = sum(1 for f in flights if f.running)
+    try:
+        sampler.sample(srv.store, history.cache_use(srv.metrics), len(flights) - running,
+                       running, now)
+    except sqlite3.Error as e:  # a full disk or a busy index: a gap in a chart, not a failed request
+        log.warning("mistryd: could not record the dashboard's chart point: %s", e)
 
 
 # --- lists ------------------------------------------------------------------------------------
@@ -43,11 +77,16 @@ def dashboard():
     flights = srv.scheduler.flights()
     running = sorted((f for f in flights if f.running), key=lambda f: f.job.queued_at)
     queued = sorted((f for f in flights if not f.running), key=lambda f: f.job.queued_at)
+    cache = history.cache_use(srv.metrics)
+    sampler: history.Sampler = current_app.extensions["mistryd.sampler"]
+    now = time.time()
     return render_template(
         "index.html", running=running, queued=queued,
         recent=history.recent_finished(srv.store, limit=20),
-        counts=history.status_counts(srv.store), cache=history.cache_use(srv.metrics),
+        counts=history.status_counts(srv.store), cache=cache,
         projects=srv.projects.names(), statuses=[s.value for s in Status],
+        timeline=history.timeline(srv.store, now, current=sampler.current(
+            cache, len(queued), len(running), now)),
     )
 
 
@@ -71,10 +110,15 @@ def project_page(project: str):
                                     request.args.get("group", ""))
     page = history.page_of(srv.store, filters, _page_number())
     flights = [f for f in srv.scheduler.flights() if f.job.project == project]
+    newest = srv.store.history(project, limit=1)
     return render_template(
         "project.html", project=project, known=known, page=page, filters=filters,
         groups=history.latest_per_group(srv.store, project), flights=flights,
         counts=history.status_counts(srv.store, project), statuses=[s.value for s in Status],
+        durations=history.project_chart(srv.store, project),
+        form_group=newest[0].group if newest else "",
+        form_params="\n".join(f"{k}={v}" for k, v in sorted(newest[0].params.items()))
+        if newest else "",
     )
 
 
@@ -122,13 +166,27 @@ class Artifact:
     path: str
     size: int
     url: str
+    view_url: str | None  # text: opens in the browser
 
 
 @dataclass
 class LogTail:
-    lines: list[str] = field(default_factory=list)
+    lines: list[logview.LogLine] = field(default_factory=list)
+    image: list[logview.LogLine] = field(default_factory=list)  # the image build's lines first
     skipped_bytes: int = 0  # bytes before the first shown line
     end: int = 0  # the byte offset after the last shown line: where the live stream resumes
+
+    @property
+    def count(self) -> int:
+        return len(self.lines) + len(self.image)
+
+    def split_image(self) -> LogTail:
+        """The leading lines of the image build apart, so the page can fold them."""
+        n = 0
+        while n < len(self.lines) and self.lines[n].stream == IMAGE:
+            n += 1
+        self.image, self.lines = self.lines[:n], self.lines[n:]
+        return self
 
 
 @dataclass
@@ -153,6 +211,17 @@ class BuildPage:
     artifacts: list[Artifact]
     artifacts_truncated: bool
     log: LogTail
+    queue_position: int | None = None  # 1 = next to start
+    queue_length: int = 0
+
+    @property
+    def resubmit(self) -> dict:
+        """The POST /jobs body that asks for this build again (its '_' params are not kept)."""
+        return {"project": self.project, "params": self.params, "group": self.group}
+
+    @property
+    def manifest_url(self) -> str:
+        return f"/artifacts/{quote(self.project, safe='')}/{quote(self.id, safe='')}/"
 
     @property
     def artifacts_tar_url(self) -> str:
@@ -168,7 +237,7 @@ def job_page(project: str, build_id: str):
     if page is None:
         return _not_found(f"No build {project}/{build_id}. Builds are listed on the dashboard; "
                           "a build removed by garbage collection is gone.")
-    return render_template("job.html", b=page, tail_limit=LOG_TAIL_LINES)
+    return render_template("job.html", b=page, tail_limit=LOG_TAIL_LINES, now=time.time())
 
 
 def build_page(srv: Server, project: str, build_id: str) -> BuildPage | None:
@@ -196,12 +265,17 @@ def build_page(srv: Server, project: str, build_id: str) -> BuildPage | None:
         params, group = info.get("Params") or {}, info.get("Group") or ""
 
     log = LogTail()
+    path = srv.log_path(project, build_id)
     if live and job is not None and job.log.path is not None:
         # pending/ first; if the build finished meanwhile, its folder is now in ready/
-        log = _log_tail(open_log(job.log, srv.log_path(project, build_id)), whole_lines_only=True)
+        log = _with_marks(_log_tail(open_log(job.log, path), whole_lines_only=True),
+                          open_marks(job.log, path))
     elif finished:
-        log = _log_tail(open_log(None, srv.log_path(project, build_id)), whole_lines_only=False)
+        log = _with_marks(_log_tail(open_log(None, path), whole_lines_only=False),
+                          open_marks(None, path))
     artifacts, truncated = _artifacts(srv, project, build_id) if finished else ([], False)
+    position, queue_length = _queue_position(srv, project, build_id) \
+        if live and flight is not None and not flight.running else (None, 0)
     duration = info.get("Duration")
     return BuildPage(
         project=project, id=build_id, group=group, params=dict(params), status=status,
@@ -219,13 +293,35 @@ def build_page(srv: Server, project: str, build_id: str) -> BuildPage | None:
         served_from_cache=bool(row is not None and finished and row.finished_at is not None
                                and row.last_used > row.finished_at + 0.001),
         artifacts=artifacts, artifacts_truncated=truncated, log=log,
+        queue_position=position, queue_length=queue_length,
     )
+
+
+def _queue_position(srv: Server, project: str, build_id: str) -> tuple[int | None, int]:
+    """(1-based place among the queued builds, how many are queued), by the time they came."""
+    queued = sorted((f for f in srv.scheduler.flights() if not f.running),
+                    key=lambda f: f.job.queued_at)
+    for i, f in enumerate(queued, start=1):
+        if (f.job.project, f.job.id) == (project, build_id):
+            return i, len(queued)
+    return None, len(queued)
+
+
+def _with_marks(raw: RawTail, marks: Marks | None) -> LogTail:
+    """The tail's lines rendered (colours as escaped HTML, stream and time from the marks)."""
+    try:
+        lines = logview.render(raw.lines, raw.skipped_bytes, marks)
+    finally:
+        if marks is not None:
+            marks.close()
+    return LogTail(lines, skipped_bytes=raw.skipped_bytes, end=raw.end).split_image()
 
 
 def _artifacts(srv: Server, project: str, build_id: str) -> tuple[list[Artifact], bool]:
     """The build's artifact files (at most MAX_ARTIFACTS), read as every reader of a build
     folder reads it: under a lease, from descriptors, never following a link."""
     base = f"/artifacts/{quote(project, safe='')}/{quote(build_id, safe='')}/"
+    view_base = f"/job/{quote(project, safe='')}/{quote(build_id, safe='')}/view/"
     found: list[Artifact] = []
     try:
         with leases.reading(srv.layout.ready(project, build_id)) as build_fd:
@@ -235,7 +331,9 @@ def _artifacts(srv: Server, project: str, build_id: str) -> tuple[list[Artifact]
                     if entry.type != "file":
                         continue
                     found.append(Artifact(entry.path, entry.size,
-                                          base + quote(entry.path, safe="/")))
+                                          base + quote(entry.path, safe="/"),
+                                          view_base + quote(entry.path, safe="/")
+                                          if is_text(entry.path) else None))
                     if len(found) > MAX_ARTIFACTS:
                         return found[:MAX_ARTIFACTS], True
             finally:
@@ -247,13 +345,20 @@ def _artifacts(srv: Server, project: str, build_id: str) -> tuple[list[Artifact]
     return found, False
 
 
+@dataclass
+class RawTail:
+    lines: list[tuple[int, str]] = field(default_factory=list)  # (offset after the line, text)
+    skipped_bytes: int = 0
+    end: int = 0
+
+
 def _log_tail(f: BinaryIO | None, whole_lines_only: bool,
-              max_lines: int = LOG_TAIL_LINES, max_bytes: int = LOG_TAIL_BYTES) -> LogTail:
+              max_lines: int = LOG_TAIL_LINES, max_bytes: int = LOG_TAIL_BYTES) -> RawTail:
     """The last `max_lines` lines of the open log `f` (closed here), read backwards from the end
     so a 100k-line log costs no more than a short one. For a running build only whole lines:
     the page resumes the live stream at `end`, and a partial line arrives with its newline."""
     if f is None:
-        return LogTail()
+        return RawTail()
     with f:
         size = os.fstat(f.fileno()).st_size
         block = 64 << 10
@@ -277,8 +382,107 @@ def _log_tail(f: BinaryIO | None, whole_lines_only: bool,
         tail = b"\n".join(lines) + (b"\n" if data.endswith(b"\n") else b"")
         while lines and len(tail) > max_bytes:
             tail = tail[len(lines.pop(0)) + 1:]
-        return LogTail([line.decode("utf-8", "replace") for line in lines],
+        start = end - len(tail)
+        ends = []
+        for line in lines:
+            start += len(line) + 1
+            ends.append(min(start, end))  # a last line without its newline ends at `end`
+        return RawTail([(e, line.decode("utf-8", "replace")) for e, line in zip(ends, lines,
+                                                                                 strict=True)],
                        skipped_bytes=end - len(tail), end=end)
+
+
+# --- artifacts for people: text opens in the browser, the manifest as a page -----------------
+
+# text kinds that mimetypes does not call text/*
+TEXT_KINDS = frozenset({"application/json", "application/xml", "application/javascript",
+                        "application/x-sh", "application/toml", "application/yaml",
+                        "application/x-yaml", "image/svg+xml"})
+TEXT_SUFFIXES = frozenset({".log", ".md", ".yaml", ".yml", ".toml", ".ini", ".cfg", ".conf",
+                           ".txt", ".csv", ".tsv", ".diff", ".patch", ".lock", ".sum", ".mod",
+                           ".rst", ".properties", ".gradle", ".env", ".out"})
+
+
+def is_text(path: str) -> bool:
+    """Whether an artifact's name says it is text (it then opens in the browser as plain text)."""
+    name = path.rsplit("/", 1)[-1].lower()
+    kind, _ = mimetypes.guess_type(name, strict=False)
+    suffix = name[name.rfind("."):] if "." in name else ""
+    return bool(kind and (kind.startswith("text/") or kind in TEXT_KINDS)) or \
+        suffix in TEXT_SUFFIXES
+
+
+@bp.get("/job/<project>/<build_id>/view/<path:subpath>")
+def view_artifact(project: str, build_id: str, subpath: str):
+    """An artifact shown in the browser, whatever it holds, as plain UTF-8 text: never as HTML or
+    script of this origin (`text/plain`, `nosniff`, and a sandbox for good measure). The bytes
+    are the download's (artifacts.py: the same lease, checks, ranges and caching)."""
+    from . import artifacts
+
+    response = artifacts.get_file(project, build_id, subpath)
+    response.mimetype = "text/plain"  # Flask adds "; charset=utf-8"
+    response.headers["Content-Disposition"] = "inline"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
+    return response
+
+
+def wants_page() -> bool:
+    """A browser's page load (text/html over JSON); `*/*` alone, as curl and clients send,
+    keeps JSON."""
+    accept = request.accept_mimetypes
+    return accept["text/html"] > accept["application/json"]
+
+
+@dataclass
+class ManifestEntry:
+    path: str
+    type: str
+    size: int
+    mode: int
+    sha256: str
+    target: str
+    download_url: str
+    view_url: str | None
+
+
+def manifest_page(project: str, build_id: str, manifest: Response):
+    """The artifact manifest (GET /artifacts/<project>/<id>/) as a page, read from the JSON answer
+    artifacts.py made: one entry a line, the first MAX_ARTIFACTS of them."""
+    entries: list[ManifestEntry] = []
+    more = False
+    base = f"/artifacts/{quote(project, safe='')}/{quote(build_id, safe='')}/"
+    view = f"/job/{quote(project, safe='')}/{quote(build_id, safe='')}/view/"
+    try:
+        for line in _lines(manifest.response):
+            line = line.strip().lstrip(b",")
+            if not (line.startswith(b'{"path"') and line.endswith(b"}")):
+                continue
+            if len(entries) == MAX_ARTIFACTS:
+                more = True
+                break
+            e = json.loads(line)
+            path = str(e.get("path", ""))
+            kind = str(e.get("type", ""))
+            entries.append(ManifestEntry(
+                path=path, type=kind, size=int(e.get("size") or 0), mode=int(e.get("mode") or 0),
+                sha256=str(e.get("sha256", "")), target=str(e.get("target", "")),
+                download_url=base + quote(path, safe="/"),
+                view_url=view + quote(path, safe="/") if kind == "file" and is_text(path) else None))
+    finally:
+        manifest.close()
+    return render_template("manifest.html", project=project, id=build_id, entries=entries,
+                           more=more, json_url=base)
+
+
+def _lines(chunks) -> Iterator[bytes]:
+    rest = b""
+    for chunk in chunks:
+        rest += chunk
+        *lines, rest = rest.split(b"\n")
+        yield from lines
+    if rest:
+        yield rest
 
 
 @bp.get("/job/<project>/<build_id>/out.log")

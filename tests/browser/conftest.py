@@ -60,6 +60,17 @@ def screenshots() -> Path:
     return SCREENSHOTS
 
 
+DOC_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def doc_shots() -> Path:
+    """docs/screenshots/: the few pictures the README and docs/web.md show, written by the run
+    (the viewport only, not the whole page, to keep them small)."""
+    DOC_SHOTS.mkdir(parents=True, exist_ok=True)
+    return DOC_SHOTS
+
+
 class DropProxy(TcpProxy):
     """A proxy in front of the server that records what the browser sends, so a test can cut
     every open connection and see what the browser asks for afterwards."""

@@ -26,8 +26,11 @@ def test_markup_from_a_build_is_text(start_server, page):
         assert page.locator("#artifacts u").count() == 0
         page.reload()
 
-    href = page.locator("#artifacts a", has_text="underlined.txt").get_attribute("href")
-    assert href == f"/artifacts/web-evil/{build_id}/%3Cu%3Eunderlined.txt"
+    row = page.locator("#artifacts tr", has_text="underlined.txt")
+    assert row.locator("a.download").get_attribute("href") == \
+        f"/artifacts/web-evil/{build_id}/%3Cu%3Eunderlined.txt"
+    assert row.locator("a.view").get_attribute("href") == \
+        f"/job/web-evil/{build_id}/view/%3Cu%3Eunderlined.txt"
 
     page.goto(f"{rs.url}/")
     expect(page.locator("tr.build-row")).to_contain_text(HOSTILE_PARAM)

@@ -55,7 +55,7 @@ def test_dashboard_then_live_log_to_final_state(start_server, page, drop_proxy, 
     # Every line of the log exactly once, in order, and nothing else.
     full = requests.get(f"{rs.url}/job/web-ticker/{build_id}/out.log", timeout=10)
     assert full.status_code == 200
-    shown = [s.removesuffix("\n") for s in page.locator("#log > span").all_text_contents()]
+    shown = [s.removesuffix("\n") for s in page.locator("#log .ln").all_text_contents()]
     assert shown == full.text.splitlines()
     assert [s for s in shown if s.startswith("tick ")] == [f"tick {i}" for i in range(1, 7)]
 
@@ -69,8 +69,12 @@ def test_dashboard_then_live_log_to_final_state(start_server, page, drop_proxy, 
     # The artifact links point at the artifacts blueprint, with the sizes the folder has.
     sizes = page.locator("#artifacts tr", has_text="zeros.bin")
     expect(sizes).to_contain_text("2.9 KiB")
-    href = page.locator("#artifacts a", has_text="result.txt").get_attribute("href")
-    assert href == f"/artifacts/web-ticker/{build_id}/result.txt"
+    row = page.locator("#artifacts tr", has_text="result.txt")
+    assert row.locator("a.download").get_attribute("href") == \
+        f"/artifacts/web-ticker/{build_id}/result.txt"
+    # a text file opens in the browser (docs/web.md, "Artifacts")
+    assert row.locator("a.view").get_attribute("href") == \
+        f"/job/web-ticker/{build_id}/view/result.txt"
     page.screenshot(path=screenshots / "build-succeeded.png", full_page=True)
 
     # The same request again is answered from the cache: half of the requests were hits.
@@ -99,7 +103,7 @@ def test_long_log_shows_the_tail_and_offers_the_whole(start_server, page, screen
     expect(page.locator("#state .status")).to_have_text("succeeded", timeout=BUILD_TIMEOUT)
     # the `end` event came after the last line: the page shows the tail the stream delivered
     expect(page.locator("#build")).to_have_attribute("data-live", "false")
-    lines = page.locator("#log > span")
+    lines = page.locator("#log .ln")
     expect(lines).to_have_count(2000)
     expect(lines.last).to_have_text("line 100000\n", timeout=BUILD_TIMEOUT)
     expect(lines.first).to_have_text("line 98001\n")

@@ -205,6 +205,7 @@ def test_a_log_removed_before_the_finish_ends_no_stream_early(tmp_path):
     got, _ = step(early)
     assert lines(got) == ["one"]
     (build.pending / "out.log").unlink()
+    (build.pending / "out.log.marks").unlink()
     build.pending.rmdir()
     late = build.follower()
     assert step(late) == ([], False)
