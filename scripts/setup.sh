@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
-# Set up everything mistryd and its tests need, on a fresh Debian 12 machine or an old one.
+# Set up what mistryd needs, on a fresh Debian 12 machine or an old one:
+#   scripts/setup.sh run    what serving needs: Debian packages, dockerd, the base image, and a
+#                           .venv with mistryd and its runtime dependencies only (`make run`)
+#   scripts/setup.sh test   all of that, and the test, browser and benchmark tools (`make test`,
+#                           `make lint`, `make bench`; the default)
 # Idempotent: each step checks first and does nothing when its thing is already there.
-# Used by `make run`, `make test` and `make bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages (extend this list when a feature needs a new real component).
+MODE=${1:-test}
+case "$MODE" in
+  run|test) ;;
+  *) printf 'usage: %s [run|test]\n' "$0" >&2; exit 2 ;;
+esac
+
+# Debian packages (extend these lists when a feature needs a new real component). Serving needs
+# Docker, btrfs tools, rsync (the artifact daemon), debootstrap (the local base image) and what
+# builds the btrfsutil binding; the tests also run git, sshd and Chromium, the benchmarks wrk.
 PACKAGES=(
-  docker.io btrfs-progs libbtrfsutil-dev rsync debootstrap git
-  openssh-server openssh-client python3-venv python3-dev gcc
-  chromium wrk
+  docker.io btrfs-progs libbtrfsutil-dev rsync debootstrap python3-venv python3-dev gcc
 )
+if [ "$MODE" = test ]; then
+  PACKAGES+=(git openssh-server openssh-client chromium wrk)
+fi
 BASE_IMAGE=debian:bookworm-slim
-VENV=.venv
+VENV=${MISTRYD_VENV:-.venv}  # another folder for a trial set-up beside the real one
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -50,17 +62,26 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   fi
 fi
 
-# The virtualenv with mistryd installed (editable) and the test tools; redone when
-# pyproject.toml changes.
-stamp="$VENV/.installed"
-if [ ! -x "$VENV/bin/python" ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  log "installing mistryd into $VENV"
+# The virtualenv with mistryd installed (editable): for `run` with the runtime dependencies
+# only (and btrfsutil, the snapshots' binding), for `test` with the tools too. Redone when
+# pyproject.toml changes; a `test` set-up serves `run` as well.
+run_stamp="$VENV/.installed-run" test_stamp="$VENV/.installed"
+fresh() { [ -x "$VENV/bin/python" ] && [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ]; }
+if [ "$MODE" = test ]; then
+  stamp=$test_stamp extras=btrfs,test,browser,bench
+  check='import mistryd, btrfsutil, docker, flask, waitress, pytest, hypothesis, playwright'
+else
+  stamp=$run_stamp extras=btrfs
+  check='import mistryd, btrfsutil, docker, flask, waitress'
+fi
+if ! fresh "$stamp" && ! fresh "$test_stamp"; then
+  log "installing mistryd into $VENV (mistryd[$extras])"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/pip" install -q -e '.[test,btrfs,browser,bench]' 2>&1 | grep -v '^WARNING: Location' >&2 || true
-  "$VENV/bin/python" -c 'import mistryd, btrfsutil, docker, flask, waitress' \
-    || { log "the virtualenv is incomplete"; exit 1; }
+  "$VENV/bin/pip" install -q -e ".[$extras]" >"$VENV/pip-install.log" 2>&1 \
+    || { cat "$VENV/pip-install.log" >&2; log "pip install failed (above)"; exit 1; }
+  "$VENV/bin/python" -c "$check" || { log "the virtualenv is incomplete"; exit 1; }
   touch "$stamp"
 fi
 mkdir -p var/builds
-log "ready"
+log "ready ($MODE)"

@@ -1,0 +1,4 @@
+export function onReady(callback) {
+  if (document.readyState !== "loading") callback();
+  else document.addEventListener("DOMContentLoaded", callback);
+}
