@@ -33,20 +33,20 @@ def run(env: Env) -> list[Row]:
     # the fetched trees stay until the figure is done: ext4 makes a new tree slowly for about
     # 30 s after another was deleted (it skips recently freed inodes one by one, in the
     # kernel's find_inode_bit/recently_deleted), which made every fetch 1 to 9 s slower, at random
-    kept: list = []
+    fetched: list = []
 
     def fetch(client: str, command, again: bool = True) -> None:
         target = targets.new()
         for name in (client, f"{client} again") if again else (client,):
             samples[name].append(run_timed(command(target)))
             expect.check(target)
-        kept.append(target)
+        fetched.append(target)
 
     def cp() -> None:
         target = targets.new()
         samples["cp"].append(run_timed(["cp", "-a", f"{source}/.", str(target)]))
         expect.check(target)
-        kept.append(target)
+        fetched.append(target)
 
     # the first round warms up (page cache, the server's manifest) and is not kept; a slow
     # client gets fewer rounds (at least one) so that `make bench` stays within minutes
@@ -60,7 +60,7 @@ def run(env: Env) -> list[Row]:
         if rep == 0:
             for kept in samples.values():
                 kept.clear()
-    for target in kept:
+    for target in fetched:
         shutil.rmtree(target)
     if builds_started(side.srv) != builds:
         raise RuntimeError("a fetch started a build: the figures are not of cache hits")

@@ -253,8 +253,18 @@ class Client:
 
     # --- artifacts ------------------------------------------------------------------------------
 
-    def manifest(self, project: str, build_id: str) -> dict:
-        return self._json(self.request("GET", f"artifacts/{project}/{build_id}/"), "entries")
+    def manifest(self, project: str, build_id: str, busy_retries: int = 15) -> dict:
+        """The build's artifact manifest. A server computing too many at once answers 503 with
+        Retry-After: that is waited out, `busy_retries` times at most."""
+        for attempt in range(busy_retries + 1):
+            try:
+                return self._json(self.request("GET", f"artifacts/{project}/{build_id}/"),
+                                  "entries")
+            except ServerError as e:
+                if e.status != 503 or e.retry_after is None or attempt == busy_retries:
+                    raise
+                time.sleep(e.retry_after)
+        raise AssertionError("unreachable")
 
     def fetch(self, info: dict, target: str, clear_target: bool = False,
               progress: bool = False) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20
 RETRIES = 3
+BUSY_RETRIES = 15  # a 503 on a stream is waited out (Retry-After) this often, then files one by one
 WHOLE = 16 << 20  # a streamed file up to this size is taken in the pieces it came in, at once
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -109,6 +111,7 @@ class Download:
         them, resumed after each cut."""
         pending = collections.deque(files)
         stop = files[-1] + 1
+        busy = 0
         while pending:
             try:
                 self._stream_once(entries, pending, stop)
@@ -120,7 +123,11 @@ class Download:
                 if e.status != 503:
                     raise TransferError(f"the artifact stream of {self.project}/{self.build_id} "
                                         f"was refused: {e.message}") from None
-                for i in pending:  # the server has no stream to spare: one GET each
+                busy += 1
+                if e.retry_after is not None and busy <= BUSY_RETRIES:
+                    time.sleep(e.retry_after)  # streams are busy now: one is free again soon
+                    continue
+                for i in pending:  # the server keeps having no stream to spare: one GET each
                     self.one(entries[i])
                 return
 
@@ -167,6 +174,9 @@ class Download:
         stream had written of it before it broke (`failed`)."""
         url = f"artifacts/{self.project}/{self.build_id}/{quote(entry['path'])}"
         sink = sink or self._sink(entry)
+        if entry["size"] == 0:  # nothing to ask for (its hash is still checked)
+            self._done(entry, sink.finish())
+            return
         attempts = 0 if failed is None else 1
         try:
             while True:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 import urllib.parse
 import urllib.request
 
 import pytest
+import requests
 from client_helpers import (
     CuttingProxy,
     RecordingProxy,
@@ -18,6 +21,7 @@ from client_helpers import (
     port_of,
     run_mistry,
 )
+from support import shut, wait_for
 
 from mistry_client import parallel
 
@@ -185,3 +189,37 @@ def expected_sha(target) -> str:
     import hashlib
 
     return hashlib.sha256((target / "mine.txt").read_bytes()).hexdigest()
+
+
+def test_a_busy_stream_pool_is_waited_out_not_replaced_by_a_get_per_file(start_server, tmp_path):
+    """Every artifact stream slot is taken (two, with 8 request threads) by readers that do not
+    read: the client's streams are answered 503 + Retry-After, and it asks again when told,
+    instead of falling back to one GET per file; the holders let go after 3 s."""
+    server = start_server(projects=(PROJECT, "client-big"), http_threads=8)
+    many_id = server.build(PROJECT)["ID"]
+    big_id = server.build("client-big")["ID"]
+    # the manifest is computed now (a cached one takes no slot): the streams are what waits
+    assert requests.get(f"{server.url}/artifacts/{PROJECT}/{many_id}/", timeout=30).ok
+    holders = []
+    for _ in range(2):  # a tar of 100 MB, not read: its stream waits on a full socket
+        s = socket.create_connection(("127.0.0.1", port_of(server.url)))
+        s.sendall(f"GET /artifacts/client-big/{big_id}.tar?start=0 HTTP/1.1\r\n"
+                  f"Host: 127.0.0.1:{port_of(server.url)}\r\n\r\n".encode())
+        holders.append(s)
+    wait_for(lambda: 'mistryd_request_slots_in_use{kind="artifacts"} 2.0' in
+             requests.get(f"{server.url}/metrics", timeout=10).text, timeout=30)
+    release = threading.Timer(3.0, lambda: [shut(s) for s in holders])
+    release.start()
+    recorder = RecordingProxy(port_of(server.url))
+    try:
+        r = run_mistry(["build", "--project", PROJECT, "-t", str(tmp_path / "out")],
+                       port=recorder.port, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    finally:
+        release.join()
+        recorder.close()
+    assert r.returncode == 0, r.stderr
+    artifacts = server.build_path / PROJECT / "ready" / many_id / "data" / "artifacts"
+    assert exact_tree_of(tmp_path / "out") == exact_tree_of(artifacts)
+    streams = [_run_of(line) for line in _tars(recorder)]
+    assert len(streams) > len(set(streams)), streams  # a run was asked for again: it waited
+    assert _file_gets(recorder) == []
