@@ -213,8 +213,13 @@ def _start_stream(url: str) -> tuple[requests.Response, object]:
 def test_a_tar_whose_files_change_mid_stream_is_cut_not_finished_short(start_server):
     server = start_server(projects=("sec-art-tar",))
     info = server.build("sec-art-tar")
-    z = _folder(server, info) / "data" / "artifacts" / "z.txt"
+    folder = _folder(server, info)
+    z = folder / "data" / "artifacts" / "z.txt"
     url = f"{_base(server, info)}.tar"
+    # the first .tar request starts keeping the build's tar in the background; once kept, later
+    # requests are sent from that snapshot, which no change to the files can reach. A folder in its
+    # place keeps none, so that every request here streams from the files.
+    (folder / "artifacts.tar").mkdir()
 
     def vanish():
         z.unlink()
