@@ -50,6 +50,7 @@ class Job:
     # recorded (the queue's finish under the worker's lease), and whether the lease was lost
     started_at: float | None = None
     record: Callable[[Outcome], None] | None = None
+    note_log: Callable[[str], None] | None = None  # tells readers elsewhere which file the log is
     recorded: bool = False
     lease_lost: threading.Event = field(default_factory=threading.Event)
 
@@ -114,6 +115,8 @@ class Builder:
             if info.Incremental:
                 self.metrics.builds_incremental.labels(project).inc()
             job.log.open(pending / LOG_FILE)
+            if job.note_log is not None and job.log.identity is not None:
+                job.note_log("{}:{}".format(*job.log.identity))
             t = time.time()
             try:
                 image = self.runner.ensure_image(project, job.context, job.fingerprint, job.log,

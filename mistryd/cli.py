@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import sys
 import threading
@@ -51,10 +52,14 @@ def main(ctx: click.Context, config_path, addr, filesystem):
     With no command it serves the HTTP API and web view.
     """
     if ctx.invoked_subcommand is None:
-        serve(_load(ctx, config_path, addr, filesystem))
+        config = _load(ctx, config_path, addr, filesystem)
+        # a builder process loads the same file with the same storage choice
+        child_args = ["--config", os.path.abspath(config_path)] + \
+            (["--filesystem", filesystem] if filesystem else [])
+        serve(config, child_args)
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, child_args: list[str]) -> None:
     from .gc import startup_disk_problem
     from .server import Server
     from .web import create_app
@@ -65,6 +70,11 @@ def serve(config: Config) -> None:
     if problem := startup_disk_problem(config.build_path):
         click.echo(f"mistryd: {problem}", err=True)
         sys.exit(EXIT_USAGE)
+    if config.builder_processes:  # builds are counted where they run: /metrics adds them up
+        from .layout import Layout
+        from .metrics import share_between_processes
+
+        share_between_processes(Layout(config.build_path).state_dir() / "metrics")
     try:
         server = Server(config)
         # the port first, then build_path's lock, and only then recovery: a second `mistryd`
@@ -80,6 +90,7 @@ def serve(config: Config) -> None:
         click.echo(f"mistryd: config: addr: {config.addr} is already in use (another mistryd? "
                    "see `ss -ltnp`); choose another with --addr", err=True)
         sys.exit(EXIT_USAGE)
+    builders = _start_builders(config, server, child_args)
     rsyncd = _start_rsyncd(config, server)
     logging.getLogger("mistryd").info(access_control_line(config))
     if warning := startup_warning(config):
@@ -88,6 +99,9 @@ def serve(config: Config) -> None:
     def shut_down() -> None:
         """New builds get 503 while running ones finish (their waiters are still answered);
         then the HTTP server closes."""
+        if builders is not None:
+            server.scheduler.refuse_new()
+            builders.stop(config.shutdown_grace)
         server.stop()
         stop_http_server(http)
 
@@ -109,7 +123,20 @@ def serve(config: Config) -> None:
         if rsyncd is not None:
             rsyncd.stop()
         if not shutting_down.is_set():
+            if builders is not None:
+                builders.stop(config.shutdown_grace)
             server.stop()
+
+
+def _start_builders(config: Config, server, child_args: list[str]):
+    """The builder processes (config `builder_processes`; none: builds run in this process)."""
+    if config.builder_processes == 0:
+        return None
+    from .builders import BuilderProcesses
+
+    builders = BuilderProcesses(config.builder_processes, child_args, server.builder_gone)
+    builders.start()
+    return builders
 
 
 def access_control_line(config: Config) -> str:

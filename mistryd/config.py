@@ -170,6 +170,9 @@ class Config:
     mounts: Mounts = dataclasses.field(default_factory=dict)
     job_concurrency: AtLeastOne = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
     job_backlog: NotNegative | None = None  # None: 2 x job_concurrency, as upstream
+    # builds run in this many processes of their own, job_concurrency each (0: in the serving
+    # process): restarting or losing one never stops the server, and a dead one's jobs run again
+    builder_processes: Annotated[StrictInt, Field(ge=0, le=64)] = 1
     addr: HostPort = DEFAULT_ADDR
     filesystem: Filesystem = "auto"
     network_mode: NetworkMode = "bridge"

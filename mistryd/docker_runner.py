@@ -646,6 +646,11 @@ class DockerRunner:
                 continue
             self._left_behind.discard(name)
 
+    def remove_container(self, name: str) -> None:
+        """Remove a build container, running or not (one a dead builder process left)."""
+        with self._talking_to_docker("could not remove a build container"):
+            self._remove_container(name)
+
     def _remove_container(self, name: str) -> None:
         try:
             self.client.api.remove_container(name, force=True, v=True)

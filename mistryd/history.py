@@ -12,9 +12,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter
-
-from .metrics import Metrics, UpstreamCounter
+from .metrics import Metrics
 from .store import BuildRow, Status, Store
 
 PAGE_SIZE = 50
@@ -134,21 +132,10 @@ class CacheUse:
         return None if self.requests == 0 else self.hits / self.requests
 
 
-def _counter_total(counter: Counter | UpstreamCounter) -> int:
-    """The sum over all label sets. A prometheus_client Counter names its samples `<name>_total`
-    (and adds `<name>_created`); upstream-named counters use the bare name."""
-    total = 0.0
-    for metric in counter.collect():
-        for sample in metric.samples:
-            if sample.name in (metric.name, metric.name + "_total"):
-                total += sample.value
-    return int(total)
-
-
 def cache_use(metrics: Metrics) -> CacheUse:
-    return CacheUse(hits=_counter_total(metrics.cache_hits),
-                    started=_counter_total(metrics.builds_started),
-                    coalesced=_counter_total(metrics.builds_coalesced))
+    return CacheUse(hits=metrics.total(metrics.cache_hits),
+                    started=metrics.total(metrics.builds_started),
+                    coalesced=metrics.total(metrics.builds_coalesced))
 
 
 # --- charts -------------------------------------------------------------------------------------

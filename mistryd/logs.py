@@ -108,9 +108,17 @@ class Marks:
         return out
 
 
+TAIL_LOOK = 0.1  # how often a log written by another process is looked at while followed
+
+
 class LiveLog:
+    """A running build's log. In the process that builds it, the builder writes it here and
+    wakes the followers; in another process (a builder process builds, the API tier serves the
+    followers) it follows the file the builder writes (`follow_file`)."""
+
     def __init__(self):
         self._cond = threading.Condition()
+        self._locate: Callable[[], tuple[Path, tuple[int, int]] | None] | None = None
         self.path: Path | None = None
         self._file = None
         # (st_dev, st_ino) of the log file: a follower that opens it by name after the finish
@@ -180,13 +188,46 @@ class LiveLog:
             self.end_payload = end_payload or {}
             self._cond.notify_all()
 
+    def follow_file(self, locate: Callable[[], tuple[Path, tuple[int, int]] | None]) -> None:
+        """Another process writes this log: `locate` says where its file is and which file it
+        is ((st_dev, st_ino)), or None until the builder has opened it. Followers then look at
+        the file every TAIL_LOOK seconds instead of being woken by each write; `finish` still
+        wakes them at once."""
+        self._locate = locate
+
+    def refresh(self) -> None:
+        """Look at a log written by another process now (path, size); nothing for our own."""
+        with self._cond:
+            self._look()
+
+    def _look(self) -> None:
+        if self._locate is None or self.finished:
+            return
+        if self.path is None:
+            found = self._locate()
+            if found is None:
+                return
+            self.path, self.identity = found
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return  # published meanwhile: the finish comes next
+        if (st.st_dev, st.st_ino) == self.identity:
+            self.size = st.st_size
+
     def wait(self, seen_size: int, timeout: float) -> None:
         """Block until the log grows past `seen_size`, it finishes, or `timeout` passes."""
+        def more() -> bool:
+            self._look()
+            return self.finished or (self.path is not None and self.size > seen_size)
+
         with self._cond:
-            self._cond.wait_for(
-                lambda: self.finished or (self.path is not None and self.size > seen_size),
-                timeout=timeout,
-            )
+            if self._locate is None:
+                self._cond.wait_for(more, timeout=timeout)
+                return
+            deadline = time.monotonic() + timeout
+            while not more() and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(min(TAIL_LOOK, left))
 
 
 def end_event_data(info: dict | None, status: str | None, exit_code: int | None) -> dict:

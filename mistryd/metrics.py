@@ -1,55 +1,82 @@
-"""Prometheus metrics with upstream mistry's names, in a registry of the server's own."""
+"""Prometheus metrics with upstream mistry's names, in a registry of the server's own.
+
+With builder processes (config `builder_processes`), builds are counted where they run and hits
+where they are answered: every process keeps its values in prometheus_client's multiprocess files
+(`share_between_processes`, before prometheus_client is imported), and /metrics and the dashboard
+add them up, so their figures are the whole server's.
+"""
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
+import os
+from collections.abc import Iterator
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 
 BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable
+
+
+def share_between_processes(folder: Path) -> None:
+    """Keep this process's metric values in `folder`, beside its other processes' (the processes
+    it starts inherit it). Call it before the first metric is made."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROCESS_DIR] = str(folder)
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()  # prometheus_client read the variable at import
+
+
+def forget_other_processes() -> None:
+    """At the start of a server (build_path's lock held): the values of earlier processes go, so
+    counters start at zero with the server, as in one process."""
+    folder = os.environ.get(MULTIPROCESS_DIR)
+    if not folder:
+        return
+    mine = f"_{os.getpid()}.db"
+    for entry in Path(folder).iterdir():
+        if entry.name.endswith(".db") and not entry.name.endswith(mine):
+            entry.unlink(missing_ok=True)
+
+
+def process_gone(pid: int) -> None:
+    """A process that shared its values died: its live gauges stop counting."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
 
 
 class UpstreamCounter:
-    """A per-project counter exposed under upstream's exact name. prometheus_client would add
-    `_total` to a Counter, which breaks dashboards built on upstream, so this one is exposed
-    untyped with the name as it was."""
+    """A per-project counter exposed under upstream's exact name (exposition renames it:
+    prometheus_client would add `_total`, which breaks dashboards built on upstream)."""
 
     def __init__(self, name: str, documentation: str, registry: CollectorRegistry):
-        self.name, self.documentation = name, documentation
-        self._values: dict[str, float] = defaultdict(float)
-        self._lock = threading.Lock()
-        registry.register(self)
+        self.name = name
+        self._counter = Counter(name, documentation, ["project"], registry=registry)
+        UPSTREAM_NAMES.add(name)
 
-    def labels(self, project: str) -> _Child:
-        return _Child(self, project)
+    def labels(self, project: str):
+        return self._counter.labels(project)
 
     def value(self, project: str) -> float:
-        return self._values.get(project, 0.0)
-
-    def collect(self):
-        metric = Metric(self.name, self.documentation, "unknown")
-        with self._lock:
-            for project, value in sorted(self._values.items()):
-                metric.add_sample(self.name, {"project": project}, value)
-        yield metric
+        """This process's count for `project`."""
+        return sum(s.value for m in self._counter.collect() for s in m.samples
+                   if s.name == self.name + "_total" and s.labels.get("project") == project)
 
 
-class _Child:
-    def __init__(self, counter: UpstreamCounter, project: str):
-        self.counter, self.project = counter, project
-
-    def inc(self, amount: float = 1) -> None:
-        with self.counter._lock:
-            self.counter._values[self.project] += amount
+UPSTREAM_NAMES: set[str] = set()
 
 
 class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.builds_hosted = Gauge("mistry_builds_hosted", "Builds kept on disk", registry=r)
+        # set by the serving process, added to by builders, taken from by GC: the sum is right
+        self.builds_hosted = Gauge("mistry_builds_hosted", "Builds kept on disk", registry=r,
+                                   multiprocess_mode="sum")
         self.builds_started = UpstreamCounter("mistry_builds_started", "Builds started", r)
         self.builds_finished = UpstreamCounter("mistry_builds_finished", "Builds finished", r)
         self.builds_coalesced = UpstreamCounter(
@@ -64,8 +91,11 @@ class Metrics:
         self.failed_seconds = Histogram("mistry_builds_failed_seconds",
                                         "Duration of failed builds", ["project"],
                                         buckets=BUCKETS, registry=r)
-        self.queued = Gauge("mistryd_jobs_queued", "Builds waiting for a worker", registry=r)
-        self.running = Gauge("mistryd_jobs_running", "Builds running", registry=r)
+        # the queue's own counts, set by whichever process saw the last change
+        self.queued = Gauge("mistryd_jobs_queued", "Builds waiting for a worker", registry=r,
+                            multiprocess_mode="mostrecent")
+        self.running = Gauge("mistryd_jobs_running", "Builds running", registry=r,
+                             multiprocess_mode="mostrecent")
         self.rejected = Counter("mistryd_jobs_rejected", "Requests refused because the backlog "
                                 "was full", registry=r)
         self.builds_refused = Counter(
@@ -74,12 +104,54 @@ class Metrics:
         self.request_slots = Gauge(
             "mistryd_request_slots", "Request threads that long requests of each kind may hold "
             "at once (waits: build waiters and log followers; artifacts: manifests and .tar)",
-            ["kind"], registry=r)
+            ["kind"], registry=r, multiprocess_mode="livesum")
         self.request_slots_in_use = Gauge(
             "mistryd_request_slots_in_use", "Request threads held by long requests of each kind",
-            ["kind"], registry=r)
+            ["kind"], registry=r, multiprocess_mode="livesum")
         self.request_slots_refused = Counter(
             "mistryd_request_slots_refused", "Long requests answered 503 because every slot of "
             "their kind was taken", ["kind"], registry=r)
         self.evicted = Counter("mistryd_builds_evicted", "Builds removed by garbage collection",
                                registry=r)
+
+    def _source(self) -> CollectorRegistry:
+        """Every process's values when they are shared, else this process's."""
+        folder = os.environ.get(MULTIPROCESS_DIR)
+        if not folder:
+            return self.registry
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, folder)
+        return registry
+
+    def exposition(self) -> bytes:
+        """/metrics: the text format, upstream's counters under their own names."""
+        return generate_latest(_Renamed(self._source()))
+
+    def total(self, counter: UpstreamCounter) -> int:
+        """A counter's sum over its projects, in every process."""
+        value = 0.0
+        for metric in self._source().collect():
+            if metric.name == counter.name:
+                value += sum(s.value for s in metric.samples if s.name == counter.name + "_total")
+        return int(value)
+
+
+class _Renamed:
+    """A registry's metrics with upstream's counters as upstream exposes them: the bare name, no
+    `_created`, untyped."""
+
+    def __init__(self, source: CollectorRegistry):
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.source.collect():
+            if metric.name not in UPSTREAM_NAMES:
+                yield metric
+                continue
+            renamed = Metric(metric.name, metric.documentation, "unknown")
+            for sample in metric.samples:
+                if sample.name == metric.name + "_total":
+                    renamed.add_sample(metric.name, sample.labels, sample.value)
+            yield renamed

@@ -89,7 +89,8 @@ class Scheduler:
                  blocked_on: Callable[[Job], threading.Event | None] | None = None,
                  queue: JobQueue | None = None,
                  make_job: Callable[[Lease], Job] | None = None,
-                 name: str = "mistryd", lease_seconds: float = LEASE_SECONDS):
+                 name: str = "mistryd", lease_seconds: float = LEASE_SECONDS,
+                 spare: Callable[[], int] | None = None):
         self._run = run
         self.concurrency = concurrency
         self.backlog = backlog
@@ -101,6 +102,9 @@ class Scheduler:
         self._parked: set[JobKey] = set()
         self._running = 0
         self._idle_workers = 0  # waiting in take: a job they are about to take is not waiting
+        # how many jobs builders are about to take (workers elsewhere: builder processes); by
+        # default this process's idle workers
+        self._spare = spare or (lambda: self._idle_workers)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._on_change = on_change or (lambda queued, running: None)
@@ -146,7 +150,7 @@ class Scheduler:
                     return hit
             with self._lock:
                 ours = self._submitted.setdefault(key, job) is job
-                backlog = None if admit else self.backlog + self._idle_workers
+                backlog = None if admit else self.backlog + self._spare()
             try:
                 admission = self.queue.submit(key, request_of(job), backlog=backlog,
                                               seen=None if force else seen, now=job.queued_at)
@@ -242,6 +246,11 @@ class Scheduler:
 
     # --- stop ---------------------------------------------------------------------------------
 
+    def refuse_new(self) -> None:
+        """Admit no new job (ShuttingDown); waiters keep waiting (builds elsewhere finish)."""
+        with self._lock:
+            self._closed = True
+
     def stop(self, grace: float = 0, reason: str = "mistryd stopped") -> None:
         """Take no new work; give running builds `grace` seconds, then cancel them. Queued jobs
         stay queued (they run after a restart); their waiters here get no result."""
@@ -321,6 +330,7 @@ class Scheduler:
         ended = threading.Event()
         job.started_at = lease.started_at
         job.record = lambda outcome: self._finish(lease, outcome, job)
+        job.note_log = lambda log_file: self._note_log(lease, log_file)
         threading.Thread(target=self._heartbeat, args=(lease, job, ended), daemon=True,
                          name=f"mistryd-heartbeat-{lease.key.id[:12]}").start()
         result: BuildInfo | None = None
@@ -357,6 +367,14 @@ class Scheduler:
             if flight is not None:
                 self._resolve(lease.key, flight, outcome)
             raise
+
+    def _note_log(self, lease: Lease, log_file: str) -> None:
+        try:
+            self.queue.note_log(lease, log_file)
+        except LeaseLost:
+            pass  # the heartbeat finds out and stops the job
+        except Exception:  # noqa: BLE001 - readers elsewhere see the log once it is published
+            log.exception("mistryd: could not note the log file of %s", lease.key)
 
     def _finish_quietly(self, lease: Lease, outcome: Outcome, job: Job | None = None) -> None:
         try:

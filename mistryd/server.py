@@ -25,9 +25,9 @@ from .gc import Collector, check_free_space
 from .hits import Hit, HitCache, wire_form
 from .jobs import BuildInfo, JobRequest, job_key, record_status
 from .layout import LOG_FILE, BuildPathInUse, Layout, lock_build_path
-from .metrics import Metrics
+from .metrics import Metrics, forget_other_processes
 from .projects import Projects
-from .queue import EmbeddedQueue, Lease
+from .queue import EmbeddedQueue, JobKey, Lease
 from .scheduler import Scheduler, Ticket
 from .storage import make_storage
 from .store import BuildRow, Status, Store
@@ -36,8 +36,14 @@ log = logging.getLogger("mistryd")
 
 
 class Server:
-    def __init__(self, config: Config, runner: DockerRunner | None = None):
+    """With `builder_processes` = 0 one process does everything. Else the serving process (HTTP,
+    hits, admission, waiters) builds nothing: builder processes (mistryd/builders.py) do, each a
+    Server made with its `builder_name`."""
+
+    def __init__(self, config: Config, runner: DockerRunner | None = None,
+                 builder_name: str | None = None):
         self.config = config
+        self.builds_here = builder_name is not None or config.builder_processes == 0
         self.layout = Layout(config.build_path)
         self.layout.make_private()
         self.projects = Projects(config.projects_path)
@@ -49,11 +55,13 @@ class Server:
         self.builder = Builder(self.layout, self.store, self.storage, self.runner, self.metrics,
                                uid=config.container_uid, gid=config.container_gid)
         self.queue = EmbeddedQueue(self.store)
-        self.scheduler = Scheduler(self.builder.run, config.job_concurrency, config.backlog,
-                                   on_change=self._queue_changed,
+        self.scheduler = Scheduler(self.builder.run,
+                                   config.job_concurrency if self.builds_here else 0,
+                                   config.backlog, on_change=self._queue_changed,
                                    on_cancel_queued=self.builder.cancelled_info,
                                    blocked_on=self._image_being_built, queue=self.queue,
-                                   make_job=self._job_of)
+                                   make_job=self._job_of, name=builder_name or "mistryd",
+                                   spare=None if self.builds_here else self._spare_builders)
         self._lock_fd: int | None = None  # build_path's lock, held from start() to stop()
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -65,6 +73,7 @@ class Server:
             self._lock_fd = lock_build_path(self.layout)
         except BuildPathInUse as e:
             raise ConfigError("build_path", str(e)) from None
+        forget_other_processes()
         self.recover()
         self.scheduler.start()
         self.collector = Collector.for_server(self)
@@ -73,6 +82,30 @@ class Server:
                                        + self.store.count(status=Status.FAILED))
         log.info("mistryd: storage=%s build_path=%s projects=%s", self.storage.name,
                  self.config.build_path, ", ".join(self.projects.names()) or "(none)")
+
+    def start_building(self) -> None:
+        """A builder process: take work from the queue (the serving process holds build_path's
+        lock and has recovered it)."""
+        self.scheduler.start()
+        log.info("mistryd: builder %s takes jobs (%d at a time)", self.scheduler.name,
+                 self.config.job_concurrency)
+
+    def builder_gone(self, prefix: str) -> None:
+        """A builder process died: remove its containers and queue its jobs again at once."""
+        keys = self.queue.drop_builder(prefix)
+        for key in keys:
+            try:
+                self.runner.remove_container(self.runner.container_name(key.id))
+            except MistryError as e:
+                log.warning("mistryd: the container of %s was not removed: %s", key, e.message)
+        if keys:
+            log.warning("mistryd: %d job(s) of builder %s queued again: %s", len(keys),
+                        prefix.rstrip("-"), ", ".join(map(str, keys)))
+
+    def _spare_builders(self) -> int:
+        """Jobs the builder processes are about to take: their workers not busy."""
+        total = self.config.builder_processes * self.config.job_concurrency
+        return max(0, total - self.queue.stats().running)
 
     def stop(self, grace: float | None = None) -> None:
         """Take no new work; running builds get `grace` seconds (config `shutdown_grace`) and
@@ -139,9 +172,19 @@ class Server:
 
     def make_job(self, request: JobRequest, key: tuple[str, str] | None = None) -> Job:
         build_id, fingerprint = key or self.key_of(request)
-        return Job(request=request, id=build_id, fingerprint=fingerprint,
-                   context=self.projects.root / request.project,
-                   settings=self.config.for_project(request.project))
+        job = Job(request=request, id=build_id, fingerprint=fingerprint,
+                  context=self.projects.root / request.project,
+                  settings=self.config.for_project(request.project))
+        if not self.builds_here:  # its log is written by a builder process
+            job.log.follow_file(lambda: self._log_file(JobKey(request.project, build_id)))
+        return job
+
+    def _log_file(self, key: JobKey) -> tuple[Path, tuple[int, int]] | None:
+        noted = self.queue.log_file(key)
+        if noted is None:
+            return None
+        dev, ino = noted.split(":")
+        return self.layout.pending(key.project, key.id) / LOG_FILE, (int(dev), int(ino))
 
     def key_of(self, request: JobRequest) -> tuple[str, str]:
         """(job id, project fingerprint); UnknownProject when there is no such project."""

@@ -138,6 +138,12 @@ def _add_queue_leases(db: sqlite3.Connection) -> None:
                       "lease_expires": "REAL", "cancel_reason": "TEXT"})
 
 
+def _add_log_files(db: sqlite3.Connection) -> None:
+    """Which file is a running job's log ("st_dev:st_ino"), written by its builder when it opens
+    it: a reader in another process follows that very file (docs/queue.md)."""
+    _add_columns(db, {"log_file": "TEXT"})
+
+
 # The dashboard's charts over time: one row a minute at most (mistryd/history.py samples), with
 # the request counters of the process that wrote it (they start at 0 with every process) and the
 # queue at that moment.
@@ -163,6 +169,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _add_gc_sizes,        # 4
     _add_queue_leases,    # 5
     SAMPLES,              # 6
+    _add_log_files,       # 7
 )
 
 
@@ -422,7 +429,7 @@ class Store:
                 return None
             token = db.execute(
                 "UPDATE builds SET status='running', started_at=?, lease_owner=?, "
-                "lease_token=lease_token+1, lease_expires=?, cancel_reason=NULL "
+                "lease_token=lease_token+1, lease_expires=?, cancel_reason=NULL, log_file=NULL "
                 "WHERE project=? AND id=? RETURNING lease_token",
                 (now, builder, now + lease_seconds, *chosen)).fetchone()[0]
             row = self.get(*chosen)
@@ -438,6 +445,27 @@ class Store:
             f"UPDATE builds SET lease_expires=? WHERE {self._HOLDS} RETURNING cancel_reason",
             (now + lease_seconds, project, build_id, builder, token)).fetchone()
         return (True, row[0]) if row else (False, None)
+
+    def queue_note_log(self, project: str, build_id: str, builder: str, token: int,
+                       log_file: str) -> bool:
+        cur = self._conn().execute(f"UPDATE builds SET log_file=? WHERE {self._HOLDS}",
+                                   (log_file, project, build_id, builder, token))
+        return cur.rowcount == 1
+
+    def queue_log_file(self, project: str, build_id: str) -> str | None:
+        row = self._conn().execute(
+            "SELECT log_file FROM builds WHERE project=? AND id=? AND status='running'",
+            (project, build_id)).fetchone()
+        return row[0] if row else None
+
+    def queue_expire_leases(self, owner_prefix: str) -> list[tuple[str, str]]:
+        """Expire the leases of every builder whose name starts with `owner_prefix` (a builder
+        known to be gone): the next take or reap queues their jobs again."""
+        rows = self._conn().execute(
+            "UPDATE builds SET lease_expires=0 WHERE status='running' AND "
+            "substr(lease_owner, 1, ?) = ? RETURNING project, id",
+            (len(owner_prefix), owner_prefix)).fetchall()
+        return [(p, i) for p, i in rows]
 
     def queue_cancel_reason(self, project: str, build_id: str, builder: str,
                             token: int) -> str | None:

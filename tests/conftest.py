@@ -157,7 +157,10 @@ def start_server(docker_engine, tmp_path, build_root):
                 if not (pp / name).exists():
                     copy_project(pp, name)
         cfg = from_dict({"projects_path": str(pp), "build_path": str(build_path or build_root),
-                         "addr": "127.0.0.1:0", "job_concurrency": 2, **config})
+                         "addr": "127.0.0.1:0", "job_concurrency": 2,
+                         # builds in this process's threads: builder processes are the `mistryd`
+                         # command's (tests/integration/test_builder_processes.py)
+                         "builder_processes": 0, **config})
         server = Server(cfg)
         server.start()
         http = make_http_server(create_app(server), cfg)

@@ -137,6 +137,23 @@ class JobQueue(Protocol):
         nothing recorded) when the lease is not held any more."""
         ...
 
+    def note_log(self, lease: Lease, log_file: str) -> None:
+        """Say which file is the leased job's log ("st_dev:st_ino", written as the builder opens
+        it), so that a reader in another process follows that file and no other. LeaseLost
+        when the lease is not held any more."""
+        ...
+
+    def log_file(self, key: JobKey) -> str | None:
+        """The running job's log file as its builder noted it; None when it is not running or
+        its log is not open yet."""
+        ...
+
+    def drop_builder(self, prefix: str) -> list[JobKey]:
+        """A builder is known to be gone (its process died): the leases of every builder named
+        `prefix`... run out now, so their jobs are queued again at the next take (an interruption
+        each). The keys of those jobs."""
+        ...
+
     def release(self, lease: Lease) -> None:
         """Give a job taken but not started back to the queue, where it was, with no
         interruption counted (a builder stopping, or a job that must wait for something).

@@ -155,6 +155,20 @@ class EmbeddedQueue:
             raise LeaseLost(lease)
         self._ring(_ended(lease.key))
 
+    def note_log(self, lease: Lease, log_file: str) -> None:
+        if not self.store.queue_note_log(lease.key.project, lease.key.id, lease.builder,
+                                         lease.token, log_file):
+            raise LeaseLost(lease)
+
+    def log_file(self, key: JobKey) -> str | None:
+        return self.store.queue_log_file(key.project, key.id)
+
+    def drop_builder(self, prefix: str) -> list[JobKey]:
+        keys = [JobKey(p, i) for p, i in self.store.queue_expire_leases(prefix)]
+        if keys:
+            self._ring(WORK)
+        return keys
+
     def release(self, lease: Lease) -> None:
         if not self.store.queue_release(lease.key.project, lease.key.id, lease.builder,
                                         lease.token):

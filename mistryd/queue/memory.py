@@ -41,6 +41,7 @@ class _Entry:
     started_at: float = 0.0
     interruptions: int = 0
     cancel_reason: str | None = None
+    log_file: str | None = None
 
 
 class MemoryQueue:
@@ -90,7 +91,7 @@ class MemoryQueue:
                     entry.status, entry.builder = Status.RUNNING, builder
                     entry.token += 1
                     entry.started_at, entry.expires = at, at + lease_seconds
-                    entry.cancel_reason = None
+                    entry.cancel_reason, entry.log_file = None, None
                     return Lease(key, builder, entry.token, dict(entry.request),
                                  entry.queued_at, at, entry.interruptions)
                 expiries = [e.expires - time.time() for e in self._jobs.values()
@@ -139,6 +140,24 @@ class MemoryQueue:
         entry.ended_at = time.time() if now is None else now
         entry.builder, entry.cancel_reason, entry.interruptions = None, None, 0
         self._lock.notify_all()
+
+    def note_log(self, lease: Lease, log_file: str) -> None:
+        with self._lock:
+            self._held(lease).log_file = log_file
+
+    def log_file(self, key: JobKey) -> str | None:
+        with self._lock:
+            entry = self._jobs.get(key)
+            return entry.log_file if entry is not None and entry.status is Status.RUNNING else None
+
+    def drop_builder(self, prefix: str) -> list[JobKey]:
+        with self._lock:
+            keys = [k for k, e in self._jobs.items() if e.status is Status.RUNNING
+                    and e.builder is not None and e.builder.startswith(prefix)]
+            for key in keys:
+                self._jobs[key].expires = 0.0
+            self._lock.notify_all()
+            return keys
 
     def release(self, lease: Lease) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import BadRequest, NotFound, Unavailable
 from ..hits import Hit
@@ -171,6 +171,7 @@ def log_stream(project: str, build_id: str):
         if page else None
     if flight is not None:
         live = flight.job.log
+        live.refresh()  # written by a builder process: its size now
         _check_offset(offset, live.size)
 
         def end() -> dict:  # asked once the log has finished: the record is written by then
@@ -240,7 +241,7 @@ def cancel(project: str, build_id: str):
 
 @bp.get("/metrics")
 def metrics():
-    return Response(generate_latest(server().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+    return Response(server().metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/healthz")

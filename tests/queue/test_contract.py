@@ -145,6 +145,40 @@ def test_reap_every_lease_at_start_up(backend):
     assert q.take("b", now=T + 2).interruptions == 1
 
 
+def test_a_dead_builders_jobs_are_taken_again_at_once(backend):
+    q = backend.open()
+    q.submit(A, request(A), now=T)
+    q.submit(B, request(B), now=T + 1)
+    q.submit(C, request(C), now=T + 2)
+    gone_a, gone_b = q.take("builder-7-0", 3600, now=T), q.take("builder-7-1", 3600, now=T)
+    alive = q.take("builder-70-0", 3600, now=T)  # another builder whose name starts alike
+    assert sorted(q.drop_builder("builder-7-")) == [A, B]
+    again = q.take("builder-8-0", 3600, now=T + 3)
+    assert again.key == A and again.interruptions == 1 and again.token > gone_a.token
+    assert q.take("builder-8-1", 3600, now=T + 3).key == B
+    with pytest.raises(LeaseLost):
+        q.finish(gone_b, done(), now=T + 4)
+    q.finish(alive, done(), now=T + 4)  # untouched
+    assert q.wait(C, timeout=0).status is Status.SUCCEEDED
+    assert q.drop_builder("builder-7-") == []
+
+
+def test_a_running_jobs_log_file_is_known_to_every_reader(backend):
+    q = backend.open()
+    q.submit(A, request(A), now=T)
+    assert q.log_file(A) is None
+    lease = q.take("b", 3600, now=T)
+    assert q.log_file(A) is None  # not opened yet
+    q.note_log(lease, "64:1234")
+    assert backend.open().log_file(A) == "64:1234"  # another process's view of the queue
+    q.finish(lease, done(), now=T + 1)
+    assert q.log_file(A) is None
+    with pytest.raises(LeaseLost):
+        q.note_log(lease, "64:99")
+    q.submit(A, request(A), now=T + 2)  # a rebuild: its own log, none known yet
+    assert q.take("b", 3600, now=T + 2) is not None and q.log_file(A) is None
+
+
 def test_release_puts_a_job_back_where_it_was(backend):
     q = backend.open()
     q.submit(A, request(A), now=T)
