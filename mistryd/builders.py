@@ -37,8 +37,13 @@ def builder_prefix(pid: int) -> str:
 class BuilderProcesses:
     """Start, watch, replace and stop the builder processes of one serving process."""
 
-    def __init__(self, count: int, child_args: Sequence[str], gone: Callable[[str], None]):
+    def __init__(self, count: int, child_args: Sequence[str], gone: Callable[[str], None],
+                 orphans_left: bool = False):
         self.count = count
+        # Docker was down when the server recovered: the first builder removes the previous
+        # process's containers before it makes one (the others cannot have made one yet
+        # before Docker answers; see docs/operations.md)
+        self._orphans_left = orphans_left
         self.child_args = list(child_args)  # how the child loads the same config
         self.gone = gone  # called with a dead builder's lease prefix
         self._children: dict[int, subprocess.Popen] = {}
@@ -57,9 +62,12 @@ class BuilderProcesses:
         with self._lock:
             return list(self._children)
 
-    def _spawn(self) -> subprocess.Popen:
+    def _spawn(self, slot: int) -> subprocess.Popen:
+        extra = []
+        if slot == 0 and self._orphans_left:
+            extra, self._orphans_left = ["--remove-orphans"], False
         return subprocess.Popen([sys.executable, "-m", "mistryd.builders", *self.child_args,
-                                 "--parent", str(os.getpid())], stdin=subprocess.DEVNULL)
+                                 *extra, "--parent", str(os.getpid())], stdin=subprocess.DEVNULL)
 
     def _keep(self, slot: int) -> None:
         """Keep one builder process alive in this slot until stop()."""
@@ -68,7 +76,7 @@ class BuilderProcesses:
             with self._lock:
                 if self._stopping.is_set():
                     return
-                child = self._spawn()
+                child = self._spawn(slot)
                 self._children[child.pid] = child
             born = time.monotonic()
             code = child.wait()
@@ -148,12 +156,15 @@ def child_main(argv: Sequence[str]) -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--filesystem")
     parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--remove-orphans", action="store_true")
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
     logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s [builder %(process)d] %(message)s")
+                        format="%(asctime)s [builder %(process)d] %(levelname)s %(message)s")
     config = load(args.config, filesystem=args.filesystem)
     server = Server(config, builder_name=builder_prefix(os.getpid()).rstrip("-"))
+    if args.remove_orphans:
+        server.runner.remove_orphans_first()
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C on the terminal is the parent's to handle

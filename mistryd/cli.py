@@ -134,7 +134,8 @@ def _start_builders(config: Config, server, child_args: list[str]):
         return None
     from .builders import BuilderProcesses
 
-    builders = BuilderProcesses(config.builder_processes, child_args, server.builder_gone)
+    builders = BuilderProcesses(config.builder_processes, child_args, server.builder_gone,
+                                orphans_left=server.runner.orphans_left)
     builders.start()
     return builders
 

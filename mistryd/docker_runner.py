@@ -660,6 +660,16 @@ class DockerRunner:
             if e.status_code != 409:  # removal already in progress
                 raise
 
+    @property
+    def orphans_left(self) -> bool:
+        """Whether the previous process's containers still wait to be removed."""
+        return self._orphans_left
+
+    def remove_orphans_first(self) -> None:
+        """Remove the previous process's containers before this runner makes its first one
+        (the serving process could not: Docker was down when it recovered)."""
+        self._orphans_left = True
+
     def remove_orphans(self) -> list[str]:
         """Containers of this server's previous process (left by a crash): remove them. While
         Docker is down this logs one line and returns nothing: they are removed when it answers,

@@ -323,6 +323,7 @@ def open_log(live: LiveLog | None, path: Path | None) -> BinaryIO | None:
     build's log under the pending name)."""
     if live is None:
         return _open_matching([path], None)
+    live.refresh()  # written by a builder process: where its file is by now
     if live.path is None:
         return None
     return _open_matching([live.path, path], live.identity)

@@ -266,6 +266,8 @@ def build_page(srv: Server, project: str, build_id: str) -> BuildPage | None:
 
     log = LogTail()
     path = srv.log_path(project, build_id)
+    if live and job is not None:
+        job.log.refresh()  # written by a builder process: where its file is by now
     if live and job is not None and job.log.path is not None:
         # pending/ first; if the build finished meanwhile, its folder is now in ready/
         log = _with_marks(_log_tail(open_log(job.log, path), whole_lines_only=True),
