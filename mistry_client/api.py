@@ -10,11 +10,12 @@ A server with access control wants a token: `Client(..., token="...")` sends it 
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .address import parse_address
 from .deadline import after, cap, earliest, interrupt_at, passed
@@ -34,6 +35,9 @@ from .log_tail import LogTail
 from .sse import events
 from .wire import Response, Session, WireError
 
+if TYPE_CHECKING:
+    from .ui import Fetched
+
 FINISHED = {"succeeded", "failed", "timed-out", "cancelled", "abandoned"}
 HEARTBEAT_GRACE = 45.0  # the server sends a keep-alive every 15 s; silence this long = dead link
 CHECK_ADDRESS = "check --host and --port"
@@ -45,6 +49,7 @@ class Submitted:
     url: str
     cached: bool
     info: dict | None = None  # a cache hit's record (without the log), from servers that send it
+    joined: bool = False  # an identical build was in flight already (servers that say so)
 
 
 class Client:
@@ -134,13 +139,50 @@ class Client:
         raw = self._json(self.request("POST", "jobs?async", json=body, deadline=deadline),
                          "id", "url")
         return Submitted(id=raw["id"], url=raw["url"], cached=bool(raw.get("cached")),
-                         info=finished_info(raw) if raw.get("cached") else None)
+                         info=finished_info(raw) if raw.get("cached") else None,
+                         joined=bool(raw.get("joined")))
 
     def job(self, project: str, build_id: str, deadline: float | None = None) -> dict:
         """`GET /job/<project>/<id>` as JSON: {ID, Project, State, Status, BuildInfo}."""
         r = self.request("GET", f"job/{project}/{build_id}", deadline=deadline,
                          headers={"Accept": "application/json"})
         return self._json(r, "State", "Status")
+
+    def index(self, limit: int | None = None, project: str = "", status: str = "",
+              id_prefix: str = "") -> list[dict]:
+        """`GET /index/`: builds, newest first, as {id, project, startedAt, buildInfo, state,
+        status}. The filters are sent and applied here too, so a server that ignores them (an
+        older mistryd, upstream) still gives the right answer, only a longer one."""
+        query = {k: v for k, v in (("project", project), ("status", status), ("id", id_prefix))
+                 if v}
+        if limit is not None:
+            query["limit"] = str(limit)
+        from urllib.parse import urlencode
+
+        r = self.request("GET", f"index/?{urlencode(query)}" if query else "index/")
+        try:
+            rows = r.json()
+        except (ValueError, WireError):
+            rows = None
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise NotMistryd(self._not_mistryd(r, "instead of mistryd's index"))
+        kept = [row for row in rows
+                if str(row.get("id", "")).startswith(id_prefix)
+                and (not project or row.get("project") == project)
+                and (not status or row.get("status") == status)]
+        return kept if limit is None else kept[:limit]
+
+    def projects(self, read_timeout: float = 60.0) -> list[str]:
+        """`GET /projects`: the names of the projects the server builds."""
+        names = self._json(self.request("GET", "projects", read_timeout),
+                           "projects")["projects"]
+        return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+    def with_own_connection(self) -> Client:
+        """A copy of this client on a connection of its own (for another thread)."""
+        twin = copy.copy(self)
+        twin.reconnect()
+        return twin
 
     def cancel(self, project: str, build_id: str) -> dict:
         """Cancel a queued or running build; the BuildInfo of its end (Status "cancelled")."""
@@ -267,11 +309,12 @@ class Client:
         raise AssertionError("unreachable")
 
     def fetch(self, info: dict, target: str, clear_target: bool = False,
-              progress: bool = False) -> None:
-        """Download a finished build's artifacts into `target`, verified (HTTP transport)."""
+              progress: bool = False) -> Fetched:
+        """Download a finished build's artifacts into `target`, verified (HTTP transport); what
+        was fetched (files, bytes, files the target already held)."""
         from .transports import HttpTransport
 
-        HttpTransport(self, progress=progress).fetch(info, target, clear_target)
+        return HttpTransport(self, progress=progress).fetch(info, target, clear_target)
 
 
 def finished_info(end: dict) -> dict | None:

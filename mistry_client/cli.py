@@ -1,4 +1,5 @@
-"""`mistry`: build (upstream's flags), status and logs. Exit codes are in mistry_client.errors."""
+"""`mistry`: build (upstream's flags), status, logs, cancel and ls. Exit codes are in
+mistry_client.errors; what people see (status line, summary) is mistry_client.ui."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .errors import (
     EXIT_BROKEN_PIPE,
     EXIT_BUILD_FAILED,
     EXIT_OK,
+    EXIT_UNFINISHED,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     BuildTimeout,
@@ -28,13 +30,21 @@ from .params import ParamError, parse_params
 from .terminal import terminal_safe
 
 if TYPE_CHECKING:
-    from .api import Client
+    from .api import Client, Submitted
+    from .ui import Output
 
 # the Client and the transports are imported when a command needs them, so that `--help`,
 # `--version` and usage errors answer without loading an HTTP stack
 TRANSPORTS = ("http", "rsync", "scp")  # one class each in transports.py
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "timed-out", "abandoned")
+
+
+def _complete_projects(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    from .completion import project_names
+
+    return project_names(ctx, incomplete)
 
 
 class Duration(click.ParamType):
@@ -113,10 +123,12 @@ def main() -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--project", required=True, help="The project to build.")
+@click.option("--project", required=True, help="The project to build.",
+              shell_complete=_complete_projects)
 @click.option("--group", "-g", default="", help="The group: builds of a group share /data/cache.")
 @click.option("--target", "-t", default=".", show_default=True, type=click.Path(file_okay=False),
-              help="The folder the artifacts land in.")
+              help="The folder the artifacts land in (the current one by default, as upstream's "
+              "client; the summary names it).")
 @_server_options
 @click.option("--transport", type=click.Choice(TRANSPORTS), default="http", show_default=True,
               help="How artifacts are fetched: http (verified), rsync (daemon) or scp (ssh).")
@@ -154,50 +166,91 @@ def build(project, group, target, host, port, transport, transport_user, transpo
         build_params = parse_params(params)
     except ParamError as e:
         raise click.UsageError(str(e)) from None
+    from .ui import cached_note, make_output
+
     client = _client(host, port)
-    say = _Say(json_result)
+    out = make_output(json_result)
     _interrupt_on_sigterm()  # so a killed download still removes its staging folder
     try:
         try:  # --timeout bounds submitting and waiting, not the artifact download after it
             job = client.submit(project, build_params, group, rebuild, deadline)
+            url = client.url(job.url)
             if no_wait:
-                say.info(f"Build scheduled; see {client.url(f'job/{project}/{job.id}')}")
+                out.say(f"Build scheduled; see {url}")
                 if json_result:
                     click.echo(json.dumps({"ID": job.id, "URL": job.url, "Cached": job.cached}))
                 sys.exit(EXIT_OK)
+            # at once: the page shows the build live. With -v the log pushes this line out of
+            # sight, so upstream's line comes again after the log, where upstream prints it
+            out.say(f"Build {project}/{job.id[:12]}: {url}" if verbose
+                    else f"Logs can be found at {url}")
+            if job.cached:
+                out.note(cached_note(job.info))
+            elif job.joined:
+                out.note("Joined a build of the same request that was already under way")
             if job.info is not None and not verbose and not json_result:
                 info = job.info  # a cache hit: its record came with the answer, no log to follow
             else:
-                on_line = (lambda line: click.echo(terminal_safe(line), err=json_result)) \
-                    if verbose else None
-                info = client.wait(project, job.id, on_line=on_line, deadline=deadline)
+                info = _wait(client, out, project, job, verbose, deadline)
         except BuildTimeout:
             raise BuildTimeout(f"The build did not finish after {format_duration(timeout)}") \
                 from None
         if job.cached:  # the stored record says how it was built, not how it was answered
             info["Cached"] = True
-        say.info(f"Logs can be found at {client.url(info.get('URL') or job.url)}")
+        if verbose:
+            out.say(f"Logs can be found at {url}")
         if info.get("ExitCode") != 0:
             if json_result:
                 click.echo(json.dumps(info, indent=2))
-            say.error(f"Build failed with exit code {info.get('ExitCode')}")
+            out.outcome(info, job.joined)
+            out.error(f"Build failed with exit code {info.get('ExitCode')}")
             detail = info.get("ContainerStderr") or info.get("ErrBuild") or ""
             if detail:
-                click.echo(detail.rstrip("\n"), err=True)
+                out.error_detail(detail)
             sys.exit(EXIT_BUILD_FAILED)
         transporter = _transport(client, transport, transport_user, transport_port,
-                                 transport_args, progress=sys.stderr.isatty(),
+                                 transport_args, progress=out.download_bar if out.live else False,
                                  keep_special_bits=keep_special_bits)
+        fetch_started = time.monotonic()
         try:
-            transporter.fetch(info, Path(target), clear_target)
+            fetched = transporter.fetch(info, Path(target), clear_target)
         except OSError as e:  # the target side: a folder that cannot be made or written
             raise TransferError(f"the artifacts could not be written to {target}: "
                                 f"{e.strerror or e} ({e.filename})") from None
+        if fetched is not None:
+            fetched.seconds = time.monotonic() - fetch_started
         if json_result:
             click.echo(json.dumps(info, indent=2))
+        out.outcome(info, job.joined)
+        out.fetched(fetched, Path(target), transport)
     except ClientError as e:
-        say.error(e.message)
+        out.error(e.message)
         sys.exit(e.exit_code)
+
+
+def _wait(client: Client, out: Output, project: str, job: Submitted, verbose: bool,
+          deadline: float) -> dict:
+    """Follow the build's log to its end (printing it with -v); on a terminal, with a status
+    line that a second connection keeps current. A cached build's log is its recorded one, and
+    is shown as such, never as if it were live."""
+    import contextlib
+
+    from .watch import JobState, Watcher
+
+    state = JobState(joined=job.joined)
+    if verbose and job.cached:
+        out.note("Its recorded log (from when it was built; not live):")
+
+    def on_line(line: str) -> None:
+        state.running()
+        if verbose:
+            out.log_line(line, recorded=job.cached)
+
+    with contextlib.ExitStack() as live:
+        if out.live and not job.cached:
+            live.enter_context(Watcher(client, project, job.id, state))
+            live.enter_context(out.waiting(state))
+        return client.wait(project, job.id, on_line=on_line, deadline=deadline)
 
 
 def _interrupt_on_sigterm() -> None:
@@ -225,41 +278,55 @@ def print_log_line(line: str) -> None:
     click.echo(terminal_safe(line))
 
 
-class _Say:
-    """Human messages go to stdout, or to stderr when stdout carries the JSON result."""
-
-    def __init__(self, json_result: bool):
-        self.json_result = json_result
-
-    def info(self, text: str) -> None:
-        click.echo(text, err=self.json_result)
-
-    def error(self, text: str) -> None:
-        click.echo(text, err=True)
-
-
 def _build_command(f):
-    """A command about one build: `mistry <command> [options] PROJECT ID`."""
-    f = click.argument("build_id", metavar="ID")(f)
-    f = click.argument("project")(f)
+    """A command about one build: `mistry <command> [options] [PROJECT] ID`, where ID may be a
+    unique prefix of the build's id (then PROJECT may be left out)."""
+    f = click.argument("build_id", metavar="ID", required=False)(f)
+    f = click.argument("project", metavar="[PROJECT]", shell_complete=_complete_projects)(f)
     return main.command(context_settings=CONTEXT)(_server_options(f))
 
 
+def _the_build(client: Client, project: str, build_id: str | None) -> tuple[str, str]:
+    """(project, whole id) from the command's arguments: `PROJECT ID` or just `ID`."""
+    from .build_ids import resolve
+
+    if build_id is None:  # one argument: the id (or its start), of any project
+        return resolve(client, None, project)
+    return resolve(client, project, build_id)
+
+
 @_build_command
-def status(host, port, project, build_id):
-    """Show a build's state as JSON; exit 0 when it succeeded, 1 when it failed or is unfinished."""
-    view = _client(host, port).job(project, build_id)
+@click.option("--json/--no-json", "as_json", default=None,
+              help="JSON (the default when the output is not a terminal, for scripts) or a "
+              "summary for people (the default on a terminal).")
+def status(host, port, as_json, project, build_id):
+    """Show a build's state. Exit 0 when it succeeded, 1 when it failed (or was cancelled,
+    timed out, abandoned), 7 while it is queued or running."""
+    from .ui import is_terminal, make_output
+
+    client = _client(host, port)
+    project, build_id = _the_build(client, project, build_id)
+    view = client.job(project, build_id)
     info = dict(view.get("BuildInfo") or {})
     info.pop("ContainerStdouterr", None)  # the log is what `mistry logs` is for
     view["BuildInfo"] = info or None
-    click.echo(json.dumps(view, indent=2))
-    sys.exit(EXIT_OK if view.get("Status") == "succeeded" else EXIT_BUILD_FAILED)
+    if as_json is None:
+        as_json = not is_terminal(sys.stdout)
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+    else:
+        make_output(False).status(view, client.url(f"job/{project}/{build_id}"))
+    if view.get("Status") == "succeeded":
+        sys.exit(EXIT_OK)
+    sys.exit(EXIT_UNFINISHED if view.get("Status") in ("queued", "running") else EXIT_BUILD_FAILED)
 
 
 @_build_command
 def cancel(host, port, project, build_id):
     """Cancel a queued or running build; everyone waiting for it gets the outcome."""
-    info = _client(host, port).cancel(project, build_id)
+    client = _client(host, port)
+    project, build_id = _the_build(client, project, build_id)
+    info = client.cancel(project, build_id)
     click.echo(f"Cancelled {project}/{build_id}: {info.get('ErrBuild') or info.get('Status')}")
 
 
@@ -268,6 +335,7 @@ def cancel(host, port, project, build_id):
 def logs(host, port, follow, project, build_id):
     """Print a build's log (with -f: follow it live until the build ends)."""
     client = _client(host, port)
+    project, build_id = _the_build(client, project, build_id)
     if follow:
         client.follow_log(project, build_id, on_line=print_log_line)
         return
@@ -286,6 +354,33 @@ def _print_log_so_far(client: Client, project: str, build_id: str) -> None:
                           deadline=time.monotonic() + 1.0)
     except BuildTimeout:
         pass
+
+
+@main.command("ls", context_settings=CONTEXT)
+@click.option("--project", default="", help="Only this project's builds.",
+              shell_complete=_complete_projects)
+@click.option("--status", default=None, type=click.Choice(STATUSES), metavar="STATUS",
+              help=f"Only builds with this status: {', '.join(STATUSES)}.")
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True,
+              help="At most this many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="The index entries as JSON.")
+@_server_options
+def list_builds(project, status, limit, as_json, host, port):
+    """List builds, newest first: id (12 characters, enough for every command), project,
+    status, start, duration, group."""
+    rows = _client(host, port).index(limit=limit, project=project, status=status or "")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from .ui import build_rows, make_output
+
+    out = make_output(False)
+    if not rows:
+        of = f" of project {project!r}" if project else ""
+        out.say(f"No {status} builds{of}" if status else f"No builds{of}")
+        return
+    out.table(["ID", "PROJECT", "STATUS", "STARTED", "DURATION", "GROUP"], build_rows(rows),
+              status_column=2)
 
 
 def run() -> None:  # pragma: no cover - for `python -m mistry_client.cli`

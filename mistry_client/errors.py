@@ -14,6 +14,7 @@ EXIT_REFUSED = 3  # the server answered with an error: unknown project, overload
 EXIT_UNREACHABLE = 4  # no mistryd answers there: refused, unknown host, no answer, another service
 EXIT_TIMEOUT = 5  # --timeout passed before the build finished
 EXIT_TRANSFER = 6  # the build succeeded but its artifacts could not be fetched or verified
+EXIT_UNFINISHED = 7  # `mistry status`: the build is queued or running (1 is for a failed one)
 EXIT_BROKEN_PIPE = 141  # stdout was closed by its reader (`| head`), as a shell reports SIGPIPE
 
 

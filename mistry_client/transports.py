@@ -7,17 +7,19 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import parallel
 from .download import Download
 from .errors import TransferError
 from .staging import Staging, empty_folder, safe_relpath
+from .ui import Fetched
 
 if TYPE_CHECKING:
     from .api import Client
 
 TRANSPORTS = ("http", "rsync", "scp")
+BarFactory = Callable[[int], contextlib.AbstractContextManager[Any]]
 
 
 class HttpTransport:
@@ -27,14 +29,15 @@ class HttpTransport:
     must match before anything moves into the target. A dropped stream resumes: the file it
     broke in is finished with a Range request, and a new stream starts after it."""
 
-    def __init__(self, client: Client, progress: bool = False, keep_special_bits: bool = False):
+    def __init__(self, client: Client, progress: bool | BarFactory = False,
+                 keep_special_bits: bool = False):
         self.client = client
-        self.progress = progress
+        self.progress = progress  # True: click's bar; or what makes a bar for N bytes (ui.py)
         # setuid, setgid and sticky bits come along only when asked for (--keep-special-bits):
         # a build is untrusted, and a setuid file in a target folder is a way to root
         self.mode_mask = 0o7777 if keep_special_bits else 0o777
 
-    def fetch(self, info: dict, target: str | Path, clear_target: bool = False) -> None:
+    def fetch(self, info: dict, target: str | Path, clear_target: bool = False) -> Fetched:
         from .target_state import already_there, record
 
         project, build_id = info["Project"], info["ID"]
@@ -66,6 +69,8 @@ class HttpTransport:
                                    {e["path"] for e in entries} if clear_target else None)
         if files or not state_current:
             record(target, (e for e in entries if e["type"] == "file"), download.written, moved)
+        held = sum(1 for i in there if entries[i]["type"] == "file")
+        return Fetched(files=len(files), bytes=total, already=held)
 
 
     def _stream(self, download: Download, entries: list[dict],
@@ -161,9 +166,13 @@ def _file_entry_ok(e: dict) -> bool:
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool, total: int):
+def _progress(enabled: bool | BarFactory, total: int):
     if not enabled or total == 0:
         yield _NoBar()
+        return
+    if callable(enabled):
+        with enabled(total) as bar:
+            yield bar
         return
     import click
 
@@ -205,6 +214,7 @@ class CommandTransport:
         return None
 
     def fetch(self, info: dict, target: str | Path, clear_target: bool = False) -> None:
+        """Straight into the target: what was fetched is not known here (None)."""
         target = Path(target)
         program = self.command(info, target)[0]
         import shutil

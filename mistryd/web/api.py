@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -16,6 +17,7 @@ from ..jobs import BuildInfo, JobRequest
 from ..logs import end_event_data, sse_stream
 from ..names import name_problem
 from ..server import Server
+from ..store import BuildRow, Status
 from .auth import sees_host_paths
 from .capacity import capacity
 from .logview import PageRenderer
@@ -34,7 +36,8 @@ def post_job():
     build_id, outcome = srv.submit(job_request)
     if "async" in request.args:
         answer: dict = {"id": build_id, "url": f"job/{job_request.project}/{build_id}",
-                        "cached": isinstance(outcome, Hit)}
+                        "cached": isinstance(outcome, Hit),
+                        "joined": not isinstance(outcome, Hit) and outcome.coalesced}
         if isinstance(outcome, Hit):  # finished already: its record, as the `end` event has it
             info = outcome.info.to_json()
             info.pop("ContainerStdouterr", None)
@@ -93,12 +96,43 @@ def index():
         raise BadRequest(f"limit must be a whole number (at most 18 digits), got {raw[:30]!r}; "
                          "leave it out (or negative) for every build")
     limit = int(raw) if raw else -1
-    rows = srv.store.newest(limit=None if limit < 0 else limit)
+    rows = _index_rows(srv, None if limit < 0 else limit)
     return jsonify([
         {"id": r.id, "project": r.project, "startedAt": (r.info or {}).get("StartedAt"),
          "buildInfo": for_this_reader(r.info), "state": r.state, "status": r.status.value}
         for r in rows
     ])
+
+
+def _index_rows(srv: Server, limit: int | None) -> list[BuildRow]:
+    """The index's rows, newest first, narrowed by the optional filters `project`, `status` and
+    `id` (a prefix of build ids: how `mistry` resolves a short id). Upstream's index has no
+    filters; without them the answer is upstream's."""
+    a = request.args
+    project, status_text = a.get("project", "").strip(), a.get("status", "").strip()
+    prefix = a.get("id", "").strip().lower()
+    status = None
+    if status_text:
+        try:
+            status = Status(status_text)
+        except ValueError:
+            raise BadRequest(f"unknown status {status_text[:30]!r}; one of: "
+                             f"{', '.join(s.value for s in Status)}") from None
+    if prefix and not re.fullmatch(r"[0-9a-f]{1,64}", prefix):
+        raise BadRequest(f"id {prefix[:70]!r} is not the start of a build id: ids are "
+                         "hexadecimal (0-9, a-f)")
+    if not prefix:
+        return srv.store.history(project, status, limit=limit)
+    # LIMIT -1 is SQLite's "no limit": the other filters come after, so the limit does too
+    rows = [r for r in srv.store.find_by_prefix(prefix, limit=-1)
+            if (not project or r.project == project) and (status is None or r.status == status)]
+    return rows if limit is None else rows[:limit]
+
+
+@bp.get("/projects")
+def projects():
+    """The names of the projects this server builds (for `mistry`'s shell completion)."""
+    return jsonify({"projects": server().projects.names()})
 
 
 def _checked(project: str, build_id: str) -> None:
@@ -145,9 +179,28 @@ def job(project: str, build_id: str):
         from . import views  # the HTML page is the web view's
 
         return views.job_page(project, build_id)
-    view = job_view(server(), project, build_id)
+    srv = server()
+    view = job_view(srv, project, build_id)
     view["BuildInfo"] = for_this_reader(view["BuildInfo"])
+    if view["State"] == "pending":
+        view.update(_progress(srv, project, build_id, view["Status"]))
     return jsonify(view)
+
+
+def _progress(srv: Server, project: str, build_id: str, status: str) -> dict:
+    """How far an unfinished build is, for `mistry`'s status line: its place in the queue
+    (1-based) and the seconds since it was queued or started (the server's clock: no skew)."""
+    row = srv.store.get(project, build_id)
+    if row is None:
+        return {}
+    now = time.time()
+    if status == "queued":
+        ahead = srv.store.queue_position(project, build_id)
+        return {"QueuePosition": None if ahead is None else ahead + 1,
+                "QueueLength": srv.store.queue_counts()[0],
+                "Elapsed": round(max(0.0, now - row.queued_at), 3)}
+    since = row.started_at if row.started_at is not None else row.queued_at
+    return {"Elapsed": round(max(0.0, now - since), 3)}
 
 
 def for_this_reader(info: dict | None) -> dict | None:
