@@ -12,9 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from .config import ProjectSettings
 from .docker_runner import (
+    ContainerRun,
     DockerRunner,
     ImageBuildCancelled,
     ImageBuildError,
@@ -35,6 +37,27 @@ log = logging.getLogger("mistryd")
 REFUSED = "refused: "  # the reason of a build whose leftovers could not be kept
 
 
+class JobHooks(Protocol):
+    """What a kind of job adds to a build (push builds: mistryd/push/run.py). `prepare` runs
+    once the workspace and the log are ready, before the image: it may raise a MistryError (the
+    build fails with its message) or Stopped, and says what the container runs. `ended` runs
+    after the record is written, whatever happened, and must not raise."""
+
+    def prepare(self, job: Job, data: Path) -> ContainerRun: ...
+
+    def closing(self, job: Job, info: BuildInfo) -> None: ...
+
+    def ended(self, job: Job, info: BuildInfo) -> None: ...
+
+
+class Stopped(Exception):
+    """A hook's step was cancelled or timed out: the build ends with this status and reason."""
+
+    def __init__(self, status: Status, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
 @dataclass
 class Job:
     request: JobRequest
@@ -53,6 +76,7 @@ class Job:
     note_log: Callable[[str], None] | None = None  # tells readers elsewhere which file the log is
     recorded: bool = False
     lease_lost: threading.Event = field(default_factory=threading.Event)
+    hooks: JobHooks | None = None  # what a kind of job adds (a push build's git work)
 
     @property
     def project(self) -> str:
@@ -95,9 +119,16 @@ class Builder:
         """Never raises: whatever goes wrong (a full disk included) ends as a failed record that
         every waiter gets, and the worker lives on."""
         try:
-            return self._run(job)
+            info = self._run(job)
         except Exception as e:  # noqa: BLE001
-            return self._crashed(job, e)
+            info = self._crashed(job, e)
+        if job.hooks is not None:
+            try:
+                job.hooks.ended(job, info)
+            except Exception:  # noqa: BLE001 - the outcome is recorded; a hook cannot change it
+                log.exception("mistryd: the end of build %s/%s was not fully handled",
+                              job.project, job.id)
+        return info
 
     def _run(self, job: Job) -> BuildInfo:
         started = time.time() if job.started_at is None else job.started_at  # the queue's take
@@ -117,6 +148,7 @@ class Builder:
             job.log.open(pending / LOG_FILE)
             if job.note_log is not None and job.log.identity is not None:
                 job.note_log("{}:{}".format(*job.log.identity))
+            extra = job.hooks.prepare(job, pending / "data") if job.hooks is not None else None
             t = time.time()
             try:
                 image = self.runner.ensure_image(project, job.context, job.fingerprint, job.log,
@@ -136,8 +168,10 @@ class Builder:
                     status, reason = Status.CANCELLED, job.cancel_reason
                 else:
                     t = time.time()
-                    result = self.runner.run(image, self.runner.container_name(job.id), project,
-                                             pending / "data", job.log, job.settings, job.cancel)
+                    result = RunResult(0, "") if extra is not None and extra.dry_run else \
+                        self.runner.run(image, self.runner.container_name(job.id), project,
+                                        pending / "data", job.log, job.settings, job.cancel,
+                                        extra)
                     timings["run"] = round(time.time() - t, 3)
                     info.ExitCode = result.exit_code
                     info.ContainerStderr = result.stderr
@@ -145,6 +179,8 @@ class Builder:
                     status, reason = self._defuse(job, pending / "data", status, reason)
                     if reason.startswith(REFUSED):
                         info.ErrBuild = reason
+        except Stopped as e:  # a hook's step (a push build's git work)
+            status, reason = e.status, e.reason
         except (MistryError, ImageBuildError) as e:
             # expected (Docker down or refusing, the project changed, a lost image that did not
             # build again): the line names the thing and the fix, a traceback would add nothing
@@ -165,6 +201,8 @@ class Builder:
         info.Duration = int((time.time() - started) * 1e9)
         info.Status = status.value
         info.Timings = timings
+        if job.hooks is not None:
+            job.hooks.closing(job, info)
         self._finish(job, pending, info, status, reason)
         return info
 

@@ -161,6 +161,74 @@ class ProjectSettings:
     network_mode: NetworkMode
 
 
+# --- push-triggered builds (issue 13, docs/push.md): the repositories a webhook may build -----
+
+# URLs git may fetch: git://, ssh://, http(s):// and scp-like user@host:path; never file:// or a
+# local path (the server would read its own disk) nor a transport helper (ext::)
+_GIT_URL = re.compile(r"(?:(?:git|ssh|https?)://[^\s/]+(?:/\S*)?|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+)")
+
+
+def git_url_problem(url: str) -> str | None:
+    """Why `url` may not be fetched, or None (also for a payload's repositoryUrl)."""
+    if not _GIT_URL.fullmatch(url):
+        return (f"{json.dumps(url)} is not a git URL like \"git://host/repo.git\", "
+                "\"ssh://git@host/org/repo.git\", \"https://host/org/repo.git\" or "
+                "\"git@host:org/repo.git\"")
+    if url.split("://", 1)[-1].split("@", 1)[-1].startswith("-"):  # ssh would read an option
+        return f"{json.dumps(url)}: the host name must not start with '-'"
+    return None
+
+
+def _git_url(url: str) -> str:
+    if problem := git_url_problem(url):
+        raise _fail(problem)
+    return url
+
+
+def _repository_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+", name) or ".." in name:
+        raise _fail(f"{json.dumps(name)} is not a repository name like \"example-org/example-repo\"")
+    return name
+
+
+def _branch_rule(rule: str) -> str:
+    if not rule or rule.startswith("/") or rule.endswith("/") or any(c.isspace() for c in rule):
+        raise _fail(f"{json.dumps(rule)} is not a branch rule like \"production\" or "
+                    "\"master/docs\" (branch/task)")
+    return rule
+
+
+def _existing_file(path: Path) -> Path:
+    if not path.is_file():
+        raise _fail(f"{path} is not a file")
+    return path
+
+
+GitUrl = Annotated[StrictStr, AfterValidator(_git_url)]
+NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+FilePath = Annotated[Path, BeforeValidator(_required), AfterValidator(_resolved),
+                     AfterValidator(_existing_file)]
+BranchRules = Annotated[dict[Annotated[StrictStr, AfterValidator(_branch_rule)], NonEmpty],
+                        Field(min_length=1)]
+
+
+@dataclass(frozen=True, config=_NO_EXTRA)
+class Repository:
+    """`repositories.ORG/REPO`: what a push to it builds. `branches` maps a branch rule
+    (a branch prefix, or `branch/task`) to the command run with `sh -c` in the checkout."""
+
+    branches: BranchRules
+    url: GitUrl | None = None  # the only URL fetched; None: the payload's (as Mixmaster did)
+    project: NonEmpty | None = None  # the image the command runs in; None: the default one
+    secret: NonEmpty | None = dataclasses.field(default=None, repr=False)
+    notify: tuple[StrictStr, ...] = ()  # Apprise URLs, besides the global `notify`
+    status_token: NonEmpty | None = dataclasses.field(default=None, repr=False)
+
+
+Repositories = dict[Annotated[StrictStr, AfterValidator(_repository_name)], Repository]
+# --- end of push-triggered builds -------------------------------------------------------------
+
+
 @dataclass(frozen=True, config=_NO_EXTRA)
 class Config:
     """The config file's keys, their types, defaults and checks (README: Configuration)."""
@@ -201,6 +269,14 @@ class Config:
     # Host names (HOST or HOST:PORT) this server answers to besides its listen address and
     # loopback, e.g. the name a reverse proxy forwards: other names are refused (DNS rebinding)
     allowed_hosts: tuple[Annotated[StrictStr, AfterValidator(_host_entry)], ...] = ()
+    # push-triggered builds (docs/push.md): repositories a webhook may build, Apprise URLs told
+    # of every push build, the deploy key each push build's ssh-agent holds, a Mixmaster INI
+    # file read as it is (this file's settings win), and a mode that only logs what would run
+    repositories: Repositories = dataclasses.field(default_factory=dict)
+    notify: tuple[StrictStr, ...] = ()
+    ssh_key: FilePath | None = None
+    mixmaster_config: FilePath | None = None
+    dry_run: StrictBool = False
 
     @property
     def backlog(self) -> int:
@@ -320,6 +396,8 @@ def _config_error(err: ErrorDetails) -> ConfigError:
 def _unknown_key(loc: tuple) -> str:
     if loc[0] == "projects" and len(loc) == 3:
         what, known = "unknown override", PROJECT_KEYS
+    elif loc[0] == "repositories" and len(loc) == 3:
+        what, known = "unknown key", tuple(f.name for f in dataclasses.fields(Repository))
     elif loc[0] == "tokens" and len(loc) == 3:
         what, known = "unknown key", tuple(f.name for f in dataclasses.fields(Token))
     else:

@@ -56,6 +56,19 @@ class ImageBuildCancelled(ImageBuildError):
     """The job was cancelled while its image was building (or while it waited for that build)."""
 
 
+@dataclass(frozen=True)
+class ContainerRun:
+    """What a kind of job adds to its build container (push builds, mistryd/push/): the command
+    instead of the image's, its working folder, environment variables and extra bind mounts
+    (host path -> container path, read-write)."""
+
+    command: list[str] | None = None
+    working_dir: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    mounts: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False  # the builder runs no container at all
+
+
 @dataclass
 class RunResult:
     exit_code: int
@@ -512,19 +525,23 @@ class DockerRunner:
         return f"mistry-{build_id}-{self.instance[:8]}"
 
     def run(self, image: str, name: str, project: str, data_dir: Path, log: LogSink,
-            settings: ProjectSettings, cancel: threading.Event | None = None) -> RunResult:
+            settings: ProjectSettings, cancel: threading.Event | None = None,
+            extra: ContainerRun | None = None) -> RunResult:
         """Run one build container with `data_dir` at /data; stream its output into `log`.
         The container is killed when `settings.build_timeout` passes or `cancel` is set.
         DockerUnavailable or DockerRefused when Docker fails it."""
         with self._talking_to_docker("could not run the build container"):
-            return self._run(image, name, project, data_dir, log, settings, cancel)
+            return self._run(image, name, project, data_dir, log, settings, cancel, extra)
 
     def _run(self, image: str, name: str, project: str, data_dir: Path, log: LogSink,
-             settings: ProjectSettings, cancel: threading.Event | None) -> RunResult:
+             settings: ProjectSettings, cancel: threading.Event | None,
+             extra: ContainerRun | None = None) -> RunResult:
         self._remove_left_behind()
         self._remove_container(name)  # a stale container with this name must not block the build
         cancel = cancel or threading.Event()
         options = self._container_options(project, name, data_dir, settings)
+        if extra is not None:
+            _add_extra(options, extra)
         try:
             container = self.client.containers.create(image, name=name, detach=True, **options)
         except docker.errors.ImageNotFound:
@@ -702,6 +719,17 @@ class DockerRunner:
         with self._talking_to_docker("could not prune old images"):
             pruned = self.client.images.prune(filters=mine)
         return [d.get("Deleted", "") for d in pruned.get("ImagesDeleted") or []]
+
+
+def _add_extra(options: dict, extra: ContainerRun) -> None:
+    """A job's own command, folder, variables and mounts on top of the server's options."""
+    if extra.command is not None:
+        options["command"] = extra.command
+    if extra.working_dir is not None:
+        options["working_dir"] = extra.working_dir
+    options["environment"] = {**options["environment"], **extra.environment}
+    for src, target in extra.mounts.items():
+        options["volumes"][src] = {"bind": target, "mode": "rw"}
 
 
 def remove_instance_images(build_path: Path | str) -> int:

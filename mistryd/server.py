@@ -27,6 +27,7 @@ from .jobs import BuildInfo, JobRequest, job_key, record_status
 from .layout import LOG_FILE, BuildPathInUse, Layout, lock_build_path
 from .metrics import Metrics, forget_other_processes
 from .projects import Projects
+from .push import PushBuilds
 from .queue import EmbeddedQueue, JobKey, Lease
 from .scheduler import Scheduler, Ticket
 from .storage import make_storage
@@ -55,6 +56,7 @@ class Server:
         self.builder = Builder(self.layout, self.store, self.storage, self.runner, self.metrics,
                                uid=config.container_uid, gid=config.container_gid)
         self.queue = EmbeddedQueue(self.store)
+        self.push = PushBuilds(config, self.layout)  # push-triggered builds (mistryd/push/)
         self.scheduler = Scheduler(self.builder.run,
                                    config.job_concurrency if self.builds_here else 0,
                                    config.backlog, on_change=self._queue_changed,
@@ -171,10 +173,12 @@ class Server:
     # --- requests -----------------------------------------------------------------------------
 
     def make_job(self, request: JobRequest, key: tuple[str, str] | None = None) -> Job:
+        request = self.push.as_configured(request)  # a push build: its rule as configured now
         build_id, fingerprint = key or self.key_of(request)
         job = Job(request=request, id=build_id, fingerprint=fingerprint,
-                  context=self.projects.root / request.project,
-                  settings=self.config.for_project(request.project))
+                  context=self.push.project_folder(request) or self.projects.root / request.project,
+                  settings=self.config.for_project(request.project),
+                  hooks=self.push.hooks(request))
         if not self.builds_here:  # its log is written by a builder process
             job.log.follow_file(lambda: self._log_file(JobKey(request.project, build_id)))
         return job
@@ -188,7 +192,7 @@ class Server:
 
     def key_of(self, request: JobRequest) -> tuple[str, str]:
         """(job id, project fingerprint); UnknownProject when there is no such project."""
-        fingerprint = self.projects.fingerprint(request.project)
+        fingerprint = self.push.fingerprint(request) or self.projects.fingerprint(request.project)
         return job_key(request, fingerprint), fingerprint
 
     def submit(self, request: JobRequest) -> tuple[str, Ticket | Hit]:

@@ -26,13 +26,14 @@ def create_app(server: Server) -> Flask:
     app.json = KeyOrderJSONProvider(app)
     app.extensions["mistryd"] = server
 
-    from . import api, apidoc, auth, capacity, views
+    from . import api, apidoc, auth, capacity, push, views
 
     capacity.init_app(app, server.config.http_threads, server.metrics)
     auth.init_app(app)  # first: every request is checked before any view runs
     app.register_blueprint(apidoc.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(views.bp)
+    app.register_blueprint(push.bp)  # webhooks of push builds (docs/push.md)
     _register_optional(app)
 
     @app.errorhandler(MistryError)

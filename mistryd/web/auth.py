@@ -48,14 +48,17 @@ COOKIE_MAX_AGE = 30 * 24 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Rules anyone may use: the login form, the API description, the liveness probe and the web
 # view's static assets (none of them tells anything about builds).
-PUBLIC_RULES = frozenset({"/login", "/logout", "/openapi.yaml", "/healthz",
+PUBLIC_RULES = frozenset({"/login", "/logout", "/openapi.yaml", "/healthz", "/version",
                           "/static/<path:filename>"})
+# Webhooks of push builds prove a repository's secret, which only their view can check (it
+# also takes a token with role build in place of a secret): mistryd/web/push.py
+WEBHOOK_RULES = frozenset({"/", "/gitea", "/github", "/gitlab"})
 
 
 def required_role(method: str, rule: str | None) -> str | None:
     """The role a request needs (None: public). `rule` is the matched URL rule, None when no
     rule matched (a 404 or 405 to be); those need `read`, so an anonymous caller learns nothing."""
-    if rule in PUBLIC_RULES:
+    if rule in PUBLIC_RULES or (method in ("POST", "PUT") and rule in WEBHOOK_RULES):
         return None
     if method in SAFE_METHODS:
         return "read"
