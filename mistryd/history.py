@@ -133,9 +133,9 @@ class CacheUse:
 
 
 def cache_use(metrics: Metrics) -> CacheUse:
-    return CacheUse(hits=metrics.total(metrics.cache_hits),
-                    started=metrics.total(metrics.builds_started),
-                    coalesced=metrics.total(metrics.builds_coalesced))
+    hits, started, coalesced = metrics.totals(metrics.cache_hits, metrics.builds_started,
+                                              metrics.builds_coalesced)
+    return CacheUse(hits=hits, started=started, coalesced=coalesced)
 
 
 # --- charts -------------------------------------------------------------------------------------

@@ -129,13 +129,14 @@ class Metrics:
         """/metrics: the text format, upstream's counters under their own names."""
         return generate_latest(_Renamed(self._source()))
 
-    def total(self, counter: UpstreamCounter) -> int:
-        """A counter's sum over its projects, in every process."""
-        value = 0.0
+    def totals(self, *counters: UpstreamCounter) -> list[int]:
+        """Each counter's sum over its projects, in every process (the files read once)."""
+        sums = {c.name: 0.0 for c in counters}
         for metric in self._source().collect():
-            if metric.name == counter.name:
-                value += sum(s.value for s in metric.samples if s.name == counter.name + "_total")
-        return int(value)
+            if metric.name in sums:
+                sums[metric.name] += sum(s.value for s in metric.samples
+                                         if s.name == metric.name + "_total")
+        return [int(sums[c.name]) for c in counters]
 
 
 class _Renamed:
