@@ -21,10 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .harness import BIN, BenchServer, Env, sh
+from .harness import BIN, REPO, BenchServer, Env, sh
 from .stats import timed
 
-REPO = Path(__file__).resolve().parent.parent
 UPSTREAM_DEFAULT = REPO.parent / "shared" / "upstream" / "mistry"
 RSYNC_PORT = 873  # upstream's client has no other
 WHOLE_HASH_LIMIT = 16 << 20  # larger files are checked by a few 1 MiB windows

@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
 PROJECTS = Path(__file__).resolve().parent / "projects"
 BIN = Path(sys.executable).parent  # the venv's entry points: mistryd, mistry
 TMP_PARENT = "/var/tmp"  # a real disk (not tmpfs), as a build_path would be
@@ -137,6 +138,43 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process under it (mistryd's API workers and builders)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(PSS, RSS) of the process tree under `pid`, in MB. PSS shares each page among the processes
+    that map it (forked children share the code's pages): their sum is the memory the tree uses.
+    RSS counts a shared page in every process."""
+    pss = rss = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key == "Pss":
+                        pss += int(value.split()[0])
+                    elif key == "Rss":
+                        rss += int(value.split()[0])
+        except OSError:  # it ended meanwhile
+            continue
+    return pss / 1024, rss / 1024
+
+
 def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     """A command that must succeed; its output is shown when it does not."""
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, **kw)
@@ -238,7 +276,8 @@ class BenchServer:
         if self.profile_file is not None:
             self.profile_file.parent.mkdir(parents=True, exist_ok=True)
             self.profiler = subprocess.Popen(
-                [str(BIN / "py-spy"), "record", "--pid", str(self.pid), "--rate", "250",
+                [str(BIN / "py-spy"), "record", "--pid", str(self.pid), "--subprocesses",
+                 "--rate", "250",
                  "--format", "raw", "--threads", "--nonblocking", "-o", str(self.profile_file)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -254,7 +293,12 @@ class BenchServer:
             return ""
 
     def rss_mb(self) -> float:
+        """The supervisor's own RSS."""
         return rss_mb(self.pid)
+
+    def memory_mb(self) -> tuple[float, float]:
+        """(PSS, RSS) of the whole server: the supervisor, its API workers and builders."""
+        return memory_mb(self.pid)
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample of GET /metrics (0 when the series does not exist yet)."""

@@ -1,6 +1,8 @@
-"""8. Memory: the server's RSS idle (started, one build done) and right after the load of (2)
-(cached `POST /jobs` from 8 clients for 10 s), against a bare Python that imports what mistryd
-imports."""
+"""8. Memory: the whole server's (supervisor, two API workers, one builder: `http_workers` = 2)
+memory idle (started, one build done) and right after the load of (2) (cached `POST /jobs` from 8
+clients for 10 s), against a bare Python that imports what mistryd imports. The processes are
+forked from one that imported everything, so they share those pages: the figure is the sum of
+their PSS (each shared page divided among its processes); the sum of their RSS is noted."""
 
 from __future__ import annotations
 
@@ -8,21 +10,24 @@ import sys
 import time
 
 from . import load
-from .harness import Env, sh
+from .harness import Env, process_tree, sh
 from .stats import Row, Summary
 
 MEASUREMENT = "8 memory"
-MAX_MB = 100.0
+MAX_MB = 150.0  # issue 12: the whole server, http_workers = 2
 IMPORTS = ("import mistryd.cli, mistryd.server, mistryd.web, mistryd.web.http, docker, flask, "
            "waitress, prometheus_client")
 
 
-def samples(srv, n: int = 5) -> list[float]:
-    out = []
+def samples(srv, n: int = 5) -> tuple[list[float], float]:
+    """PSS sums, and the largest RSS sum seen."""
+    out, most_rss = [], 0.0
     for _ in range(n):
-        out.append(srv.rss_mb())
+        pss, rss = srv.memory_mb()
+        out.append(pss)
+        most_rss = max(most_rss, rss)
         time.sleep(0.1)
-    return out
+    return out, most_rss
 
 
 def import_floor() -> float:
@@ -33,17 +38,21 @@ def import_floor() -> float:
 
 def run(env: Env) -> list[Row]:
     floor = Summary.of([import_floor() for _ in range(3)])
-    srv = env.server({"hit": 0}, "memory")
+    srv = env.server({"hit": 0}, "memory", http_workers=2, builder_processes=1)
     srv.build("hit")
-    idle = Summary.of(samples(srv))
+    idle_pss, idle_rss = samples(srv)
+    idle = Summary.of(idle_pss)
     seconds = env.scale.size(10, 1)
     load.cached_job(srv.port, "hit", seconds)
-    loaded = Summary.of(samples(srv))
-    target = f"< {MAX_MB:g} MB"
+    loaded_pss, loaded_rss = samples(srv)
+    loaded = Summary.of(loaded_pss)
+    target = f"<= {MAX_MB:g} MB"
+    processes = len(process_tree(srv.pid))
     return [
-        Row(MEASUREMENT, "server RSS idle (after one build)", "MB", idle,
-            "python importing mistryd's modules", floor, target, idle.max < MAX_MB),
-        Row(MEASUREMENT, f"server RSS after {seconds} s of 8-client hit load", "MB", loaded,
-            "the same server idle", idle, target, loaded.max < MAX_MB,
-            note="upstream: 14 MB idle, 20 MB after load"),
+        Row(MEASUREMENT, f"server memory idle (after one build), {processes} processes, PSS",
+            "MB", idle, "python importing mistryd's modules (RSS)", floor, target,
+            idle.max <= MAX_MB, note=f"RSS summed over the processes: {idle_rss:.0f} MB"),
+        Row(MEASUREMENT, f"server memory after {seconds} s of 8-client hit load, PSS", "MB",
+            loaded, "the same server idle", idle, target, loaded.max <= MAX_MB,
+            note=f"RSS summed: {loaded_rss:.0f} MB; upstream: 14 MB idle, 20 MB after load"),
     ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import signal
 import sys
 import threading
@@ -52,19 +51,16 @@ def main(ctx: click.Context, config_path, addr, filesystem):
     With no command it serves the HTTP API and web view.
     """
     if ctx.invoked_subcommand is None:
-        config = _load(ctx, config_path, addr, filesystem)
-        # a builder process loads the same file with the same storage choice
-        child_args = ["--config", os.path.abspath(config_path)] + \
-            (["--filesystem", filesystem] if filesystem else [])
-        serve(config, child_args)
+        serve(_load(ctx, config_path, addr, filesystem))
 
 
-def serve(config: Config, child_args: list[str]) -> None:
+def serve(config: Config) -> None:
+    """The whole server: with builder processes (the default) a supervisor and its API workers
+    and builders (mistryd/supervisor.py); else one process that serves and builds."""
     from .gc import startup_disk_problem
     from .server import Server
-    from .web import create_app
     from .web.auth import startup_warning
-    from .web.http import make_http_server, stop_http_server
+    from .web.http import listen
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if problem := startup_disk_problem(config.build_path):
@@ -79,8 +75,12 @@ def serve(config: Config, child_args: list[str]) -> None:
         server = Server(config)
         # the port first, then build_path's lock, and only then recovery: a second `mistryd`
         # must not touch the first one's builds before it finds out that it cannot serve
-        http = make_http_server(create_app(server), config)
-        server.start()
+        listener = listen(config)
+        if config.builder_processes:
+            server.take_build_path()
+            server.recover()
+        else:
+            server.start()
     except MistryError as e:
         click.echo(f"mistryd: {e.message}", err=True)
         sys.exit(EXIT_USAGE)
@@ -90,18 +90,40 @@ def serve(config: Config, child_args: list[str]) -> None:
         click.echo(f"mistryd: config: addr: {config.addr} is already in use (another mistryd? "
                    "see `ss -ltnp`); choose another with --addr", err=True)
         sys.exit(EXIT_USAGE)
-    builders = _start_builders(config, server, child_args)
     rsyncd = _start_rsyncd(config, server)
-    logging.getLogger("mistryd").info(access_control_line(config))
+    log = logging.getLogger("mistryd")
+    log.info(access_control_line(config))
     if warning := startup_warning(config):
-        logging.getLogger("mistryd").warning(warning)
+        log.warning(warning)
+    where = f"http://{config.host}:{listener.getsockname()[1]}/"
+    try:
+        if config.builder_processes:
+            from .supervisor import Supervisor
+
+            click.echo(f"mistryd {__version__} listening on {where} (storage: "
+                       f"{server.storage.name}; {config.api_processes} API and "
+                       f"{config.builder_processes} builder process(es))", err=True)
+            Supervisor(config, server, listener).run()
+        else:
+            click.echo(f"mistryd {__version__} listening on {where} (storage: "
+                       f"{server.storage.name})", err=True)
+            _serve_here(config, server, listener)
+    finally:
+        if rsyncd is not None:
+            rsyncd.stop()
+        server.release_build_path()
+
+
+def _serve_here(config: Config, server, listener) -> None:
+    """One process serves and builds (`builder_processes` = 0)."""
+    from .web import create_app
+    from .web.http import make_http_server, stop_http_server
+
+    http = make_http_server(create_app(server), config, sock=listener)
 
     def shut_down() -> None:
         """New builds get 503 while running ones finish (their waiters are still answered);
         then the HTTP server closes."""
-        if builders is not None:
-            server.scheduler.refuse_new()
-            builders.stop(config.shutdown_grace)
         server.stop()
         stop_http_server(http)
 
@@ -115,29 +137,11 @@ def serve(config: Config, child_args: list[str]) -> None:
     shutting_down = threading.Event()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    click.echo(f"mistryd {__version__} listening on http://{config.host}:{http.getsockname()[1]}/ "
-               f"(storage: {server.storage.name})", err=True)
     try:
         http.run()
     finally:
-        if rsyncd is not None:
-            rsyncd.stop()
         if not shutting_down.is_set():
-            if builders is not None:
-                builders.stop(config.shutdown_grace)
             server.stop()
-
-
-def _start_builders(config: Config, server, child_args: list[str]):
-    """The builder processes (config `builder_processes`; none: builds run in this process)."""
-    if config.builder_processes == 0:
-        return None
-    from .builders import BuilderProcesses
-
-    builders = BuilderProcesses(config.builder_processes, child_args, server.builder_gone,
-                                orphans_left=server.runner.orphans_left)
-    builders.start()
-    return builders
 
 
 def access_control_line(config: Config) -> str:

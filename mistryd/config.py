@@ -125,13 +125,22 @@ def _host_entry(entry: str) -> str:
 _NO_EXTRA = ConfigDict(extra="forbid")
 
 
+def _group_globs(globs: tuple[str, ...]) -> tuple[str, ...]:
+    if not globs:
+        raise _fail("must name at least one group glob (like \"pr-*\"), or be left out for "
+                    "every group")
+    return globs
+
+
 @dataclass(frozen=True, config=_NO_EXTRA)
 class Token:
-    """`tokens`: [{"name": "ci", "token": "...", "role": "build"}, ...]"""
+    """`tokens`: [{"name": "ci", "token": "...", "role": "build"}, ...]; `groups` (globs, e.g.
+    ["pr-*"]) limits the groups its builds and explains may name (docs/provenance.md)."""
 
     name: Annotated[StrictStr, Field(min_length=1)]
     token: Annotated[StrictStr, Field(min_length=16)] = dataclasses.field(repr=False)  # never in a log
     role: Role
+    groups: Annotated[tuple[StrictStr, ...], AfterValidator(_group_globs)] | None = None
 
 
 @with_config(_NO_EXTRA)
@@ -223,6 +232,8 @@ class Repository:
     secret: NonEmpty | None = dataclasses.field(default=None, repr=False)
     notify: tuple[StrictStr, ...] = ()  # Apprise URLs, besides the global `notify`
     status_token: NonEmpty | None = dataclasses.field(default=None, repr=False)
+    # the forge's API base for commit statuses (None: made from `url`'s host; mistryd/push/statuses.py)
+    status_api: NonEmpty | None = None
 
 
 Repositories = dict[Annotated[StrictStr, AfterValidator(_repository_name)], Repository]
@@ -241,6 +252,9 @@ class Config:
     # builds run in this many processes of their own, job_concurrency each (0: in the serving
     # process): restarting or losing one never stops the server, and a dead one's jobs run again
     builder_processes: Annotated[StrictInt, Field(ge=0, le=64)] = 1
+    # with builder processes, the HTTP API runs in this many processes (None: one per CPU), all
+    # answering on `addr`; restarting them (SIGHUP) never touches a running build
+    http_workers: Annotated[StrictInt, Field(ge=1, le=64)] | None = None
     addr: HostPort = DEFAULT_ADDR
     filesystem: Filesystem = "auto"
     network_mode: NetworkMode = "bridge"
@@ -277,6 +291,13 @@ class Config:
     ssh_key: FilePath | None = None
     mixmaster_config: FilePath | None = None
     dry_run: StrictBool = False
+
+    @property
+    def api_processes(self) -> int:
+        """How many processes answer HTTP (builds in the serving process: that one)."""
+        if self.builder_processes == 0:
+            return 1
+        return self.http_workers or os.cpu_count() or 1
 
     @property
     def backlog(self) -> int:
@@ -337,11 +358,17 @@ def load(path: str | os.PathLike, **overrides) -> Config:
 def from_dict(raw: dict, base: Path | None = None) -> Config:
     """The config from a file's JSON object; relative paths resolve against `base` (default: the
     current folder). Raises ConfigError naming the first bad key."""
+    from .push.mixmaster_ini import merged  # imported here: the push package imports this module
+
+    raw = merged(raw, base or Path.cwd())  # `mixmaster_config`, read in (the JSON's keys win)
     try:
         cfg = _CONFIG.validate_python(raw, context={"base": base or Path.cwd()})
     except ValidationError as e:
         raise _config_error(e.errors(include_url=False)[0]) from None
     _check_folders(cfg)
+    if cfg.builder_processes == 0 and (cfg.http_workers or 1) > 1:
+        raise ConfigError("http_workers", "more than one HTTP process needs builds in builder "
+                          "processes: set builder_processes to 1 or more (or http_workers to 1)")
     return cfg
 
 

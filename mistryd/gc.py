@@ -187,7 +187,7 @@ class Collector:
     @classmethod
     def for_server(cls, server) -> Collector:
         return cls(server.config, server.layout, server.store, server.storage, server.metrics,
-                   server.scheduler.in_flight)
+                   server.in_flight)
 
     @property
     def store(self) -> Store:
@@ -331,7 +331,7 @@ class Collector:
         forgotten (a crash in between leaves a row without a folder, which is not served and
         which the next pass forgets)."""
         b = eviction.build
-        if self.in_flight(b.project, b.id) is not None:
+        if self.in_flight(b.project, b.id):
             return False
         ready = self.layout.ready(b.project, b.id)
         with leases.evicting(ready) as free:

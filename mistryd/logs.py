@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -130,6 +131,7 @@ class LiveLog:
         self.end_payload: dict = {}
         self._marks: BinaryIO | None = None
         self.marks_identity: tuple[int, int] | None = None
+        self._looker = False  # a follower is looking at the file for the others (follow_file)
 
     def open(self, path: Path) -> None:
         with self._cond:
@@ -225,9 +227,23 @@ class LiveLog:
             if self._locate is None:
                 self._cond.wait_for(more, timeout=timeout)
                 return
+            # one follower at a time looks at the file every TAIL_LOOK seconds and wakes the
+            # others when it grew: hundreds of followers of one build cost one look, not hundreds
             deadline = time.monotonic() + timeout
             while not more() and (left := deadline - time.monotonic()) > 0:
-                self._cond.wait(min(TAIL_LOOK, left))
+                if self._looker:
+                    self._cond.wait(left)
+                    continue
+                self._looker = True
+                try:
+                    self._cond.wait(min(TAIL_LOOK, left))
+                    before = (self.size, self.path)
+                    self._look()
+                    if (self.size, self.path) != before:
+                        self._cond.notify_all()
+                finally:
+                    self._looker = False
+                    self._cond.notify()  # another follower takes the looking over
 
 
 def end_event_data(info: dict | None, status: str | None, exit_code: int | None) -> dict:
@@ -356,14 +372,29 @@ def _open_matching(paths: list[Path | None], identity: tuple[int, int] | None) -
     return None
 
 
+_SGR = re.compile("\x1b\\[[0-9;:]*m")  # a colour or text attribute
+
+
+def last_rewrite(line: str) -> str:
+    """A carriage return ends an SSE line, so none may be sent: of a line that rewrites itself
+    (`10%\\r55%\\rdone`) the part a terminal shows last, after the colour codes of the parts it
+    writes over (as `mistry logs` shows a finished build's record); a CRLF's \\r rewrites
+    nothing."""
+    line = line.rstrip("\r")
+    if "\r" not in line:
+        return line
+    over, _, last = line.rpartition("\r")
+    return "".join(_SGR.findall(over)) + last
+
+
 def sse_event(data: str, event: str | None = None, event_id: int | str | None = None) -> str:
     out = []
     if event_id is not None:
         out.append(f"id: {event_id}")
     if event:
         out.append(f"event: {event}")
-    for part in data.replace("\r", "").split("\n"):
-        out.append(f"data: {part}")
+    for part in data.split("\n"):
+        out.append(f"data: {last_rewrite(part)}")
     return "\n".join(out) + "\n\n"
 
 

@@ -104,7 +104,7 @@ class Metrics:
         self.request_slots = Gauge(
             "mistryd_request_slots", "Request threads that long requests of each kind may hold "
             "at once (waits: build waiters and log followers; artifacts: manifests and .tar)",
-            ["kind"], registry=r, multiprocess_mode="livesum")
+            ["kind"], registry=r, multiprocess_mode="livemax")  # the whole server's, in each
         self.request_slots_in_use = Gauge(
             "mistryd_request_slots_in_use", "Request threads held by long requests of each kind",
             ["kind"], registry=r, multiprocess_mode="livesum")
@@ -113,6 +113,10 @@ class Metrics:
             "their kind was taken", ["kind"], registry=r)
         self.evicted = Counter("mistryd_builds_evicted", "Builds removed by garbage collection",
                                registry=r)
+        self.notifications = Counter(
+            "mistryd_notifications", "Push builds' notifications and commit statuses by kind "
+            "(notification, status) and outcome (sent; retried: an attempt failed; failed: every "
+            "attempt did)", ["kind", "outcome"], registry=r)
 
     def _source(self) -> CollectorRegistry:
         """Every process's values when they are shared, else this process's."""

@@ -88,7 +88,7 @@ class Scheduler:
                  on_cancel_queued: Callable[[Job], BuildInfo] | None = None,
                  blocked_on: Callable[[Job], threading.Event | None] | None = None,
                  queue: JobQueue | None = None,
-                 make_job: Callable[[Lease], Job] | None = None,
+                 make_job: Callable[[JobKey, dict], Job] | None = None,
                  name: str = "mistryd", lease_seconds: float = LEASE_SECONDS,
                  spare: Callable[[], int] | None = None):
         self._run = run
@@ -238,13 +238,35 @@ class Scheduler:
         return None if answer is Cancelled.NOT_IN_FLIGHT else Elsewhere(self, key)
 
     def in_flight(self, project: str, build_id: str) -> Flight | None:
-        return self._flights.get(JobKey(project, build_id))
+        """This process's flight of a job in flight; for one submitted in another process (an
+        API worker, or before a restart), a flight made from the queued request on first need,
+        so its log can be followed and its end waited for here too."""
+        key = JobKey(project, build_id)
+        with self._lock:
+            flight = self._flights.get(key)
+        if flight is not None or self._make_job is None:
+            return flight
+        found = self.queue.job(key)
+        if found is None:
+            return None
+        try:
+            job = self._make_job(key, found.request)
+        except Exception as e:  # noqa: BLE001 - cannot be followed here; its builder says why
+            log.debug("mistryd: no flight for %s here: %s", key, e)
+            return None
+        job.queued_at = found.queued_at
+        return self._flight_for(key, job)
 
     def flights(self) -> list[Flight]:
         with self._lock:
             return list(self._flights.values())
 
     # --- stop ---------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether new jobs are refused (the server is stopping)."""
+        return self._closed
 
     def refuse_new(self) -> None:
         """Admit no new job (ShuttingDown); waiters keep waiting (builds elsewhere finish)."""
@@ -313,7 +335,7 @@ class Scheduler:
         try:
             if self._make_job is None:
                 raise RuntimeError("this scheduler cannot build jobs submitted elsewhere")
-            return self._make_job(lease)
+            return self._make_job(lease.key, lease.request)
         except Exception as e:  # noqa: BLE001 - the job ends with the reason, the worker lives on
             reason = e.message if isinstance(e, MistryError) else f"{type(e).__name__}: {e}"
             log.warning("mistryd: job %s cannot run: %s", lease.key, reason)

@@ -28,8 +28,8 @@ from .layout import LOG_FILE, BuildPathInUse, Layout, lock_build_path
 from .metrics import Metrics, forget_other_processes
 from .projects import Projects
 from .push import PushBuilds
-from .queue import EmbeddedQueue, JobKey, Lease
-from .scheduler import Scheduler, Ticket
+from .queue import EmbeddedQueue, JobKey
+from .scheduler import Scheduler, Ticket, request_of
 from .storage import make_storage
 from .store import BuildRow, Status, Store
 
@@ -56,7 +56,9 @@ class Server:
         self.builder = Builder(self.layout, self.store, self.storage, self.runner, self.metrics,
                                uid=config.container_uid, gid=config.container_gid)
         self.queue = EmbeddedQueue(self.store)
-        self.push = PushBuilds(config, self.layout)  # push-triggered builds (mistryd/push/)
+        self.push = PushBuilds(config, self.layout,  # push-triggered builds (mistryd/push/)
+                               lambda kind, outcome: self.metrics.notifications.labels(
+                                   kind, outcome).inc())
         self.scheduler = Scheduler(self.builder.run,
                                    config.job_concurrency if self.builds_here else 0,
                                    config.backlog, on_change=self._queue_changed,
@@ -71,24 +73,35 @@ class Server:
     def start(self) -> None:
         """Take build_path for this process, clean what a previous process left, then take
         work. ConfigError when another mistryd holds build_path."""
+        self.take_build_path()
+        self.recover()
+        self.scheduler.start()
+        self.start_collector()
+        log.info("mistryd: storage=%s build_path=%s projects=%s", self.storage.name,
+                 self.config.build_path, ", ".join(self.projects.names()) or "(none)")
+
+    def take_build_path(self) -> None:
+        """build_path's lock for this process (ConfigError when another mistryd holds it); the
+        figures of earlier processes go, as a new server's start at zero."""
         try:
             self._lock_fd = lock_build_path(self.layout)
         except BuildPathInUse as e:
             raise ConfigError("build_path", str(e)) from None
         forget_other_processes()
-        self.recover()
-        self.scheduler.start()
-        self.collector = Collector.for_server(self)
-        self.collector.start()
         self.metrics.builds_hosted.set(self.store.count(status=Status.SUCCEEDED)
                                        + self.store.count(status=Status.FAILED))
-        log.info("mistryd: storage=%s build_path=%s projects=%s", self.storage.name,
-                 self.config.build_path, ", ".join(self.projects.names()) or "(none)")
 
-    def start_building(self) -> None:
-        """A builder process: take work from the queue (the serving process holds build_path's
-        lock and has recovered it)."""
+    def start_collector(self) -> None:
+        """Garbage collection every `gc_interval` seconds, in this process."""
+        self.collector = Collector.for_server(self)
+        self.collector.start()
+
+    def start_building(self, collect: bool = False) -> None:
+        """A builder process: take work from the queue (the supervisor holds build_path's lock
+        and has recovered it); one of them (`collect`) also collects garbage."""
         self.scheduler.start()
+        if collect:
+            self.start_collector()
         log.info("mistryd: builder %s takes jobs (%d at a time)", self.scheduler.name,
                  self.config.job_concurrency)
 
@@ -116,6 +129,9 @@ class Server:
             collector.stop()
         self.scheduler.stop(self.config.shutdown_grace if grace is None else grace)
         self.store.flush_usage()
+        self.release_build_path()
+
+    def release_build_path(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -150,22 +166,23 @@ class Server:
         except MistryError as e:
             self.store.transition(row.project, row.id, Status.FAILED,
                                   f"cannot run again after a restart: {e.message}")
+            self.push.never_ran(JobRequest(row.project, {**row.params, **row.opaque}, row.group),
+                                row.id, Status.FAILED)
             return False
         if job.id == row.id:
             return True
         self.store.transition(row.project, row.id, Status.ABANDONED,
                               f"the project changed while mistryd was down; "
                               f"queued again as {job.id}")
-        self.scheduler.submit(job, force=True, admit=True)
+        self.queue.submit(JobKey(job.project, job.id), request_of(job), now=job.queued_at)
         return True
 
-    def _job_of(self, lease: Lease) -> Job:
+    def _job_of(self, key: JobKey, r: dict) -> Job:
         """The Job of a queued request (submitted by another process, or queued before a
         restart). ProjectChanged when the project no longer gives it the key it was queued
         under."""
-        r = lease.request
         job = self.make_job(JobRequest(r["project"], r["params"], r["group"], r["rebuild"]))
-        if job.id != lease.key.id:
+        if job.id != key.id:
             raise ProjectChanged(job.project, "while the build was queued")
         return job
 
@@ -210,7 +227,7 @@ class Server:
             hit = self.hits.get(job.project, job.id)
             return self._hit(hit) if hit is not None else None
 
-        if self.scheduler.in_flight(job.project, job.id) is None:  # joining needs no disk
+        if not self.in_flight(job.project, job.id):  # joining needs no disk
             check_free_space(self.config.build_path, self.config.min_free_bytes)
         try:
             outcome = self.scheduler.submit(job, cached=cached_now, force=request.rebuild)
@@ -220,6 +237,10 @@ class Server:
         if isinstance(outcome, Ticket) and outcome.coalesced:
             self.metrics.builds_coalesced.labels(job.project).inc()
         return build_id, outcome
+
+    def in_flight(self, project: str, build_id: str) -> bool:
+        """Whether the build is queued or running, in any process."""
+        return self.queue.peek(JobKey(project, build_id)).in_flight
 
     def _hit(self, hit: Hit) -> Hit:
         self.metrics.cache_hits.labels(hit.info.Project).inc()
@@ -262,6 +283,9 @@ class Server:
         if result.Status != Status.CANCELLED.value:
             raise Conflict(f"build {project}/{build_id} ended ({result.Status}) before the "
                            "cancel took effect")
+        if row is not None and row.status is Status.QUEUED and not result.Duration:  # never ran
+            self.push.never_ran(JobRequest(project, {**row.params, **row.opaque}, row.group),
+                                build_id, Status.CANCELLED)
         return result
 
     def log_path(self, project: str, build_id: str) -> Path:

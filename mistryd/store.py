@@ -210,9 +210,12 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
 _UNFINISHED = "(" + ", ".join(f"'{s.value}'" for s in Status if not s.finished) + ")"
 
 
-def _matching(project: str, status: Status | None, group: str) -> tuple[str, tuple]:
-    """The WHERE clause and its arguments for builds that match every filter given."""
-    tests = (("project = ?", project), ("status = ?", status and status.value), ("grp = ?", group))
+def _matching(project: str, status: Status | None, group: str,
+              repository: str = "") -> tuple[str, tuple]:
+    """The WHERE clause and its arguments for builds that match every filter given (`repository`:
+    push builds of that repository, by their `.repository` param; docs/push.md)."""
+    tests = (("project = ?", project), ("status = ?", status and status.value), ("grp = ?", group),
+             ("""json_extract(params, '$.".repository"') = ?""", repository))
     given = [(test, value) for test, value in tests if value]
     return " AND ".join(test for test, _ in given) or "1", tuple(value for _, value in given)
 
@@ -288,6 +291,19 @@ class Store:
         migrate(self._conn(), self.path)
         if fresh:
             self.reindex_from_disk()
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the index file and close: the last process of a server
+        leaves one file behind, as a server in one process does."""
+        self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.close()
+
+    def close(self) -> None:
+        """Close this thread's connection (a process about to fork: no connection may cross)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            conn.close()
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -568,6 +584,17 @@ class Store:
             "SELECT COUNT(*) FROM builds WHERE status='queued' AND "
             "(queued_at < ? OR (queued_at = ? AND rowid < ?))", (row[0], row[0], row[1])).fetchone()[0]
 
+    def queue_in_flight(self, project: str | None = None,
+                        build_id: str | None = None) -> list[tuple[BuildRow, str | None]]:
+        """The jobs queued or running (or the one with this key), oldest first, each with its
+        lease holder."""
+        where, args = f"status IN {_UNFINISHED}", []
+        if project is not None and build_id is not None:
+            where, args = where + " AND project=? AND id=?", [project, build_id]
+        cur = self._conn().execute(f"SELECT * FROM builds WHERE {where} ORDER BY queued_at, rowid",
+                                   args)
+        return [(BuildRow.from_sql(r), r["lease_owner"]) for r in cur.fetchall()]
+
     def queue_counts(self) -> tuple[int, int]:
         """(queued, running), from the trigger-kept counts."""
         return self._count_status(Status.QUEUED), self._count_status(Status.RUNNING)
@@ -591,14 +618,15 @@ class Store:
         return self._select("1", (), limit=limit)
 
     def history(self, project: str = "", status: Status | None = None, group: str = "",
-                limit: int | None = None, offset: int = 0) -> list[BuildRow]:
+                limit: int | None = None, offset: int = 0, repository: str = "") -> list[BuildRow]:
         """A page of builds that match every filter given ('' and None match any)."""
-        where, args = _matching(project, status, group)
+        where, args = _matching(project, status, group, repository)
         return self._select(where, args, limit=limit, offset=offset)
 
-    def count(self, project: str = "", status: Status | None = None, group: str = "") -> int:
+    def count(self, project: str = "", status: Status | None = None, group: str = "",
+              repository: str = "") -> int:
         """How many builds `history` has for these filters."""
-        where, args = _matching(project, status, group)
+        where, args = _matching(project, status, group, repository)
         return self._conn().execute(f"SELECT COUNT(*) FROM builds WHERE {where}", args).fetchone()[0]
 
     def recent_finished(self, limit: int, project: str = "") -> list[BuildRow]:
@@ -613,6 +641,19 @@ class Store:
         return self._select("rowid IN (SELECT r FROM (SELECT rowid AS r, MAX(queued_at) "
                             "FROM builds WHERE project = ? GROUP BY grp))",
                             (project,), limit=limit, order="grp ASC")
+
+    def newest_succeeded(self, project: str, group: str | None, before: float | None = None,
+                         other_than: str = "") -> BuildRow | None:
+        """The newest successful build of `project` in `group` (None: in any group), queued
+        before `before` when given, other than the build `other_than` (explain.py's "nearest")."""
+        where = "project = ? AND status = 'succeeded' AND id != ?"
+        args: list[str | float] = [project, other_than]
+        if group is not None:
+            where, args = where + " AND grp = ?", [*args, group]
+        if before is not None:
+            where, args = where + " AND queued_at < ?", [*args, before]
+        rows = self._select(where, tuple(args), limit=1)
+        return rows[0] if rows else None
 
     def find_by_prefix(self, prefix: str, limit: int = 20) -> list[BuildRow]:
         """Builds whose id starts with `prefix`, of any project."""

@@ -100,6 +100,22 @@ def start_mistryd(config_path: Path, port: int) -> subprocess.Popen:
     raise AssertionError("mistryd did not start")
 
 
+def children_of(server_pid: int, name: str) -> list[int]:
+    """The child processes of `mistryd` with this name (`mistryd-builder`, `mistryd-api`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm, rest = stat.split("(", 1)[1].rsplit(")", 1)
+        if int(rest.split()[1]) == server_pid and comm == name:
+            found.append(int(entry.name))
+    return found
+
+
 def wait_for(predicate, timeout: float = 120, interval: float = 0.2):
     """Poll `predicate` until it is true (for conditions only visible from outside a process)."""
     deadline = time.monotonic() + timeout

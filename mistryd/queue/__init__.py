@@ -6,6 +6,7 @@ from .base import (
     MAX_INTERRUPTIONS,
     Admission,
     Cancelled,
+    InFlight,
     JobKey,
     JobQueue,
     Lease,
@@ -17,6 +18,6 @@ from .base import (
 from .embedded import EmbeddedQueue
 from .memory import MemoryQueue
 
-__all__ = ["LEASE_SECONDS", "MAX_INTERRUPTIONS", "Admission", "Cancelled", "EmbeddedQueue",
+__all__ = ["LEASE_SECONDS", "MAX_INTERRUPTIONS", "Admission", "Cancelled", "EmbeddedQueue", "InFlight",
            "JobKey", "JobQueue", "Lease", "LeaseLost", "MemoryQueue", "Outcome", "Peek",
            "QueueStats"]

@@ -79,6 +79,19 @@ class Cancelled(StrEnum):
 
 
 @dataclass(frozen=True)
+class InFlight:
+    """A job queued or running, as any process may list it: what was asked (`request`, opaque
+    params included: the job may have to be made from it), and who holds it."""
+
+    key: JobKey
+    status: Status  # QUEUED or RUNNING
+    request: dict
+    queued_at: float
+    started_at: float | None
+    builder: str | None  # the lease holder of a running job
+
+
+@dataclass(frozen=True)
 class QueueStats:
     queued: int
     running: int
@@ -181,6 +194,14 @@ class JobQueue(Protocol):
     def position(self, key: JobKey) -> int | None:
         """How many queued jobs are ahead of this one (0: it is next); None when it is not
         queued."""
+        ...
+
+    def jobs(self) -> list[InFlight]:
+        """Every job in flight, oldest first (queued and running alike)."""
+        ...
+
+    def job(self, key: JobKey) -> InFlight | None:
+        """The job in flight with this key; None when it is not in flight."""
         ...
 
     def stats(self) -> QueueStats:

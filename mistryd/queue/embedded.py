@@ -9,17 +9,19 @@ a cancel was asked for, work arrived. Nothing waits by polling the database; a s
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Collection
 from pathlib import Path
 
 from ..errors import Overloaded, Unavailable
-from ..store import Status, Store
+from ..store import BuildRow, Status, Store
 from .base import (
     LEASE_SECONDS,
     MAX_INTERRUPTIONS,
     Admission,
     Cancelled,
+    InFlight,
     JobKey,
     Lease,
     LeaseLost,
@@ -27,7 +29,7 @@ from .base import (
     Peek,
     QueueStats,
 )
-from .wakeups import Bell, Wakeups
+from .wakeups import Bell, Wakeups, ring_others
 
 SAFETY_LOOK = 5.0
 WORK = "work"
@@ -47,11 +49,24 @@ class EmbeddedQueue:
         self.store = store
         self.max_interruptions = max_interruptions
         self._wakeups = Wakeups()
-        self._bell = Bell(folder or store.path.parent / "queue-bell", self._wakeups.ring)
+        self._bell_folder = folder or store.path.parent / "queue-bell"
+        # this process's FIFO and the thread that reads it, made when something here first
+        # waits: a process that only submits and rings (mistryd's supervisor) starts no thread
+        self._bell: Bell | None = None
+        self._bell_lock = threading.Lock()
 
     def _ring(self, topic: str) -> None:
         self._wakeups.ring(topic)  # this process's waiters
-        self._bell.ring(topic)  # everyone else's
+        bell = self._bell
+        ring_others(self._bell_folder, topic, mine=bell.name if bell is not None else None)
+
+    def _listening(self, topic: str):
+        """Wake-ups of `topic` from this process and every other one."""
+        if self._bell is None:
+            with self._bell_lock:
+                if self._bell is None and not self._wakeups.closed:
+                    self._bell = Bell(self._bell_folder, self._wakeups.ring)
+        return self._wakeups.listening(topic)
 
     # --- the API tier's side ----------------------------------------------------------------
 
@@ -88,7 +103,7 @@ class EmbeddedQueue:
 
     def wait(self, key: JobKey, timeout: float | None = None) -> Outcome | None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._wakeups.listening(_ended(key)) as woken:
+        with self._listening(_ended(key)) as woken:
             while True:
                 woken.clear()
                 ended = self.store.queue_outcome(key.project, key.id)
@@ -104,7 +119,7 @@ class EmbeddedQueue:
              now: float | None = None) -> Lease | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         skip = {(k.project, k.id) for k in exclude}
-        with self._wakeups.listening(WORK) as woken:
+        with self._listening(WORK) as woken:
             while True:
                 woken.clear()
                 if self._wakeups.closed:
@@ -114,9 +129,7 @@ class EmbeddedQueue:
                 taken = self.store.queue_take(builder, lease_seconds, skip, at)
                 if taken is not None:
                     row, token = taken
-                    request = {"project": row.project, "params": {**row.params, **row.opaque},
-                               "group": row.group, "rebuild": row.rebuild}
-                    return Lease(JobKey(row.project, row.id), builder, token, request,
+                    return Lease(JobKey(row.project, row.id), builder, token, _request(row),
                                  row.queued_at, at, row.interruptions)
                 # nobody rings when a lease runs out: wake up for the first one that will
                 expiry = self.store.queue_next_expiry()
@@ -137,7 +150,7 @@ class EmbeddedQueue:
 
     def wait_for_cancel(self, lease: Lease, timeout: float) -> str | None:
         deadline = time.monotonic() + timeout
-        with self._wakeups.listening(_cancel(lease.key)) as woken:
+        with self._listening(_cancel(lease.key)) as woken:
             while True:
                 woken.clear()
                 reason = self.store.queue_cancel_reason(lease.key.project, lease.key.id,
@@ -190,12 +203,31 @@ class EmbeddedQueue:
     def position(self, key: JobKey) -> int | None:
         return self.store.queue_position(key.project, key.id)
 
+    def jobs(self) -> list[InFlight]:
+        return [_in_flight(row, owner) for row, owner in self.store.queue_in_flight()]
+
+    def job(self, key: JobKey) -> InFlight | None:
+        found = self.store.queue_in_flight(key.project, key.id)
+        return _in_flight(*found[0]) if found else None
+
     def stats(self) -> QueueStats:
         return QueueStats(*self.store.queue_counts())
 
     def close(self) -> None:
-        self._wakeups.close()
-        self._bell.close()
+        with self._bell_lock:
+            self._wakeups.close()
+            if self._bell is not None:
+                self._bell.close()
+
+
+def _in_flight(row: BuildRow, owner: str | None) -> InFlight:
+    return InFlight(JobKey(row.project, row.id), row.status, _request(row), row.queued_at,
+                    row.started_at, owner if row.status is Status.RUNNING else None)
+
+
+def _request(row: BuildRow) -> dict:
+    return {"project": row.project, "params": {**row.params, **row.opaque}, "group": row.group,
+            "rebuild": row.rebuild}
 
 
 def _earliest(a: float | None, b: float) -> float:

@@ -18,6 +18,7 @@ from .base import (
     MAX_INTERRUPTIONS,
     Admission,
     Cancelled,
+    InFlight,
     JobKey,
     Lease,
     LeaseLost,
@@ -225,6 +226,17 @@ class MemoryQueue:
             return sum(1 for e in self._jobs.values()
                        if e.status is Status.QUEUED and (e.queued_at, e.order) < mine)
 
+    def jobs(self) -> list[InFlight]:
+        with self._lock:
+            found = [(e.queued_at, e.order, k, e) for k, e in self._jobs.items()
+                     if not e.status.finished]
+            return [_in_flight(k, e) for _, _, k, e in sorted(found)]
+
+    def job(self, key: JobKey) -> InFlight | None:
+        with self._lock:
+            entry = self._jobs.get(key)
+            return None if entry is None or entry.status.finished else _in_flight(key, entry)
+
     def stats(self) -> QueueStats:
         with self._lock:
             return QueueStats(self._count(Status.QUEUED), self._count(Status.RUNNING))
@@ -236,3 +248,9 @@ class MemoryQueue:
         with self._lock:
             self._closed = True
             self._lock.notify_all()
+
+
+def _in_flight(key: JobKey, e: _Entry) -> InFlight:
+    running = e.status is Status.RUNNING
+    return InFlight(key, e.status, dict(e.request), e.queued_at,
+                    e.started_at if running else None, e.builder if running else None)

@@ -85,31 +85,7 @@ class Bell:
         self._thread.start()
 
     def ring(self, line: str) -> None:
-        assert "\n" not in line  # noqa: S101 - one line is one wakeup
-        data = (line + "\n").encode()
-        assert len(data) <= 4096, "longer writes to a FIFO are not atomic"  # noqa: S101
-        for name in os.listdir(self.folder):
-            if name == self.name or not name.endswith(".fifo"):
-                continue
-            self._write(self.folder / name, data)
-
-    def _write(self, path: Path, data: bytes) -> None:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as e:
-            if e.errno == errno.ENXIO:  # nobody reads it: its process is gone
-                _unlink(path)
-            elif e.errno != errno.ENOENT:
-                log.warning("mistryd: queue: cannot ring %s: %s", path, e)
-            return
-        try:
-            os.write(fd, data)
-        except BlockingIOError:
-            pass  # that reader is 64 KiB behind: its waiters look again by themselves
-        except OSError as e:
-            log.warning("mistryd: queue: cannot ring %s: %s", path, e)
-        finally:
-            os.close(fd)
+        ring_others(self.folder, line, mine=self.name)
 
     def _listen(self) -> None:
         pending = b""
@@ -137,6 +113,40 @@ class Bell:
         os.write(self._fd, b"\n")  # wakes the reader, which sees _closed and ends
         self._thread.join(5)
         os.close(self._fd)
+
+
+def ring_others(folder: Path, line: str, mine: str | None = None) -> None:
+    """Write a line to the FIFO of every process listening in `folder` (but `mine`)."""
+    assert "\n" not in line  # noqa: S101 - one line is one wakeup
+    data = (line + "\n").encode()
+    assert len(data) <= 4096, "longer writes to a FIFO are not atomic"  # noqa: S101
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name == mine or not name.endswith(".fifo"):
+            continue
+        _write(folder / name, data)
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # nobody reads it: its process is gone
+            _unlink(path)
+        elif e.errno != errno.ENOENT:
+            log.warning("mistryd: queue: cannot ring %s: %s", path, e)
+        return
+    try:
+        os.write(fd, data)
+    except BlockingIOError:
+        pass  # that reader is 64 KiB behind: its waiters look again by themselves
+    except OSError as e:
+        log.warning("mistryd: queue: cannot ring %s: %s", path, e)
+    finally:
+        os.close(fd)
 
 
 def _unlink(path: Path) -> None:

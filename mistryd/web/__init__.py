@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flask import Flask, jsonify, render_template, request
 from flask.json.provider import DefaultJSONProvider
@@ -12,6 +13,9 @@ from ..errors import MistryError
 from ..server import Server
 from .http import SECURITY_HEADERS
 
+if TYPE_CHECKING:
+    from . import capacity
+
 HERE = Path(__file__).resolve().parent  # templates and static files ship inside the package
 
 
@@ -19,7 +23,7 @@ class KeyOrderJSONProvider(DefaultJSONProvider):
     sort_keys = False  # answers keep the order their fields are written in
 
 
-def create_app(server: Server) -> Flask:
+def create_app(server: Server, request_slots: capacity.SharedCounts | None = None) -> Flask:
     app = Flask("mistryd", template_folder=str(HERE / "templates"),
                 static_folder=str(HERE / "static"), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = server.config.max_body_bytes
@@ -28,7 +32,7 @@ def create_app(server: Server) -> Flask:
 
     from . import api, apidoc, auth, capacity, push, views
 
-    capacity.init_app(app, server.config.http_threads, server.metrics)
+    capacity.init_app(app, server.config.http_threads, server.metrics, request_slots)
     auth.init_app(app)  # first: every request is checked before any view runs
     app.register_blueprint(apidoc.bp)
     app.register_blueprint(api.bp)

@@ -111,14 +111,17 @@ def _sendfile_some(channel: HTTPChannel, buf: ReadOnlyFileBasedBuffer, do_close:
     return sent
 
 
-def make_http_server(app: Flask, config: Config, port: int | None = None) -> BaseWSGIServer:
+def make_http_server(app: Flask, config: Config, port: int | None = None,
+                     sock: socket.socket | None = None) -> BaseWSGIServer:
     """A sync build request holds a thread while it waits, so there are many threads; idle
     keep-alive connections must not use up the connection limit (waitress's default is 100).
     waitress reads a whole body (spooling it to a temporary file) before the app sees it: the
     body limit is waitress's too, so a larger Content-Length is answered 413 before any of it is
     read (waitress refuses a length equal to its limit, hence the + 1)."""
+    where = {"sockets": [sock]} if sock is not None else {
+        "host": _one_address(config.host), "port": config.port if port is None else port}
     http = create_server(
-        app, host=_one_address(config.host), port=config.port if port is None else port,
+        app, **where,
         threads=config.http_threads, connection_limit=max(1000, 4 * config.http_threads),
         channel_timeout=3600, cleanup_interval=10, ident="mistryd", clear_untrusted_proxy_headers=True,
         max_request_body_size=config.max_body_bytes + 1,
@@ -139,6 +142,21 @@ def make_http_server(app: Flask, config: Config, port: int | None = None) -> Bas
     return http
 
 
+def listen(config: Config) -> socket.socket:
+    """The listening socket every API worker process accepts from (made before they start)."""
+    host = _one_address(config.host)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, config.port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _one_address(host: str) -> str:
     """The address to listen on: one of `host`'s, IPv4 first, as upstream mistry (Go's net.Listen)
     does. waitress itself would listen on every address of a name (`localhost` is 127.0.0.1 and
@@ -151,6 +169,44 @@ def _one_address(host: str) -> str:
                                   "or a host name this machine resolves") from None
     first = min(found, key=lambda info: info[0] != socket.AF_INET)  # min is stable: the first IPv4
     return str(first[4][0])
+
+
+def stop_accepting(http: BaseWSGIServer) -> None:
+    """Accept no new connection (the other processes listening on the socket take them); the
+    connections open stay open and their requests run on."""
+
+    def stop() -> None:
+        http.accepting = False  # waitress polls the listening socket only while accepting
+
+    http.trigger.pull_trigger(stop)  # type: ignore[attr-defined]  # in waitress's own loop
+
+
+def drain_http_server(http: BaseWSGIServer, grace: float) -> None:
+    """Stop accepting; let every request in progress end, for up to `grace` seconds; then close.
+    A connection counts as idle once it has no request, no answer left to send and no traffic
+    for QUIET seconds (a connection accepted just now brings its request within that)."""
+    stop_accepting(http)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and not _idle(http):
+        time.sleep(DRAIN_LOOK)
+    stop_http_server(http)
+
+
+QUIET = 1.0
+DRAIN_LOOK = 0.1
+
+
+def _idle(http: BaseWSGIServer) -> bool:
+    dispatcher = http.task_dispatcher
+    if dispatcher.active_count or dispatcher.queue:
+        return False
+    now = time.time()
+    for channel in list(http._map.values()):  # type: ignore[attr-defined]  # waitress's socket map
+        if isinstance(channel, HTTPChannel) and (
+                channel.requests or channel.request is not None or channel.total_outbufs_len
+                or now - channel.last_activity < QUIET):
+            return False
+    return True
 
 
 def stop_http_server(http: BaseWSGIServer) -> None:

@@ -23,10 +23,11 @@ from urllib.parse import quote
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from flask.sansio.blueprints import BlueprintSetupState
 
-from .. import history, leases, safe_tree
-from ..jobs import record_status
+from .. import explain, history, leases, safe_tree
+from ..jobs import JobRequest, public_params, record_status
 from ..logs import IMAGE, Marks, open_log, open_marks
 from ..names import name_problem
+from ..push import record as push_record
 from ..server import Server
 from ..store import BuildRow, Status
 from . import logview
@@ -59,11 +60,10 @@ def sample_for_charts() -> None:
     if not sampler.due(now):
         return
     srv = server()
-    flights = srv.scheduler.flights()
-    running = sum(1 for f in flights if f.running)
+    counts = srv.queue.stats()
     try:
-        sampler.sample(srv.store, history.cache_use(srv.metrics), len(flights) - running,
-                       running, now)
+        sampler.sample(srv.store, history.cache_use(srv.metrics), counts.queued, counts.running,
+                       now)
     except sqlite3.Error as e:  # a full disk or a busy index: a gap in a chart, not a failed request
         log.warning("mistryd: could not record the dashboard's chart point: %s", e)
 
@@ -74,9 +74,9 @@ def sample_for_charts() -> None:
 @bp.get("/")
 def dashboard():
     srv = server()
-    flights = srv.scheduler.flights()
-    running = sorted((f for f in flights if f.running), key=lambda f: f.job.queued_at)
-    queued = sorted((f for f in flights if not f.running), key=lambda f: f.job.queued_at)
+    jobs = srv.queue.jobs()  # in every process, oldest first
+    running = [j for j in jobs if j.status is Status.RUNNING]
+    queued = [j for j in jobs if j.status is Status.QUEUED]
     cache = history.cache_use(srv.metrics)
     sampler: history.Sampler = current_app.extensions["mistryd.sampler"]
     now = time.time()
@@ -96,7 +96,8 @@ def builds():
     filters = _filters()
     page = history.page_of(srv.store, filters, _page_number())
     return render_template("builds.html", page=page, filters=filters,
-                           projects=srv.projects.names(), statuses=[s.value for s in Status])
+                           projects=srv.projects.names(), statuses=[s.value for s in Status],
+                           repositories=sorted(srv.config.repositories))
 
 
 @bp.get("/project/<project>")
@@ -109,7 +110,7 @@ def project_page(project: str):
     filters = history.Filters.parse(project, request.args.get("status", ""),
                                     request.args.get("group", ""))
     page = history.page_of(srv.store, filters, _page_number())
-    flights = [f for f in srv.scheduler.flights() if f.job.project == project]
+    flights = [j for j in srv.queue.jobs() if j.key.project == project]
     newest = srv.store.history(project, limit=1)
     return render_template(
         "project.html", project=project, known=known, page=page, filters=filters,
@@ -147,7 +148,8 @@ def find():
 
 def _filters() -> history.Filters:
     a = request.args
-    return history.Filters.parse(a.get("project", ""), a.get("status", ""), a.get("group", ""))
+    return history.Filters.parse(a.get("project", ""), a.get("status", ""), a.get("group", ""),
+                                 a.get("repository", ""))
 
 
 def _page_number() -> int:
@@ -213,6 +215,9 @@ class BuildPage:
     log: LogTail
     queue_position: int | None = None  # 1 = next to start
     queue_length: int = 0
+    cache_from: tuple[str, str, str] | None = None  # (project, group, id) its /data/cache came from
+    differs: explain.PageLine | None = None  # from its cache's build, or the nearest before it
+    push: push_record.PushFacts | None = None  # a push build's repository, branch, commit ...
 
     @property
     def resubmit(self) -> dict:
@@ -296,15 +301,33 @@ def build_page(srv: Server, project: str, build_id: str) -> BuildPage | None:
                                and row.last_used > row.finished_at + 0.001),
         artifacts=artifacts, artifacts_truncated=truncated, log=log,
         queue_position=position, queue_length=queue_length,
+        cache_from=explain.cache_source(info),
+        differs=explain.page_line(srv, project, build_id, info,
+                                  row.queued_at if row is not None else None)
+        if finished and info else None,
+        push=_push_facts(srv, project, build_id, finished,
+                         job.request if job is not None else None, row),
     )
+
+
+def _push_facts(srv: Server, project: str, build_id: str, finished: bool,
+                request: JobRequest | None, row: BuildRow | None) -> push_record.PushFacts | None:
+    """What the page shows of a push build: from push.json once it ended, before that from the
+    request (the running job's, or the index row's with its opaque params)."""
+    if finished:
+        return push_record.read(srv.layout.ready(project, build_id))
+    if request is not None:
+        return push_record.of_params(project, request.params)
+    if row is not None:
+        return push_record.of_params(project, {**row.params, **row.opaque})
+    return None
 
 
 def _queue_position(srv: Server, project: str, build_id: str) -> tuple[int | None, int]:
     """(1-based place among the queued builds, how many are queued), by the time they came."""
-    queued = sorted((f for f in srv.scheduler.flights() if not f.running),
-                    key=lambda f: f.job.queued_at)
-    for i, f in enumerate(queued, start=1):
-        if (f.job.project, f.job.id) == (project, build_id):
+    queued = [j for j in srv.queue.jobs() if j.status is Status.QUEUED]
+    for i, j in enumerate(queued, start=1):
+        if (j.key.project, j.key.id) == (project, build_id):
             return i, len(queued)
     return None, len(queued)
 
@@ -569,6 +592,12 @@ def size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
+
+
+@bp.app_template_filter("public_params")
+def public_params_filter(params: dict) -> dict:
+    """A request's params without the opaque `_` ones (never shown)."""
+    return public_params(params)
 
 
 @bp.app_template_filter("percent")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import make_setup, wait_for
+from support import children_of, make_setup, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -20,20 +20,8 @@ TIMEOUT = 30
 
 
 def builders_of(server_pid: int) -> list[int]:
-    """The builder processes the server started (its children running mistryd.builders)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == server_pid and b"mistryd.builders" in cmdline:
-            found.append(int(entry.name))
-    return found
+    """The builder processes the server started."""
+    return children_of(server_pid, "mistryd-builder")
 
 
 def job(url: str, build_id: str, project: str = "web-ticker") -> dict:

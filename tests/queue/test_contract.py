@@ -258,3 +258,19 @@ def test_a_taker_is_woken_by_new_work(backend):
     backend.open().submit(A, request(A))
     taker.join(30)
     assert [lease.key for lease in taken] == [A]
+
+
+def test_jobs_in_flight_are_listed_oldest_first_with_their_builder(backend):
+    q, other = backend.open(), backend.open()
+    q.submit(A, request(A, _secret="s", x="1"), now=T)
+    q.submit(B, request(B), now=T + 1)
+    lease = q.take("b1", now=T + 2)
+    assert lease is not None and lease.key == A
+    listed = other.jobs()
+    assert [(j.key, j.status, j.builder) for j in listed] == [
+        (A, Status.RUNNING, "b1"), (B, Status.QUEUED, None)]
+    assert listed[0].request["params"] == {"_secret": "s", "x": "1"}  # enough to make the job
+    assert listed[0].queued_at == T and listed[0].started_at == T + 2
+    assert other.job(B) == listed[1] and other.job(C) is None
+    q.finish(lease, done())
+    assert [j.key for j in other.jobs()] == [B] and other.job(A) is None
