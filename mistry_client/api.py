@@ -142,6 +142,14 @@ class Client:
                          info=finished_info(raw) if raw.get("cached") else None,
                          joined=bool(raw.get("joined")))
 
+    def explain(self, project: str, params: dict[str, str] | None = None, group: str = "",
+                deadline: float | None = None) -> dict:
+        """`GET /jobs/explain` with the body of a submit: the key, whether it is cached, queued
+        or running, and what differs from the nearest cached build."""
+        body = {"project": project, "params": params or {}, "group": group}
+        return self._json(self.request("GET", "jobs/explain", json=body, deadline=deadline),
+                          "ID", "State")
+
     def job(self, project: str, build_id: str, deadline: float | None = None) -> dict:
         """`GET /job/<project>/<id>` as JSON: {ID, Project, State, Status, BuildInfo}."""
         r = self.request("GET", f"job/{project}/{build_id}", deadline=deadline,

@@ -141,6 +141,8 @@ def main() -> None:
               help="An extra argument for rsync/scp (repeatable), e.g. --transport-arg=-F "
               "--transport-arg=ssh_config. Not in upstream.")
 @click.option("--no-wait", is_flag=True, help="Only schedule the build; do not wait or fetch.")
+@click.option("--explain", is_flag=True, help="Build nothing: say whether this request is "
+              "cached, queued or running, and what differs from the nearest cached build.")
 @click.option("--rebuild", is_flag=True, help="Build again even when a result is cached, and "
               "rebuild the image.")
 @click.option("--clear-target", is_flag=True, help="Empty the target folder first.")
@@ -154,8 +156,8 @@ def main() -> None:
               "and nothing else there.")
 @click.argument("params", nargs=-1, type=click.UNPROCESSED, metavar="[-- --KEY VALUE ...]")
 def build(project, group, target, host, port, transport, transport_user, transport_port,
-          transport_args, no_wait, rebuild, clear_target, keep_special_bits, timeout, verbose,
-          json_result, params):
+          transport_args, no_wait, explain, rebuild, clear_target, keep_special_bits, timeout,
+          verbose, json_result, params):
     """Build PROJECT on the server and fetch its artifacts into --target.
 
     Params follow `--`: `--key value`, `--key=value` or `key=value`; a value `@file` is that
@@ -169,6 +171,10 @@ def build(project, group, target, host, port, transport, transport_user, transpo
     from .ui import cached_note, make_output
 
     client = _client(host, port)
+    if explain:
+        answer = client.explain(project, build_params, group, deadline)
+        click.echo(json.dumps(answer, indent=2) if json_result else explanation(answer, client))
+        sys.exit(EXIT_OK)
     out = make_output(json_result)
     _interrupt_on_sigterm()  # so a killed download still removes its staging folder
     try:

@@ -24,6 +24,7 @@ from .docker_runner import (
     RunResult,
 )
 from .errors import MistryError
+from .explain import keep_inputs
 from .jobs import BuildInfo, JobRequest, public_params, rfc3339
 from .layout import INFO_FILE, LOG_FILE, Layout, point, publish, write_json_atomically
 from .logs import LiveLog
@@ -142,8 +143,11 @@ class Builder:
         timings = {"queued": round(started - job.queued_at, 3)}
         status, reason = Status.FAILED, ""
         try:
-            info.Incremental = self._prepare_workspace(job, pending)
-            if info.Incremental:
+            source = self._prepare_workspace(job, pending)
+            info.Incremental = source is not None
+            if source is not None:
+                info.CacheFrom = {"Project": project, "Group": job.request.group,
+                                  "ID": source.name}
                 self.metrics.builds_incremental.labels(project).inc()
             job.log.open(pending / LOG_FILE)
             if job.note_log is not None and job.log.identity is not None:
@@ -265,9 +269,9 @@ class Builder:
         else:
             self.store.record_finished(job.project, job.id, status, info.to_json(), reason)
 
-    def _prepare_workspace(self, job: Job, pending: Path) -> bool:
+    def _prepare_workspace(self, job: Job, pending: Path) -> Path | None:
         """An empty folder, or a clone of the group's last good build of which only /data/cache
-        is kept. Returns whether the build is incremental."""
+        is kept. Returns the build folder the cache came from (None: an empty cache)."""
         pending.parent.mkdir(parents=True, exist_ok=True)
         if pending.exists():  # left by a crash: never build on a half-written folder
             self.storage.remove(pending)
@@ -287,7 +291,7 @@ class Builder:
         for key, value in job.request.params.items():
             (pending / "data" / "params" / key).write_text(value)
         hand_over(pending / "data", self.uid, self.gid)
-        return source is not None
+        return source
 
     def _finish(self, job: Job, pending: Path, info: BuildInfo, status: Status,
                 reason: str) -> None:
@@ -311,6 +315,7 @@ class Builder:
         try:
             if not pending.exists():
                 self.storage.create(pending)
+            keep_inputs(pending, job.context, job.fingerprint, job.request.opaque_params())
             write_json_atomically(pending / INFO_FILE, info.to_json())
             replaced = publish(pending, ready)
         except Exception as e:  # noqa: BLE001

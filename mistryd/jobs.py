@@ -149,6 +149,9 @@ class BuildInfo:
     State: str = "ready"
     Status: str = "succeeded"
     Timings: dict[str, float] = field(default_factory=dict)
+    # ours: the build whose /data/cache this one started from, {"Project", "Group", "ID"}, or
+    # None (an empty cache); see docs/provenance.md
+    CacheFrom: dict[str, str] | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -159,6 +162,8 @@ class BuildInfo:
         out = {name: getattr(self, name) for name in _FIELD_NAMES}
         out["Params"] = dict(self.Params)
         out["Timings"] = dict(self.Timings)
+        if self.CacheFrom is not None:  # a copy; a damaged record's odd value is dropped
+            out["CacheFrom"] = dict(self.CacheFrom) if isinstance(self.CacheFrom, dict) else None
         return out
 
     @classmethod

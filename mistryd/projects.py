@@ -55,15 +55,28 @@ class _FileHashes:
 _FILE_HASHES = _FileHashes()
 
 
+Entry = tuple[str, str, str]  # (relative path, kind: dir, file-, filex or link, hash or target)
+
+
 def folder_fingerprint(folder: str | os.PathLike) -> str:
     """The fingerprint of a project folder as it is now; OSError when it cannot be read."""
+    return entries_fingerprint(folder_entries(folder))
+
+
+def folder_entries(folder: str | os.PathLike) -> list[Entry]:
+    """The per-file fingerprint of a project folder, sorted by path: what `folder_fingerprint`
+    hashes, kept with each build so that a miss can be explained file by file (explain.py)."""
+    return _walk(os.fspath(folder))
+
+
+def entries_fingerprint(entries: list[Entry]) -> str:
     h = hashlib.sha256()
-    for rel, kind, detail in _walk(os.fspath(folder)):
+    for rel, kind, detail in entries:
         h.update(f"{len(rel)}:{rel}\0{kind}\0{detail}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
-def _walk(root: str) -> list[tuple[str, str, str]]:
+def _walk(root: str) -> list[Entry]:
     entries = []
     stack = [""]
     while stack:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .. import explain
 from ..errors import BadRequest, NotFound, Unavailable
 from ..hits import Hit
 from ..jobs import BuildInfo, JobRequest
@@ -18,7 +19,7 @@ from ..logs import end_event_data, sse_stream
 from ..names import name_problem
 from ..server import Server
 from ..store import BuildRow, Status
-from .auth import sees_host_paths
+from .auth import check_group, sees_host_paths
 from .capacity import capacity
 from .logview import PageRenderer
 
@@ -33,6 +34,7 @@ def server() -> Server:
 def post_job():
     srv = server()
     job_request = JobRequest.from_json(_json_body())
+    check_group(job_request.group)
     build_id, outcome = srv.submit(job_request)
     if "async" in request.args:
         answer: dict = {"id": build_id, "url": f"job/{job_request.project}/{build_id}",
@@ -57,6 +59,20 @@ def post_job():
         return jsonify(srv.with_log(srv.wait(outcome))), 201
     finally:
         give_back()
+
+
+@bp.get("/jobs/explain")
+def explain_job():
+    """Why the same body as POST /jobs would (not) be answered from cache (docs/provenance.md):
+    the body as JSON, or the request as query parameters."""
+    has_body = bool(request.get_data(cache=True).strip())
+    if has_body and request.args:
+        raise BadRequest("send the request either as a JSON body or as query parameters, "
+                         "not both")
+    body = _json_body() if has_body else explain.request_from_query(request.args.items(multi=True))
+    job_request = JobRequest.from_json(body)
+    check_group(job_request.group)
+    return jsonify(explain.explain(server(), job_request))
 
 
 def _wait_while_connected(done: threading.Event, check_every: float = 1.0) -> bool:

@@ -19,6 +19,7 @@ upstream's Go client, `mistry`) send neither header and are not affected.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import hmac
 import ipaddress
@@ -39,6 +40,7 @@ from flask import (
 )
 
 from ..config import Config, Token
+from ..errors import MistryError
 
 bp = Blueprint("auth", __name__)
 
@@ -175,7 +177,7 @@ def check_access():
             return _unauthorized(f"the login cookie holds an unknown token; log in again at "
                                  f"/login, or {_fix(role)}")
         return _unauthorized(f"unknown token; {_fix(role)}")
-    g.role = token.role
+    g.role, g.token = token.role, token
     if ROLE_RANK[token.role] < ROLE_RANK[role]:
         return _forbidden(f"token '{token.name}' has role '{token.role}' but {what} needs "
                           f"'{role}'; use a token with role '{role}' or higher")
@@ -184,6 +186,25 @@ def check_access():
         return _forbidden(f"{what} with the login cookie must come from this server's own pages "
                           "(the Origin header did not match); use 'Authorization: Bearer' instead")
     return None
+
+
+class GroupRefused(MistryError):
+    status = 403
+
+
+def check_group(group: str) -> None:
+    """A token limited to groups (config `tokens[].groups`, globs) may ask only for builds of
+    those groups: GroupRefused (403) naming them otherwise. Tokens without `groups`, anonymous
+    readers and open servers are not limited."""
+    token: Token | None = getattr(g, "token", None)
+    if token is None or token.groups is None:
+        return
+    if any(fnmatch.fnmatchcase(group, glob) for glob in token.groups):
+        return
+    asked = f"group {group!r}" if group else "a build without a group"
+    raise GroupRefused(f"token '{token.name}' may only ask for groups matching "
+                       f"{', '.join(repr(glob) for glob in token.groups)}, not {asked}; ask for "
+                       "one of those groups, or use a token for this one")
 
 
 def _same_origin() -> bool:
