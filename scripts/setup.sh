@@ -15,13 +15,15 @@ case "$MODE" in
 esac
 
 # Debian packages (extend these lists when a feature needs a new real component). Serving needs
-# Docker, btrfs tools, rsync (the artifact daemon), debootstrap (the local base image) and what
-# builds the btrfsutil binding; the tests also run git, sshd and Chromium, the benchmarks wrk.
+# Docker, btrfs tools, rsync (the artifact daemon), debootstrap (the local base image), what
+# builds the btrfsutil binding, and git and the ssh client (ssh-agent) for push builds; the tests
+# also run sshd (a loopback git server over ssh) and Chromium, the benchmarks wrk.
 PACKAGES=(
   docker.io btrfs-progs libbtrfsutil-dev rsync debootstrap python3-venv python3-dev gcc
+  git openssh-client
 )
 if [ "$MODE" = test ]; then
-  PACKAGES+=(git openssh-server openssh-client chromium wrk)
+  PACKAGES+=(openssh-server chromium wrk)
 fi
 BASE_IMAGE=debian:bookworm-slim
 VENV=${MISTRYD_VENV:-.venv}  # another folder for a trial set-up beside the real one

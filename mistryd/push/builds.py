@@ -10,9 +10,11 @@ import tempfile
 from pathlib import Path
 
 from ..config import Config, Repository, git_url_problem
+from ..errors import MistryError
 from ..jobs import JobRequest
 from ..layout import Layout
 from ..projects import folder_fingerprint
+from ..store import Status
 from .errors import PushRefused, RepositoryUnreachable
 from .git import GitEnv, GitFailed, ls_remote, ssh_command
 from .jobspec import (
@@ -25,14 +27,18 @@ from .jobspec import (
     is_push,
     to_request,
 )
+from .notify import Count
 from .payloads import Push
+from .reports import Reports
 from .rules import find_repository, resolve
 from .run import PushRun
 
 
 class PushBuilds:
-    def __init__(self, config: Config, layout: Layout):
+    def __init__(self, config: Config, layout: Layout, count: Count = lambda kind, outcome: None):
+        Reports.check(config)
         self.config = config
+        self.reports = Reports(config, count)  # notifications and commit statuses
         self.repositories: dict[str, Repository] = dict(config.repositories)
         self.dry_run = config.dry_run
         self.state = layout.state_dir() / "push"
@@ -109,4 +115,17 @@ class PushBuilds:
         _, repository = self.repository(spec.repository)
         owner = (self.config.container_uid, self.config.container_gid) if os.geteuid() == 0 else None
         return PushRun(spec=spec, repository=repository, config=self.config,
-                       known_hosts=self._known_hosts(), owner=owner)
+                       known_hosts=self._known_hosts(), owner=owner, reports=self.reports)
+
+    def never_ran(self, request: JobRequest, build_id: str, status: Status) -> None:
+        """A push build that ended before any builder ran it (cancelled while queued, or
+        refused when the queue was taken up again): its events and status all the same."""
+        if not is_push(request):
+            return
+        spec = from_request(request)
+        repository: Repository | None = None
+        try:
+            _, repository = self.repository(spec.repository)
+        except MistryError:  # no longer configured: only the global `notify` hears of it
+            pass
+        self.reports.for_build(spec, repository, request.project, build_id).never_ran(status)

@@ -4,9 +4,9 @@ branch head, and a checkout of the exact commit, clean, in the group's /data/cac
 The checkout comes from the group's last build, whose container could write everything in it,
 `.git` included, and git runs here as the server's user: so `.git` is treated as hostile. Git
 reads no system or user config, runs no hooks and no fsmonitor, speaks only git, ssh and http(s),
-and before each use `.git` must be a plain folder with no link or special file in it (else it is
-thrown away and cloned again), its config is written afresh and hooks, alternates and attributes
-are removed."""
+and before each use the checkout must be a real folder and `.git` a plain folder with no link or
+special file in it (else it is thrown away and cloned again), its config is written afresh and
+hooks, alternates, attributes and the index are removed."""
 
 from __future__ import annotations
 
@@ -147,8 +147,16 @@ class Checkout:
         return full
 
     def _usable_git_dir(self) -> bool:
-        """Whether the checkout's .git can be used: a plain folder with nothing but folders and
-        regular files in it. Made safe to use: our config, no hooks, alternates or attributes."""
+        """Whether the checkout's .git can be used: in a checkout that is a real folder (a link
+        would lead git anywhere on the host), a plain folder with nothing but folders and
+        regular files in it. Made safe to use: our config; no hooks, alternates, attributes, or
+        index (a forged one could name paths outside the checkout: git makes a new one)."""
+        try:
+            if not stat.S_ISDIR(os.lstat(self.work).st_mode):
+                note(self.log, "the checkout is not a plain folder; cloning again")
+                return False
+        except FileNotFoundError:
+            return False
         git = self.work / ".git"
         try:
             st = os.lstat(git)
@@ -162,7 +170,8 @@ class Checkout:
         (git / "config").unlink(missing_ok=True)
         (git / "config").write_text(FRESH_CONFIG)
         for leftover in ("hooks", "info/attributes", "objects/info/alternates", "commondir",
-                         "objects/info/http-alternates", "info/grafts", "shallow"):
+                         "objects/info/http-alternates", "info/grafts", "shallow", "index",
+                         "modules", "worktrees"):
             path = git / leftover
             if path.is_dir():
                 shutil.rmtree(path)

@@ -121,11 +121,12 @@ def index():
 
 
 def _index_rows(srv: Server, limit: int | None) -> list[BuildRow]:
-    """The index's rows, newest first, narrowed by the optional filters `project`, `status` and
-    `id` (a prefix of build ids: how `mistry` resolves a short id). Upstream's index has no
-    filters; without them the answer is upstream's."""
+    """The index's rows, newest first, narrowed by the optional filters `project`, `status`,
+    `repository` (push builds) and `id` (a prefix of build ids: how `mistry` resolves a short
+    id). Upstream's index has no filters; without them the answer is upstream's."""
     a = request.args
     project, status_text = a.get("project", "").strip(), a.get("status", "").strip()
+    repository = a.get("repository", "").strip()
     prefix = a.get("id", "").strip().lower()
     status = None
     if status_text:
@@ -138,10 +139,11 @@ def _index_rows(srv: Server, limit: int | None) -> list[BuildRow]:
         raise BadRequest(f"id {prefix[:70]!r} is not the start of a build id: ids are "
                          "hexadecimal (0-9, a-f)")
     if not prefix:
-        return srv.store.history(project, status, limit=limit)
+        return srv.store.history(project, status, limit=limit, repository=repository)
     # LIMIT -1 is SQLite's "no limit": the other filters come after, so the limit does too
     rows = [r for r in srv.store.find_by_prefix(prefix, limit=-1)
-            if (not project or r.project == project) and (status is None or r.status == status)]
+            if (not project or r.project == project) and (status is None or r.status == status)
+            and (not repository or r.params.get(".repository") == repository)]
     return rows if limit is None else rows[:limit]
 
 

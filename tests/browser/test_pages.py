@@ -108,3 +108,41 @@ def test_a_live_build_on_a_phone(start_server, page, doc_shots):
     page.locator("#log-section").scroll_into_view_if_needed()
     page.screenshot(path=doc_shots / "build-live-phone.png")
     expect(page.locator("#state .status")).to_have_text("succeeded", timeout=BUILD_TIMEOUT)
+
+
+def test_a_push_builds_page_and_the_repository_filter(start_server, page, screenshots):
+    """A push build's page shows its repository, branch, commit (linked to the view URL), task,
+    trigger and message; the history filters by repository. A dry run: no git server is asked."""
+    repo, commit = "example-org/example-repo", "0123456789abcdef0123456789abcdef01234567"
+    url = "git://127.0.0.1:9/example-repo.git"  # never fetched in a dry run
+    rs = start_server(projects=("hello",), dry_run=True, repositories={repo: {
+        "url": url, "project": "hello", "branches": {"master/docs": "make docs"}}})
+    other = rs.build("hello", params={"n": "1"})
+    view = f"https://git.example.com/{repo}/commit/{commit}"
+    r = requests.post(f"{rs.url}/", timeout=60, json={
+        "scm": "git", "repositoryUrl": url, "project": repo, "target": "master", "task": "docs",
+        "commit": commit, "viewUrl": view, "message": "Docs: <b>not bold</b>"})
+    assert r.status_code == 202, r.text
+    page.goto(r.json()["url"])
+    expect(page.locator("#state .status")).to_have_text("succeeded", timeout=BUILD_TIMEOUT)
+    page.reload()  # the finished page: from the build's own record
+    expect(page.locator("#push-repository")).to_have_text(repo)
+    expect(page.locator("#push-branch")).to_have_text("master")
+    expect(page.locator("#push-commit a")).to_have_attribute("href", view)
+    expect(page.locator("#push-commit a")).to_have_text(commit[:12])
+    expect(page.locator("#push-task")).to_have_text("docs")
+    expect(page.locator("#push-trigger")).to_have_text("POST /")
+    expect(page.locator("#push-message")).to_have_text("Docs: <b>not bold</b>")  # as text
+    expect(page.locator("#retry, #rebuild")).to_have_count(0)  # POST /jobs cannot redo a push
+    page.screenshot(path=screenshots / "push-build.png", full_page=True)
+
+    page.locator("#push-repository a").click()  # the history of the repository's builds
+    expect(page).to_have_url(re.compile(r"/builds\?repository=example-org(/|%2F)example-repo$"))
+    rows = page.locator("table.builds tr.build-row")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text(".repository=" + repo)
+    expect(page.locator("select[name=repository] option[selected]")).to_have_text(repo)
+    page.goto(f"{rs.url}/builds?repository=nobody/else")
+    expect(page.locator("table.builds")).to_contain_text("No builds match these filters.")
+    index = requests.get(f"{rs.url}/index/", params={"repository": repo}, timeout=10).json()
+    assert [b["id"] for b in index] == [r.json()["id"]] and other["ID"] not in str(index)

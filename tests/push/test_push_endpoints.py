@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import requests
+from push_builds import finished
 from support import wait_for
 
 from mistryd.push.signatures import hmac_hex
@@ -26,18 +27,6 @@ def _payload(repo, target="production", **more):
     return {"scm": "git", "repositoryUrl": repo.url, "project": REPO, "target": target, **more}
 
 
-def _finished(srv, answer: dict) -> dict:
-    job = {}
-
-    def ended():
-        nonlocal job
-        job = requests.get(answer["url"], headers={"Accept": "application/json"}, timeout=30).json()
-        return job["State"] == "ready"
-
-    wait_for(ended, timeout=240)
-    return job
-
-
 def test_a_push_is_built_on_the_job_machinery(start_server, git_server):
     repo = git_server()
     commit = repo.commit({"build.sh": BUILD_SH, "version.txt": "v1\n"}, branch="production")
@@ -46,7 +35,7 @@ def test_a_push_is_built_on_the_job_machinery(start_server, git_server):
     assert r.status_code == 202, r.text
     answer = r.json()
     assert answer["commit"] == commit and answer["url"].startswith(srv.url + "/job/hello/")
-    job = _finished(srv, answer)
+    job = finished(answer)
     info = job["BuildInfo"]
     assert info["Status"] == "succeeded", info
     log = info["ContainerStdouterr"]
@@ -67,7 +56,7 @@ def test_a_push_is_built_on_the_job_machinery(start_server, git_server):
     r = requests.post(f"{srv.url}/gitea", data=hook, timeout=60,
                       headers={"Content-Type": "application/json", "X-Gitea-Event": "push"})
     assert r.status_code == 202, r.text
-    info = _finished(srv, r.json())["BuildInfo"]
+    info = finished(r.json())["BuildInfo"]
     assert info["Status"] == "succeeded" and info["Incremental"] is True
     log = info["ContainerStdouterr"]
     assert "fetching" in log and "into the existing checkout" in log and "cloning" not in log
@@ -81,11 +70,11 @@ def test_a_prefix_branch_and_a_task_build(start_server, git_server):
     srv = _server(start_server, repo)
     r = requests.post(f"{srv.url}/", json=_payload(repo, "staging/my-feature"), timeout=60)
     assert r.status_code == 202, r.text
-    log = _finished(srv, r.json())["BuildInfo"]["ContainerStdouterr"]
+    log = finished(r.json())["BuildInfo"]["ContainerStdouterr"]
     assert f"building {REPO} staging/my-feature {feature}" in log
     r = requests.post(f"{srv.url}/", json=_payload(repo, "master", task="docs"), timeout=60)
     assert r.status_code == 202 and r.json()["commit"] == master
-    job = _finished(srv, r.json())
+    job = finished(r.json())
     assert job["BuildInfo"]["Status"] == "succeeded"
     docs = requests.get(f"{srv.url}/artifacts/hello/{job['ID']}/docs.txt", timeout=30)
     assert docs.text == "docs\n"
@@ -142,7 +131,7 @@ def test_signatures_are_checked_and_tags_build_nothing(start_server, git_server)
     r = requests.post(f"{srv.url}/github", data=body, timeout=30, headers={
         **headers, "X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + hmac_hex(secret, body)})
     assert r.status_code == 202, r.text
-    assert _finished(srv, r.json())["BuildInfo"]["Status"] == "succeeded"
+    assert finished(r.json())["BuildInfo"]["Status"] == "succeeded"
     r = requests.post(f"{srv.url}/", json=_payload(repo), timeout=30,
                       headers={"Authorization": f"Bearer {secret}"})
     assert r.status_code == 202 and r.json()["cached"] is True
@@ -205,7 +194,7 @@ def test_a_dry_run_logs_what_would_run_and_runs_nothing(start_server, git_server
         "url": repo.url, "project": "hello", "branches": {"production": "sh build.sh"}}})
     r = requests.post(f"{srv.url}/", json=_payload(repo, commit=commit), timeout=30)
     assert r.status_code == 202, r.text
-    info = _finished(srv, r.json())["BuildInfo"]
+    info = finished(r.json())["BuildInfo"]
     log = info["ContainerStdouterr"]
     assert info["Status"] == "succeeded" and "dry run" in log
     assert "would run: git fetch" in log and "would run: sh -c 'sh build.sh'" in log
