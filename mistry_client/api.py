@@ -157,7 +157,7 @@ class Client:
         return self._json(r, "State", "Status")
 
     def index(self, limit: int | None = None, project: str = "", status: str = "",
-              id_prefix: str = "") -> list[dict]:
+              id_prefix: str = "", read_timeout: float = 60.0) -> list[dict]:
         """`GET /index/`: builds, newest first, as {id, project, startedAt, buildInfo, state,
         status}. The filters are sent and applied here too, so a server that ignores them (an
         older mistryd, upstream) still gives the right answer, only a longer one."""
@@ -167,7 +167,8 @@ class Client:
             query["limit"] = str(limit)
         from urllib.parse import urlencode
 
-        r = self.request("GET", f"index/?{urlencode(query)}" if query else "index/")
+        r = self.request("GET", f"index/?{urlencode(query)}" if query else "index/",
+                         read_timeout)
         try:
             rows = r.json()
         except (ValueError, WireError):

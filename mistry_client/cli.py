@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,9 +28,11 @@ from .errors import (
     connection_problem,
 )
 from .params import ParamError, parse_params
-from .terminal import terminal_safe
+from .terminal import plain_text, terminal_safe_keeping_colours
 
 if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
     from .api import Client, Submitted
     from .ui import Output
 
@@ -45,6 +48,20 @@ def _complete_projects(ctx: click.Context, param: click.Parameter, incomplete: s
     from .completion import project_names
 
     return project_names(ctx, incomplete)
+
+
+def _complete_project_or_id(ctx: click.Context, param: click.Parameter,
+                            incomplete: str) -> list[CompletionItem]:
+    from .completion import projects_and_ids
+
+    return projects_and_ids(ctx, incomplete)
+
+
+def _complete_id(ctx: click.Context, param: click.Parameter,
+                 incomplete: str) -> list[CompletionItem]:
+    from .completion import build_ids
+
+    return build_ids(ctx, incomplete, project=ctx.params.get("project") or "")
 
 
 class Duration(click.ParamType):
@@ -234,6 +251,35 @@ def build(project, group, target, host, port, transport, transport_user, transpo
         sys.exit(e.exit_code)
 
 
+def explanation(answer: dict, client: Client) -> str:
+    """GET /jobs/explain's answer for people: the summary, then one line per difference."""
+    def q(value: object) -> str:
+        return json.dumps(value, ensure_ascii=False)[:80]
+
+    lines = [f"{answer.get('Project')}/{str(answer.get('ID'))[:12]}: {answer.get('Summary')}"]
+    nearest = answer.get("Nearest") or {}
+    if nearest.get("URL"):
+        group = f" (group {nearest.get('Group')})" if nearest.get("Group") else ""
+        lines.append(f"  nearest cached build: {client.url(str(nearest['URL']))}{group}")
+    differences = answer.get("Differences") or {}
+    for f in differences.get("Files") or []:
+        lines.append(f"  file {f.get('Path')}: {f.get('Change')}")
+    shown, changed = len(differences.get("Files") or []), differences.get("FilesChanged") or 0
+    if changed > shown:
+        lines.append(f"  ... and {changed - shown} more files")
+    for p in differences.get("Params") or []:
+        if p.get("Opaque"):
+            lines.append(f"  param {p.get('Name')}: {p.get('Change')} (opaque: not part of the "
+                         "key)")
+        else:
+            lines.append(f"  param {p.get('Name')}: {p.get('Change')} ({q(p.get('Was'))} -> "
+                         f"{q(p.get('Now'))})")
+    if differences.get("Group"):
+        g = differences["Group"]
+        lines.append(f"  group: {q(g.get('Was'))} -> {q(g.get('Now'))}")
+    return "\n".join(plain_text(line) for line in lines)
+
+
 def _wait(client: Client, out: Output, project: str, job: Submitted, verbose: bool,
           deadline: float) -> dict:
     """Follow the build's log to its end (printing it with -v); on a terminal, with a status
@@ -280,15 +326,22 @@ def _transport(client, name, user, port, extra, progress, keep_special_bits):
     return HttpTransport(client, progress=progress, keep_special_bits=keep_special_bits)
 
 
-def print_log_line(line: str) -> None:
-    click.echo(terminal_safe(line))
+def log_printer(colours: bool) -> Callable[[str], None]:
+    """Prints one line of a build's log: in a pipe plain text, the build's escape sequences
+    removed whole; with `colours`, its colour codes (and only those) kept."""
+    clean = terminal_safe_keeping_colours if colours else plain_text
+
+    def print_line(line: str) -> None:
+        click.echo(clean(line), color=colours)  # click would strip them in a pipe
+
+    return print_line
 
 
 def _build_command(f):
     """A command about one build: `mistry <command> [options] [PROJECT] ID`, where ID may be a
     unique prefix of the build's id (then PROJECT may be left out)."""
-    f = click.argument("build_id", metavar="ID", required=False)(f)
-    f = click.argument("project", metavar="[PROJECT]", shell_complete=_complete_projects)(f)
+    f = click.argument("build_id", metavar="ID", required=False, shell_complete=_complete_id)(f)
+    f = click.argument("project", metavar="[PROJECT]", shell_complete=_complete_project_or_id)(f)
     return main.command(context_settings=CONTEXT)(_server_options(f))
 
 
@@ -338,25 +391,34 @@ def cancel(host, port, project, build_id):
 
 @_build_command
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming until the build ends.")
-def logs(host, port, follow, project, build_id):
+@click.option("--color/--no-color", "colour", default=None,
+              help="Keep the log's own colours (--color: also in a pipe, for `less -R`) or drop "
+              "them; by default kept on a terminal unless NO_COLOR is set. Only colour codes "
+              "ever pass: cursor moves and other sequences are removed.")
+def logs(host, port, follow, colour, project, build_id):
     """Print a build's log (with -f: follow it live until the build ends)."""
+    from .ui import log_colours
+
     client = _client(host, port)
     project, build_id = _the_build(client, project, build_id)
+    print_line = log_printer(log_colours(colour, sys.stdout))
     if follow:
-        client.follow_log(project, build_id, on_line=print_log_line)
+        client.follow_log(project, build_id, on_line=print_line)
         return
     view = client.job(project, build_id)
     if view.get("State") == "ready":
         text = (view.get("BuildInfo") or {}).get("ContainerStdouterr") or ""
-        click.echo("\n".join(terminal_safe(line) for line in text.split("\n")), nl=False)
+        for line in text.removesuffix("\n").split("\n") if text else ():
+            print_line(line)
     else:  # running: what is there so far, then stop
-        _print_log_so_far(client, project, build_id)
+        _print_log_so_far(client, project, build_id, print_line)
 
 
-def _print_log_so_far(client: Client, project: str, build_id: str) -> None:
+def _print_log_so_far(client: Client, project: str, build_id: str,
+                      print_line: Callable[[str], None]) -> None:
     # the stream of a running build never ends by itself: read until it goes quiet briefly
     try:
-        client.follow_log(project, build_id, on_line=print_log_line,
+        client.follow_log(project, build_id, on_line=print_line,
                           deadline=time.monotonic() + 1.0)
     except BuildTimeout:
         pass

@@ -58,6 +58,14 @@ def no_color() -> bool:
     return bool(os.environ.get("NO_COLOR"))
 
 
+def log_colours(asked: bool | None, stream: TextIO) -> bool:
+    """Whether a build's log keeps its own colours: as asked (`mistry logs --color` for a pipe
+    into `less -R`, `--no-color`), else on a terminal without NO_COLOR."""
+    if asked is None:
+        return is_terminal(stream) and not no_color()
+    return asked
+
+
 # --- words and numbers, shared by both faces ---------------------------------------------------
 
 
@@ -252,7 +260,7 @@ class Output:
     def error_detail(self, text: str) -> None:
         """The build's own words on a failure (its stderr): as a log line, on stderr."""
         for line in text.rstrip("\n").split("\n"):
-            self.error(terminal_safe(line))
+            self.error(plain_text(line))
 
     def table(self, header: list[str], rows: list[list[str]], status_column: int) -> None:
         raise NotImplementedError

@@ -578,9 +578,11 @@ class DockerRunner:
             # the log file instead (`logs(follow=True)`) ends early when a container that prints a
             # lot exits on a busy engine (Docker 20.10 cut a 100,000-line log at line 5,335).
             # Demultiplexed, each write says which stream it came from (out.log.marks). The
-            # order between the two streams is the engine's: dockerd reads the container's
-            # stdout and stderr pipes in two goroutines, so writes a few microseconds apart can
-            # arrive swapped (docs/web.md, "Log order").
+            # order between the two streams is the engine's: the shim and dockerd copy the
+            # container's stdout and stderr pipes in goroutines of their own, so writes close
+            # together in time can arrive swapped, and no reader outside the container can
+            # tell; one stream read frame by frame keeps the order they arrived in, everywhere
+            # (docs/web.md, "Log order"; tests/integration/test_log_order.py).
             output = container.attach(stdout=True, stderr=True, stream=True, logs=False,
                                       demux=True)
             container.start()

@@ -211,3 +211,47 @@ def test_the_one_scan_path_check_refuses_exactly_what_safe_relpath_refuses(paths
 
     expected = any(refused(lambda p=p: safe_relpath(p)) for p in paths)
     assert refused(lambda: _check_paths(paths)) == expected
+
+
+@pytest.mark.parametrize("line, plain, coloured", [
+    ("\x1b[1;32mgreen\x1b[0m and plain", "green and plain", "\x1b[1;32mgreen\x1b[0m and plain"),
+    ("fetch 10%\rfetch 55%\rfetch done", "fetch done", "fetch done"),  # what a terminal shows
+    ("working...\r\x1b[2Kall done", "all done", "all done"),  # erased and written again
+    ("\x1b[1Aup\x1b[5Cright\x1b[Gleft", "uprightleft", "uprightleft"),  # cursor moves, whole
+    ("\x1b]0;a window title\x07titled", "titled", "titled"),
+    ("windows line\r", "windows line", "windows line"),  # CRLF: the \r rewrites nothing
+    ("\x1b[31mred \rstill red\x1b[0m", "still red", "\x1b[31mstill red\x1b[0m"),  # colour kept
+    ("bell\x07 and\x7f del\x00", "bell and del", "bell and del"),
+])
+def test_log_lines_leave_no_escape_leftovers(line, plain, coloured):
+    from mistry_client.terminal import plain_text, terminal_safe_keeping_colours
+
+    assert plain_text(line) == plain
+    assert terminal_safe_keeping_colours(line) == coloured
+
+
+@pytest.mark.parametrize("asked, tty, no_color, keeps", [
+    (None, True, "", True), (None, False, "", False), (None, True, "1", False),
+    (True, False, "", True), (True, True, "1", True), (False, True, "", False),
+])
+def test_when_mistry_logs_keeps_the_logs_colours(monkeypatch, asked, tty, no_color, keeps):
+    from mistry_client.ui import log_colours
+
+    class Stream:
+        def isatty(self) -> bool:
+            return tty
+
+    monkeypatch.setenv("NO_COLOR", no_color)
+    monkeypatch.setenv("TERM", "xterm")
+    assert log_colours(asked, Stream()) is keeps  # type: ignore[arg-type]
+
+
+def test_completed_ids_are_the_shortest_unique_prefix_of_at_least_12_characters():
+    from mistry_client.completion import unique_prefix
+
+    ids = ["3fa9c1d2e4b5" + "a" * 52, "3fa9c1d2e4b5" + "ab" + "0" * 50, "77" + "0" * 62]
+    assert unique_prefix(ids[0], ids, 12) == "3fa9c1d2e4b5aa"
+    assert unique_prefix(ids[1], ids, 12) == "3fa9c1d2e4b5ab"
+    assert unique_prefix(ids[2], ids, 12) == "77" + "0" * 10
+    assert unique_prefix(ids[2], ids, 20) == "77" + "0" * 18  # never shorter than typed
+    assert unique_prefix(ids[0], [ids[0], ids[0]], 12) == ids[0][:12]
