@@ -584,15 +584,15 @@ class Store:
             "SELECT COUNT(*) FROM builds WHERE status='queued' AND "
             "(queued_at < ? OR (queued_at = ? AND rowid < ?))", (row[0], row[0], row[1])).fetchone()[0]
 
-    def queue_in_flight(self, project: str | None = None,
-                        build_id: str | None = None) -> list[tuple[BuildRow, str | None]]:
-        """The jobs queued or running (or the one with this key), oldest first, each with its
-        lease holder."""
+    def queue_in_flight(self, project: str | None = None, build_id: str | None = None,
+                        limit: int = 1000) -> list[tuple[BuildRow, str | None]]:
+        """The jobs queued or running (or the one with this key), oldest first (the `limit`
+        oldest), each with its lease holder."""
         where, args = f"status IN {_UNFINISHED}", []
         if project is not None and build_id is not None:
             where, args = where + " AND project=? AND id=?", [project, build_id]
-        cur = self._conn().execute(f"SELECT * FROM builds WHERE {where} ORDER BY queued_at, rowid",
-                                   args)
+        cur = self._conn().execute(
+            f"SELECT * FROM builds WHERE {where} ORDER BY queued_at, rowid LIMIT ?", [*args, limit])
         return [(BuildRow.from_sql(r), r["lease_owner"]) for r in cur.fetchall()]
 
     def queue_counts(self) -> tuple[int, int]:

@@ -196,8 +196,8 @@ class JobQueue(Protocol):
         queued."""
         ...
 
-    def jobs(self) -> list[InFlight]:
-        """Every job in flight, oldest first (queued and running alike)."""
+    def jobs(self, limit: int = 1000) -> list[InFlight]:
+        """The jobs in flight, oldest first (queued and running alike), at most `limit`."""
         ...
 
     def job(self, key: JobKey) -> InFlight | None:

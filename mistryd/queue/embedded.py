@@ -203,8 +203,8 @@ class EmbeddedQueue:
     def position(self, key: JobKey) -> int | None:
         return self.store.queue_position(key.project, key.id)
 
-    def jobs(self) -> list[InFlight]:
-        return [_in_flight(row, owner) for row, owner in self.store.queue_in_flight()]
+    def jobs(self, limit: int = 1000) -> list[InFlight]:
+        return [_in_flight(row, owner) for row, owner in self.store.queue_in_flight(limit=limit)]
 
     def job(self, key: JobKey) -> InFlight | None:
         found = self.store.queue_in_flight(key.project, key.id)

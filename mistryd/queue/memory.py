@@ -226,11 +226,11 @@ class MemoryQueue:
             return sum(1 for e in self._jobs.values()
                        if e.status is Status.QUEUED and (e.queued_at, e.order) < mine)
 
-    def jobs(self) -> list[InFlight]:
+    def jobs(self, limit: int = 1000) -> list[InFlight]:
         with self._lock:
             found = [(e.queued_at, e.order, k, e) for k, e in self._jobs.items()
                      if not e.status.finished]
-            return [_in_flight(k, e) for _, _, k, e in sorted(found)]
+            return [_in_flight(k, e) for _, _, k, e in sorted(found)[:limit]]
 
     def job(self, key: JobKey) -> InFlight | None:
         with self._lock:

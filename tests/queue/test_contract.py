@@ -274,3 +274,4 @@ def test_jobs_in_flight_are_listed_oldest_first_with_their_builder(backend):
     assert other.job(B) == listed[1] and other.job(C) is None
     q.finish(lease, done())
     assert [j.key for j in other.jobs()] == [B] and other.job(A) is None
+    assert [j.key for j in other.jobs(limit=0)] == []
