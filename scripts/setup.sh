@@ -23,7 +23,7 @@ PACKAGES=(
   git openssh-client
 )
 if [ "$MODE" = test ]; then
-  PACKAGES+=(openssh-server chromium wrk)
+  PACKAGES+=(openssh-server chromium wrk redis-server)  # redis-server: the Redis queue's tests
 fi
 BASE_IMAGE=debian:bookworm-slim
 VENV=${MISTRYD_VENV:-.venv}  # another folder for a trial set-up beside the real one
@@ -73,8 +73,8 @@ run_stamp="$VENV/.installed-run" test_stamp="$VENV/.installed"
 fresh() { [ -x "$VENV/bin/python" ] && [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ] \
           && [ ! scripts/setup.sh -nt "$1" ]; }
 if [ "$MODE" = test ]; then
-  stamp=$test_stamp extras=btrfs,test,browser,bench
-  check='import mistryd, btrfsutil, docker, flask, waitress, pytest, hypothesis, playwright'
+  stamp=$test_stamp extras=btrfs,test,browser,bench,redis
+  check='import mistryd, btrfsutil, docker, flask, waitress, pytest, hypothesis, playwright, rq'
 else
   stamp=$run_stamp extras=btrfs
   check='import mistryd, btrfsutil, docker, flask, waitress'

@@ -8,19 +8,35 @@ import multiprocessing
 from collections.abc import Callable
 
 import pytest
-from queue_backends import ACROSS_PROCESSES, ALL, Backend
+from queue_backends import ACROSS_PROCESSES, ALL, Backend, RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> RedisServer:
+    """One real redis-server on loopback for the run; each test that uses it starts empty."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+def _backend(request, tmp_path) -> Backend:
+    server = None
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        server.flush()
+    return Backend(request.param, tmp_path, server)
 
 
 @pytest.fixture(params=ALL)
 def backend(request, tmp_path) -> Backend:
-    b = Backend(request.param, tmp_path)
+    b = _backend(request, tmp_path)
     yield b
     b.close()
 
 
 @pytest.fixture(params=ACROSS_PROCESSES)
 def shared_backend(request, tmp_path) -> Backend:
-    b = Backend(request.param, tmp_path)
+    b = _backend(request, tmp_path)
     yield b
     b.close()
 
