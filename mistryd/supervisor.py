@@ -45,6 +45,7 @@ YOUNG = 60.0  # a child that lived shorter than this died young
 LATE = 60.0  # seconds past its grace after which a child that does not stop is killed
 API, BUILDER = "api", "builder"
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+CHILD_SIGNALS = (*SIGNALS, signal.SIGUSR1)  # what the supervisor sends its children
 
 
 @dataclass
@@ -76,15 +77,16 @@ class Supervisor:
         self._orphans_left = server.runner.orphans_left
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
+        self._signals: list[int] = []  # noted by the handler, taken by the loop
         self.pid = os.getpid()
 
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT; then stop every child and return."""
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)  # wakes the select
         for sig in SIGNALS:
-            signal.signal(sig, _noted)
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+            signal.signal(sig, self._noted)
         self.server.store.close()  # no SQLite connection crosses a fork
         SharedCounts.clear(self.request_slots)
         for slot in self.slots:
@@ -99,18 +101,24 @@ class Supervisor:
             self._reap()
             self._refill()
 
+    def _noted(self, signum, frame) -> None:
+        """A signal is noted here, and its byte on the wakeup fd ends the loop's select; the
+        loop does the work."""
+        self._signals.append(signum)
+
     def _wait(self, timeout: float) -> list[int]:
-        """The signals that arrived, waiting up to `timeout` seconds for one."""
-        try:
-            ready, _, _ = select.select([self._wake_r], [], [], timeout)
-        except InterruptedError:
-            ready = [self._wake_r]
-        if not ready:
-            return []
-        try:
-            return list(os.read(self._wake_r, 512))
-        except BlockingIOError:
-            return []
+        """The signals that arrived (in order), waiting up to `timeout` seconds for one."""
+        if not self._signals:
+            try:
+                select.select([self._wake_r], [], [], timeout)
+            except InterruptedError:
+                pass
+            try:
+                os.read(self._wake_r, 512)
+            except BlockingIOError:
+                pass
+        arrived, self._signals = self._signals, []
+        return arrived
 
     def _next_timeout(self) -> float:
         now = time.monotonic()
@@ -130,9 +138,15 @@ class Supervisor:
                                      slot.row)
         else:
             body = functools.partial(run_builder, self.config, collect, remove_orphans)
-        pid = os.fork()
-        if pid == 0:
-            self._in_child(slot.kind, body)
+        # a signal for the child must not reach the supervisor's handler in it: blocked over the
+        # fork, it waits until the child has the default handlers back
+        signal.pthread_sigmask(signal.SIG_BLOCK, CHILD_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._in_child(slot.kind, body)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, CHILD_SIGNALS)
         slot.pid, slot.born = pid, time.monotonic()
         log.debug("mistryd: %s process %d started", slot.kind, pid)
 
@@ -144,6 +158,7 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             for sig in SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, CHILD_SIGNALS)
             os.close(self._wake_r)
             os.close(self._wake_w)
             _die_with_parent(self.pid, f"mistryd-{kind}")
@@ -260,10 +275,6 @@ def _api_worker(config: Config, listener: socket.socket, request_slots, row: int
     from .web.worker import serve
 
     return serve(config, listener, SharedCounts(request_slots, row) if row >= 0 else None)
-
-
-def _noted(signum, frame) -> None:
-    """Signals only wake the loop (through the wakeup fd); the loop does the work."""
 
 
 def _exited(pid: int) -> int | None:
