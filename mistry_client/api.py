@@ -150,6 +150,16 @@ class Client:
         return self._json(self.request("GET", "jobs/explain", json=body, deadline=deadline),
                           "ID", "State")
 
+    def verify(self, project: str, params: dict[str, str] | None = None, group: str = "",
+               image_cache: bool = True, deadline: float | None = None) -> dict:
+        """`POST /jobs/verify`: build the cached build that answers the request again and
+        compare the artifacts; waits for the answer (until `deadline`)."""
+        body = {"project": project, "params": params or {}, "group": group}
+        path = "jobs/verify" if image_cache else "jobs/verify?no-image-cache"
+        read_timeout = 3600.0 if deadline is None else max(1.0, deadline - time.monotonic())
+        return self._json(self.request("POST", path, json=body, read_timeout=read_timeout,
+                                       deadline=deadline), "ID", "Reproducible")
+
     def job(self, project: str, build_id: str, deadline: float | None = None) -> dict:
         """`GET /job/<project>/<id>` as JSON: {ID, Project, State, Status, BuildInfo}."""
         r = self.request("GET", f"job/{project}/{build_id}", deadline=deadline,

@@ -1,4 +1,4 @@
-"""`mistry`: build (upstream's flags), status, logs, cancel and ls. Exit codes are in
+"""`mistry`: build (upstream's flags), status, logs, cancel, ls and verify. Exit codes are in
 mistry_client.errors; what people see (status line, summary) is mistry_client.ui."""
 
 from __future__ import annotations
@@ -422,6 +422,63 @@ def _print_log_so_far(client: Client, project: str, build_id: str,
                           deadline=time.monotonic() + 1.0)
     except BuildTimeout:
         pass
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--project", required=True, help="The project of the cached build.",
+              shell_complete=_complete_projects)
+@click.option("--group", "-g", default="", help="Its group.")
+@click.option("--no-image-cache", is_flag=True, help="Build the image again without Docker's "
+              "layer cache too.")
+@click.option("--timeout", type=Duration(), default="60m", show_default=True,
+              help="How long to wait for the rebuild and the comparison.")
+@click.option("--json", "as_json", is_flag=True, help="The server's answer as JSON.")
+@_server_options
+@click.argument("params", nargs=-1, type=click.UNPROCESSED, metavar="[-- --KEY VALUE ...]")
+def verify(project, group, no_image_cache, timeout, as_json, host, port, params):
+    """Build the cached build of a request again and compare its artifacts: exit 0 when they
+    are identical, 1 when some differ (they are listed) or the rebuild failed.
+
+    The request is `mistry build`'s (params after `--`); the server records the outcome on the
+    cached build (Reproducible) and removes the rebuild."""
+    try:
+        build_params = parse_params(params)
+    except ParamError as e:
+        raise click.UsageError(str(e)) from None
+    client = _client(host, port)
+    try:
+        answer = client.verify(project, build_params, group, image_cache=not no_image_cache,
+                               deadline=time.monotonic() + timeout)
+    except BuildTimeout:
+        raise BuildTimeout(f"The verification did not finish after {format_duration(timeout)}; "
+                           "it goes on, and its outcome is recorded on the build") from None
+    click.echo(json.dumps(answer, indent=2) if as_json else verification(answer, client))
+    sys.exit(EXIT_OK if answer.get("Reproducible") is True else EXIT_BUILD_FAILED)
+
+
+def verification(answer: dict, client: Client) -> str:
+    """POST /jobs/verify's answer for people: the summary, then one line per differing entry."""
+    def side(entry: dict | None) -> str:
+        if not entry:
+            return "-"
+        if entry.get("Type") == "file":
+            return f"{entry.get('Size')} bytes sha256 {str(entry.get('Sha256'))[:16]}"
+        if entry.get("Type") == "symlink":
+            return f"link to {entry.get('Target')}"
+        return f"{entry.get('Type')} mode {entry.get('Mode')}"
+
+    lines = [f"{answer.get('Project')}/{str(answer.get('ID'))[:12]}: {answer.get('Summary')}",
+             f"  build: {client.url(str(answer.get('URL')))}"]
+    for d in answer.get("Differences") or []:
+        lines.append(f"  {d.get('Path')}: {d.get('Change')} (cached: {side(d.get('Cached'))}; "
+                     f"rebuilt: {side(d.get('Rebuilt'))})")
+    shown, total = len(answer.get("Differences") or []), answer.get("DifferencesCount") or 0
+    if total > shown:
+        lines.append(f"  ... and {total - shown} more")
+    if answer.get("LogTail"):
+        lines.append("  the end of the rebuild's log:")
+        lines += ["    " + line for line in str(answer["LogTail"]).splitlines()[-20:]]
+    return "\n".join(plain_text(line) for line in lines)
 
 
 @main.command("ls", context_settings=CONTEXT)

@@ -78,6 +78,9 @@ class Job:
     recorded: bool = False
     lease_lost: threading.Event = field(default_factory=threading.Event)
     hooks: JobHooks | None = None  # what a kind of job adds (a push build's git work)
+    # the groups whose last good build /data/cache may start from, in order (None: the request's
+    # group); a build publishes into its request's group only (docs/push.md, trusted branches)
+    seed_groups: tuple[str, ...] | None = None
 
     @property
     def project(self) -> str:
@@ -143,11 +146,10 @@ class Builder:
         timings = {"queued": round(started - job.queued_at, 3)}
         status, reason = Status.FAILED, ""
         try:
-            source = self._prepare_workspace(job, pending)
-            info.Incremental = source is not None
-            if source is not None:
-                info.CacheFrom = {"Project": project, "Group": job.request.group,
-                                  "ID": source.name}
+            seed = self._prepare_workspace(job, pending)
+            info.Incremental = seed is not None
+            if seed is not None:
+                info.CacheFrom = {"Project": project, "Group": seed[0], "ID": seed[1].name}
                 self.metrics.builds_incremental.labels(project).inc()
             job.log.open(pending / LOG_FILE)
             if job.note_log is not None and job.log.identity is not None:
@@ -179,8 +181,8 @@ class Builder:
                     timings["run"] = round(time.time() - t, 3)
                     info.ExitCode = result.exit_code
                     info.ContainerStderr = result.stderr
-                    status, reason = _outcome(job, result)
-                    status, reason = self._defuse(job, pending / "data", status, reason)
+                    status, reason = run_outcome(job, result)
+                    status, reason = self.defuse(job, pending / "data", status, reason)
                     if reason.startswith(REFUSED):
                         info.ErrBuild = reason
         except Stopped as e:  # a hook's step (a push build's git work)
@@ -210,7 +212,7 @@ class Builder:
         self._finish(job, pending, info, status, reason)
         return info
 
-    def _defuse(self, job: Job, data: Path, status: Status, reason: str) -> tuple[Status, str]:
+    def defuse(self, job: Job, data: Path, status: Status, reason: str) -> tuple[Status, str]:
         """The container has exited: what it left is hostile. Remove the opaque params (they were
         for the container only), defuse the rest, and refuse a build whose folders were swapped
         for links or files."""
@@ -269,14 +271,27 @@ class Builder:
         else:
             self.store.record_finished(job.project, job.id, status, info.to_json(), reason)
 
-    def _prepare_workspace(self, job: Job, pending: Path) -> Path | None:
+    def _prepare_workspace(self, job: Job, pending: Path) -> tuple[str, Path] | None:
         """An empty folder, or a clone of the group's last good build of which only /data/cache
-        is kept. Returns the build folder the cache came from (None: an empty cache)."""
+        is kept. Returns the group and build folder the cache came from (None: an empty cache)."""
+        seed = self.cache_seed(job)
+        self.make_workspace(job, pending, None if seed is None else seed[1])
+        return seed
+
+    def cache_seed(self, job: Job) -> tuple[str, Path] | None:
+        """The first of the job's seed groups that has a last good build, and that build."""
+        for group in job.seed_groups or (job.request.group,):
+            if group and (source := self.layout.last_good(job.project, group)) is not None:
+                return group, source
+        return None
+
+    def make_workspace(self, job: Job, pending: Path, source: Path | None) -> None:
+        """`pending` made afresh: empty, or a clone of the build folder `source` of which only
+        /data/cache is kept; then the params and the build uid (also a verification's folder,
+        mistryd/verify.py)."""
         pending.parent.mkdir(parents=True, exist_ok=True)
         if pending.exists():  # left by a crash: never build on a half-written folder
             self.storage.remove(pending)
-        source = self.layout.last_good(job.project, job.request.group) \
-            if job.request.group else None
         if source is not None:
             self.storage.clone(source, pending)
             _keep_only(pending, {"data"})
@@ -291,7 +306,6 @@ class Builder:
         for key, value in job.request.params.items():
             (pending / "data" / "params" / key).write_text(value)
         hand_over(pending / "data", self.uid, self.gid)
-        return source
 
     def _finish(self, job: Job, pending: Path, info: BuildInfo, status: Status,
                 reason: str) -> None:
@@ -361,7 +375,8 @@ class Builder:
             log.exception("mistryd: could not remove %s", folder)
 
 
-def _outcome(job: Job, result: RunResult) -> tuple[Status, str]:
+def run_outcome(job: Job, result: RunResult) -> tuple[Status, str]:
+    """What a container's run means for the build (also a verification's, mistryd/verify.py)."""
     if result.cancelled:
         return Status.CANCELLED, job.cancel_reason or "cancelled"
     if result.timed_out:

@@ -234,6 +234,9 @@ class Repository:
     status_token: NonEmpty | None = dataclasses.field(default=None, repr=False)
     # the forge's API base for commit statuses (None: made from `url`'s host; mistryd/push/statuses.py)
     status_api: NonEmpty | None = None
+    # the branches (fnmatch globs) whose pushes may write their branch rule's group cache; the
+    # others build in a group of their own, starting from it (None: each rule's own branch)
+    trusted_branches: tuple[StrictStr, ...] | None = None
 
 
 Repositories = dict[Annotated[StrictStr, AfterValidator(_repository_name)], Repository]

@@ -494,6 +494,10 @@ class DockerRunner:
         log.line(f"mistryd: using image {tag}", IMAGE)
         return image_id
 
+    def remove_image_tag(self, tag: str) -> None:
+        """Take `tag` off its image (a verification's own image, mistryd/verify.py)."""
+        self._untag(tag)
+
     def _untag(self, tag: str) -> None:
         """Take `tag` off the image just built (the image goes with it unless it has others)."""
         with self._talking_to_docker(f"could not remove the image tag {tag}"):

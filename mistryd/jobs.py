@@ -152,6 +152,10 @@ class BuildInfo:
     # ours: the build whose /data/cache this one started from, {"Project", "Group", "ID"}, or
     # None (an empty cache); see docs/provenance.md
     CacheFrom: dict[str, str] | None = None
+    # ours: whether building it again gave the same artifacts, and when that was checked (RFC
+    # 3339); None: never verified (mistryd/verify.py, docs/provenance.md)
+    Reproducible: bool | None = None
+    VerifiedAt: str | None = None
 
     @property
     def succeeded(self) -> bool:

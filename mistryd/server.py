@@ -32,6 +32,7 @@ from .queue import EmbeddedQueue, JobKey
 from .scheduler import Scheduler, Ticket, request_of
 from .storage import make_storage
 from .store import BuildRow, Status, Store
+from .verify import Verifier
 
 log = logging.getLogger("mistryd")
 
@@ -67,6 +68,7 @@ class Server:
                                    make_job=self._job_of, name=builder_name or "mistryd",
                                    spare=None if self.builds_here else self._spare_builders)
         self._lock_fd: int | None = None  # build_path's lock, held from start() to stop()
+        self.verifier = Verifier(self)  # rebuild and diff of cached builds (mistryd/verify.py)
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -127,6 +129,7 @@ class Server:
         are then cancelled; queued jobs stay queued in the store for the next start."""
         if (collector := getattr(self, "collector", None)) is not None:
             collector.stop()
+        self.verifier.stop()
         self.scheduler.stop(self.config.shutdown_grace if grace is None else grace)
         self.store.flush_usage()
         self.release_build_path()
@@ -145,6 +148,7 @@ class Server:
             self.storage.remove(pending_dir)
             removed += 1
         orphans = self.runner.remove_orphans()
+        removed += self.verifier.remove_leftovers()
         unfinished = self.store.unfinished()
         for row in unfinished:
             done = self.layout.read_info(row.project, row.id)
@@ -195,7 +199,7 @@ class Server:
         job = Job(request=request, id=build_id, fingerprint=fingerprint,
                   context=self.push.project_folder(request) or self.projects.root / request.project,
                   settings=self.config.for_project(request.project),
-                  hooks=self.push.hooks(request))
+                  hooks=self.push.hooks(request), seed_groups=self.push.seed_groups(request))
         if not self.builds_here:  # its log is written by a builder process
             job.log.follow_file(lambda: self._log_file(JobKey(request.project, build_id)))
         return job

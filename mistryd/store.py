@@ -363,6 +363,16 @@ class Store:
              status.value, info.get("ExitCode"), reason, now, now, now, now, json.dumps(slim)),
         )
 
+    def record_verification(self, project: str, build_id: str, started_at: str,
+                            fields: dict) -> bool:
+        """Add a verification's fields (Reproducible, VerifiedAt: mistryd/verify.py) to a
+        finished build's record, while the row is still the run that was verified."""
+        cur = self._conn().execute(
+            "UPDATE builds SET info=json_patch(info, ?) WHERE project=? AND id=? "
+            "AND json_extract(info, '$.StartedAt')=?",
+            (json.dumps(fields), project, build_id, started_at))
+        return cur.rowcount == 1
+
     def touch(self, project: str, build_id: str, now: float | None = None) -> None:
         """A cache hit counts as use (for least-recently-used eviction). Hits are the hot path,
         so uses are gathered in memory and written in one transaction at most every

@@ -25,12 +25,13 @@ from .jobspec import (
     as_configured,
     from_request,
     is_push,
+    seed_groups,
     to_request,
 )
 from .notify import Count
 from .payloads import Push
 from .reports import Reports
-from .rules import find_repository, resolve
+from .rules import find_repository, resolve, trusted
 from .run import PushRun
 
 
@@ -59,7 +60,8 @@ class PushBuilds:
                         message=push.message, trigger=push.trigger, notify=push.notify, page=page)
         spec = PushSpec(repository=resolved.name, commit=commit, command=resolved.command,
                         task=push.task, dry_run=self.dry_run, meta=meta)
-        return to_request(spec, resolved.repository.project or DEFAULT_PROJECT)
+        return to_request(spec, resolved.repository.project or DEFAULT_PROJECT,
+                          trusted(resolved.repository, resolved.rule, push.branch, push.task))
 
     @staticmethod
     def fetch_url(name: str, repository: Repository, push: Push) -> str:
@@ -107,6 +109,11 @@ class PushBuilds:
     def fingerprint(self, request: JobRequest) -> str | None:
         folder = self.project_folder(request)
         return folder_fingerprint(folder) if folder is not None else None
+
+    def seed_groups(self, request: JobRequest) -> tuple[str, ...] | None:
+        """The groups a push build's cache may start from (an untrusted branch's: its own, then
+        its rule's); None for any other build (its own group only)."""
+        return seed_groups(request) if is_push(request) else None
 
     def hooks(self, request: JobRequest) -> PushRun | None:
         if not is_push(request):

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..jobs import JobRequest
-from .rules import resolve
+from .rules import resolve, trusted
 
 REPOSITORY, COMMIT, COMMAND, TASK, DRY_RUN = ".repository", ".commit", ".command", ".task", ".dry-run"
 META = "_push"
@@ -63,20 +63,34 @@ def is_push(request: JobRequest) -> bool:
     return REPOSITORY in request.params
 
 
-def group_of(repository: str, rule: str) -> str:
+def group_of(repository: str, rule: str, branch: str | None = None) -> str:
     """The group of a repository's branch rule (its builds share /data/cache, so the checkout is
-    fetched, not cloned, by the next push): a readable name that is a safe path component."""
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{repository}-{rule}").strip("-")[:120]
-    digest = hashlib.sha256(json.dumps([repository, rule]).encode()).hexdigest()[:10]
+    fetched, not cloned, by the next push): a readable name that is a safe path component. With
+    `branch`: the group of its own that an untrusted branch of the rule builds in."""
+    parts = [repository, rule] if branch is None else [repository, rule, branch]
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", "-".join(parts)).strip("-")[:120]
+    digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:10]
     return f"push-{slug}-{digest}"
 
 
-def to_request(spec: PushSpec, project: str) -> JobRequest:
+def to_request(spec: PushSpec, project: str, trusted: bool = True) -> JobRequest:
+    """`trusted`: the branch may write its rule's group cache (rules.trusted); else the build's
+    group is the branch's own."""
     params = {REPOSITORY: spec.repository, COMMIT: spec.commit, COMMAND: spec.command,
               TASK: spec.task, META: json.dumps(asdict(spec.meta), sort_keys=True)}
     if spec.dry_run:
         params[DRY_RUN] = "1"
-    return JobRequest(project=project, params=params, group=group_of(spec.repository, spec.meta.rule))
+    group = group_of(spec.repository, spec.meta.rule, None if trusted else spec.branch)
+    return JobRequest(project=project, params=params, group=group)
+
+
+def seed_groups(request: JobRequest) -> tuple[str, ...]:
+    """The groups whose last good build a push build's /data/cache may start from, in order:
+    its own group and, for an untrusted branch's group, then its rule's group (read, never
+    written: the build publishes into its own group only)."""
+    spec = from_request(request)
+    rule_group = group_of(spec.repository, spec.meta.rule)
+    return (request.group,) if request.group == rule_group else (request.group, rule_group)
 
 
 def from_request(request: JobRequest) -> PushSpec:
@@ -103,4 +117,5 @@ def as_configured(request: JobRequest, repositories: dict, dry_run: bool) -> Job
     fresh = PushSpec(repository=resolved.name, commit=spec.commit, command=resolved.command,
                      task=spec.task, dry_run=dry_run,
                      meta=PushMeta(**{**asdict(spec.meta), "rule": resolved.rule}))
-    return to_request(fresh, resolved.repository.project or DEFAULT_PROJECT)
+    return to_request(fresh, resolved.repository.project or DEFAULT_PROJECT,
+                      trusted(resolved.repository, resolved.rule, spec.branch, spec.task))

@@ -3,11 +3,16 @@
 A rule is a branch prefix (`staging` builds `staging/my-feature` too) or `branch/task` (a task
 build: target `master` with task `docs` runs the `master/docs` command). The longest rule that
 matches wins; two rules of the same length that both match, or none, refuse the push (422).
+
+A rule's group cache is a trust boundary: only its trusted branches write it (`trusted`); a push
+of any other branch the rule matches builds in a group of its own (docs/push.md, "Trusted
+branches").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 from ..config import Repository
 from .errors import PushRefused
@@ -59,3 +64,14 @@ def best_rule(rules: list[str], branch: str, task: str = "", repository: str = "
     if len(best) > 1:
         raise PushRefused(f"Configuration for {repository} is ambiguous")
     return best[0]
+
+
+def trusted(repository: Repository, rule: str, branch: str, task: str = "") -> bool:
+    """Whether a push of `branch` may write the group cache of its `rule`: `branch` matches one
+    of the repository's `trusted_branches` (globs), or, without that key, it is the rule's own
+    branch (`staging` for the rule `staging`, `master` for the task rule `master/docs`), never a
+    longer one the prefix rule also matches (`staging/my-feature`)."""
+    if repository.trusted_branches is not None:
+        return any(fnmatchcase(branch, glob) for glob in repository.trusted_branches)
+    own = rule[:-len(task) - 1] if task and rule.endswith("/" + task) else rule
+    return branch == own

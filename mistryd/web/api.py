@@ -75,6 +75,36 @@ def explain_job():
     return jsonify(explain.explain(server(), job_request))
 
 
+@bp.post("/jobs/verify")
+def verify_job():
+    """Build the cached build that answers the POST /jobs body again and compare the artifacts
+    (mistryd/verify.py); `?async` answers at once, `?no-image-cache` builds the image afresh."""
+    srv = server()
+    job_request = JobRequest.from_json(_json_body())
+    check_group(job_request.group)
+    verification = srv.verifier.start(job_request, image_cache="no-image-cache" not in request.args)
+    where = f"/jobs/verify/{job_request.project}/{verification.build_id}"
+    if "async" in request.args:
+        return jsonify({**verification.head(), "State": "running"}), 202
+    try:
+        give_back = capacity().waits.take()
+    except Unavailable as e:  # the verification goes on; its outcome is recorded
+        raise Unavailable(f"{e.message}. The verification goes on: ask GET {where}",
+                          e.retry_after) from None
+    try:
+        if not _wait_while_connected(verification.done):
+            return Response(status=499)  # it goes on; its verdict is recorded on the build
+        return jsonify(verification.result), 200
+    finally:
+        give_back()
+
+
+@bp.get("/jobs/verify/<project>/<build_id>")
+def verification(project: str, build_id: str):
+    _checked(project, build_id)
+    return jsonify(server().verifier.status(project, build_id))
+
+
 def _wait_while_connected(done: threading.Event, check_every: float = 1.0) -> bool:
     """Wait for `done`; False as soon as the client has gone away, so its thread is free again."""
     gone = _client_gone()

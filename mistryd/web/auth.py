@@ -64,7 +64,7 @@ def required_role(method: str, rule: str | None) -> str | None:
         return None
     if method in SAFE_METHODS:
         return "read"
-    if method == "POST" and rule == "/jobs":
+    if method == "POST" and rule in ("/jobs", "/jobs/verify"):
         return "build"
     return "admin"  # every other write; unknown ones fail closed
 

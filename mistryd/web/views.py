@@ -23,7 +23,7 @@ from urllib.parse import quote
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from flask.sansio.blueprints import BlueprintSetupState
 
-from .. import explain, history, leases, safe_tree
+from .. import explain, history, leases, safe_tree, verify
 from ..jobs import JobRequest, public_params, record_status
 from ..logs import IMAGE, Marks, open_log, open_marks
 from ..names import name_problem
@@ -217,6 +217,7 @@ class BuildPage:
     queue_length: int = 0
     cache_from: tuple[str, str, str] | None = None  # (project, group, id) its /data/cache came from
     differs: explain.PageLine | None = None  # from its cache's build, or the nearest before it
+    verified: verify.PageLine | None = None  # its last verification (POST /jobs/verify)
     push: push_record.PushFacts | None = None  # a push build's repository, branch, commit ...
 
     @property
@@ -304,6 +305,8 @@ def build_page(srv: Server, project: str, build_id: str) -> BuildPage | None:
         cache_from=explain.cache_source(info),
         differs=explain.page_line(srv, project, build_id, info,
                                   row.queued_at if row is not None else None)
+        if finished and info else None,
+        verified=verify.page_line(srv.layout.ready(project, build_id), info)
         if finished and info else None,
         push=_push_facts(srv, project, build_id, finished,
                          job.request if job is not None else None, row),
