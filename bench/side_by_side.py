@@ -107,8 +107,11 @@ def _throughput(env: Env, ours: int, theirs: int, small: str, big: str) -> list[
     for _ in range(windows):  # in turns, so machine noise hits both alike
         runs["ours"].append(load.cached_job(ours, small, seconds))
         runs["theirs"].append(load.cached_job(theirs, small, seconds))
-    runs["ours-big"].append(load.cached_job(ours, big, seconds))
-    runs["theirs-big"].append(load.cached_job(theirs, big, seconds))
+    # upstream tars the 50 MB project on every request and stalls under 8 of them: a longer
+    # window, so that it finishes some
+    big_seconds = 3 * seconds
+    runs["ours-big"].append(load.cached_job(ours, big, big_seconds))
+    runs["theirs-big"].append(load.cached_job(theirs, big, big_seconds))
 
     def rate(key: str) -> Summary:
         return Summary.of([r["rate"] for r in runs[key]])
@@ -130,7 +133,10 @@ def _throughput(env: Env, ours: int, theirs: int, small: str, big: str) -> list[
     ]
     rows[0].met = rows[0].ratio >= MIN_THROUGHPUT
     rows[1].met = rows[1].ratio <= 1.0
-    rows[2].met = rows[2].ratio >= MIN_THROUGHPUT_BIG
+    rows[2].met = rows[2].base.median > 0 and rows[2].ratio >= MIN_THROUGHPUT_BIG
+    if rows[2].base.median == 0:
+        rows[2].note = (f"upstream answered none of its 8 clients' requests in {big_seconds:g} s "
+                        "(no ratio)")
     return rows
 
 
