@@ -29,9 +29,8 @@ from .base import (
     Peek,
     QueueStats,
 )
-from .wakeups import Bell, Wakeups, ring_others
+from .wakeups import Bell, Wakeups, earliest, ring_others, sleep_until_woken
 
-SAFETY_LOOK = 5.0
 WORK = "work"
 
 
@@ -109,7 +108,7 @@ class EmbeddedQueue:
                 ended = self.store.queue_outcome(key.project, key.id)
                 if ended is not None:
                     return Outcome(*ended)
-                if self._wakeups.closed or not _sleep(woken, deadline):
+                if self._wakeups.closed or not sleep_until_woken(woken, deadline):
                     return None
 
     # --- the builders' side -----------------------------------------------------------------
@@ -133,9 +132,9 @@ class EmbeddedQueue:
                                  row.queued_at, at, row.interruptions)
                 # nobody rings when a lease runs out: wake up for the first one that will
                 expiry = self.store.queue_next_expiry()
-                until = deadline if expiry is None else _earliest(
+                until = deadline if expiry is None else earliest(
                     deadline, time.monotonic() + max(0.0, expiry - time.time()) + 0.01)
-                if not _sleep(woken, until) and deadline is not None \
+                if not sleep_until_woken(woken, until) and deadline is not None \
                         and time.monotonic() >= deadline:
                     return None
 
@@ -157,7 +156,7 @@ class EmbeddedQueue:
                                                         lease.builder, lease.token)
                 if reason is not None:
                     return reason
-                if self._wakeups.closed or not _sleep(woken, deadline):
+                if self._wakeups.closed or not sleep_until_woken(woken, deadline):
                     return None
 
     def finish(self, lease: Lease, outcome: Outcome, now: float | None = None) -> None:
@@ -228,17 +227,3 @@ def _in_flight(row: BuildRow, owner: str | None) -> InFlight:
 def _request(row: BuildRow) -> dict:
     return {"project": row.project, "params": {**row.params, **row.opaque}, "group": row.group,
             "rebuild": row.rebuild}
-
-
-def _earliest(a: float | None, b: float) -> float:
-    return b if a is None else min(a, b)
-
-
-def _sleep(woken, until: float | None) -> bool:
-    """Wait for a wakeup until `until` (monotonic; None: no end), at most SAFETY_LOOK at a time;
-    False when `until` has passed."""
-    remaining = SAFETY_LOOK if until is None else until - time.monotonic()
-    if remaining <= 0:
-        return False
-    woken.wait(min(remaining, SAFETY_LOOK))
-    return True

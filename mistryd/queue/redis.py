@@ -57,9 +57,8 @@ from .base import (
     Peek,
     QueueStats,
 )
-from .wakeups import Wakeups
+from .wakeups import Wakeups, earliest, sleep_until_woken
 
-SAFETY_LOOK = 5.0
 ENDED_TTL = 7 * 24 * 3600  # an ended job's record: for late waiters and peeks (the index keeps history)
 WORK = "work"
 T = TypeVar("T")
@@ -289,7 +288,7 @@ class RedisQueue:
                 status = _status(job)
                 if job is not None and status is not None and status.finished:
                     return _outcome(job)
-                if self._wakeups.closed or not _sleep(woken, deadline):
+                if self._wakeups.closed or not sleep_until_woken(woken, deadline):
                     return None
 
     # --- the builders' side -----------------------------------------------------------------
@@ -312,9 +311,9 @@ class RedisQueue:
                 # nobody rings when a lease runs out: wake up for the first one that will
                 first = cast(list[tuple[bytes, float]],
                              self.redis.zrange(self.started.key, 0, 0, withscores=True))
-                until = deadline if not first else _earliest(
+                until = deadline if not first else earliest(
                     deadline, time.monotonic() + max(0.01, first[0][1] - time.time() + 0.01))
-                if not _sleep(woken, until) and deadline is not None \
+                if not sleep_until_woken(woken, until) and deadline is not None \
                         and time.monotonic() >= deadline:
                     return None
 
@@ -376,7 +375,7 @@ class RedisQueue:
                 reason = job.meta.get("cancel_reason")
                 if reason is not None or self._wakeups.closed:
                     return reason
-                if not _sleep(woken, deadline):
+                if not sleep_until_woken(woken, deadline):
                     return None
 
     def finish(self, lease: Lease, outcome: Outcome, now: float | None = None) -> None:
@@ -593,17 +592,3 @@ def _describe(job: Job) -> InFlight:
 def _ttl(lease_seconds: float) -> int:
     """Seconds RQ keeps an execution's record: the lease and a minute (RQ wants whole seconds)."""
     return max(1, math.ceil(lease_seconds)) + 60
-
-
-def _earliest(a: float | None, b: float) -> float:
-    return b if a is None else min(a, b)
-
-
-def _sleep(woken: threading.Event, until: float | None) -> bool:
-    """Wait for a wakeup until `until` (monotonic; None: no end), at most SAFETY_LOOK at a time;
-    False when `until` has passed."""
-    remaining = SAFETY_LOOK if until is None else until - time.monotonic()
-    if remaining <= 0:
-        return False
-    woken.wait(min(remaining, SAFETY_LOOK))
-    return True

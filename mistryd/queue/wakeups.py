@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -154,3 +155,20 @@ def _unlink(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+SAFETY_LOOK = 5.0  # seconds: the longest a waiter sleeps before it looks again without a wakeup
+
+
+def earliest(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)
+
+
+def sleep_until_woken(woken: threading.Event, until: float | None) -> bool:
+    """Wait for a wakeup until `until` (monotonic; None: no end), at most SAFETY_LOOK at a time
+    (a wakeup lost on the way is made up for by looking again); False when `until` has passed."""
+    remaining = SAFETY_LOOK if until is None else until - time.monotonic()
+    if remaining <= 0:
+        return False
+    woken.wait(min(remaining, SAFETY_LOOK))
+    return True

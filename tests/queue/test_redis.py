@@ -16,7 +16,8 @@ from queue_backends import RedisServer
 from support import wait_for
 
 from mistryd.queue import Admission, Cancelled, JobKey, Outcome, QueueStats
-from mistryd.queue.redis import SAFETY_LOOK, RedisQueue, job_key, rq_job_id
+from mistryd.queue.redis import RedisQueue, job_key, rq_job_id
+from mistryd.queue.wakeups import SAFETY_LOOK
 from mistryd.store import Status
 
 A, B = JobKey("p", "a"), JobKey("p", "b")
