@@ -29,7 +29,7 @@ from .base import (
     Peek,
     QueueStats,
 )
-from .wakeups import Bell, Wakeups, earliest, ring_others, sleep_until_woken
+from .wakeups import Bell, Wakeups, earliest, look_until, ring_others, sleep_until_woken
 
 WORK = "work"
 
@@ -101,15 +101,13 @@ class EmbeddedQueue:
         return answer
 
     def wait(self, key: JobKey, timeout: float | None = None) -> Outcome | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._listening(_ended(key)) as woken:
-            while True:
-                woken.clear()
-                ended = self.store.queue_outcome(key.project, key.id)
-                if ended is not None:
-                    return Outcome(*ended)
-                if self._wakeups.closed or not sleep_until_woken(woken, deadline):
-                    return None
+        def ended() -> Outcome | None:
+            found = self.store.queue_outcome(key.project, key.id)
+            return None if found is None else Outcome(*found)
+
+        return look_until(self._listening(_ended(key)), ended,
+                          None if timeout is None else time.monotonic() + timeout,
+                          lambda: self._wakeups.closed)
 
     # --- the builders' side -----------------------------------------------------------------
 
@@ -148,16 +146,10 @@ class EmbeddedQueue:
         return cancel_reason
 
     def wait_for_cancel(self, lease: Lease, timeout: float) -> str | None:
-        deadline = time.monotonic() + timeout
-        with self._listening(_cancel(lease.key)) as woken:
-            while True:
-                woken.clear()
-                reason = self.store.queue_cancel_reason(lease.key.project, lease.key.id,
-                                                        lease.builder, lease.token)
-                if reason is not None:
-                    return reason
-                if self._wakeups.closed or not sleep_until_woken(woken, deadline):
-                    return None
+        return look_until(self._listening(_cancel(lease.key)),
+                          lambda: self.store.queue_cancel_reason(lease.key.project, lease.key.id,
+                                                                 lease.builder, lease.token),
+                          time.monotonic() + timeout, lambda: self._wakeups.closed)
 
     def finish(self, lease: Lease, outcome: Outcome, now: float | None = None) -> None:
         info = outcome.info if outcome.info is not None else {}

@@ -57,7 +57,7 @@ from .base import (
     Peek,
     QueueStats,
 )
-from .wakeups import Wakeups, earliest, sleep_until_woken
+from .wakeups import Wakeups, earliest, look_until, sleep_until_woken
 
 ENDED_TTL = 7 * 24 * 3600  # an ended job's record: for late waiters and peeks (the index keeps history)
 WORK = "work"
@@ -279,17 +279,17 @@ class RedisQueue:
         return answer
 
     def wait(self, key: JobKey, timeout: float | None = None) -> Outcome | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
         job_id = rq_job_id(key)
-        with self._listening(_ended(job_id)) as woken:
-            while True:
-                woken.clear()
-                job = self._fetch(job_id)
-                status = _status(job)
-                if job is not None and status is not None and status.finished:
-                    return _outcome(job)
-                if self._wakeups.closed or not sleep_until_woken(woken, deadline):
-                    return None
+
+        def ended() -> Outcome | None:
+            job = self._fetch(job_id)
+            status = _status(job)
+            return _outcome(job) if job is not None and status is not None and status.finished \
+                else None
+
+        return look_until(self._listening(_ended(job_id)), ended,
+                          None if timeout is None else time.monotonic() + timeout,
+                          lambda: self._wakeups.closed)
 
     # --- the builders' side -----------------------------------------------------------------
 

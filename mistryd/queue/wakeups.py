@@ -16,8 +16,9 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 log = logging.getLogger("mistryd")
 
@@ -157,6 +158,7 @@ def _unlink(path: Path) -> None:
         pass
 
 
+T = TypeVar("T")
 SAFETY_LOOK = 5.0  # seconds: the longest a waiter sleeps before it looks again without a wakeup
 
 
@@ -172,3 +174,18 @@ def sleep_until_woken(woken: threading.Event, until: float | None) -> bool:
         return False
     woken.wait(min(remaining, SAFETY_LOOK))
     return True
+
+
+def look_until(listening: AbstractContextManager[threading.Event], look: Callable[[], T | None],
+               deadline: float | None, closed: Callable[[], bool]) -> T | None:
+    """`look()` until it answers something, looking again at each wakeup of `listening` (and
+    every SAFETY_LOOK seconds); None once `deadline` (monotonic; None: none) has passed or the
+    wakeups are closed. A backend's wait: listen first, then look, so no wakeup falls between."""
+    with listening as woken:
+        while True:
+            woken.clear()
+            found = look()
+            if found is not None:
+                return found
+            if closed() or not sleep_until_woken(woken, deadline):
+                return None
