@@ -21,22 +21,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .harness import BIN, REPO, BenchServer, Env, sh
+from .harness import BIN, BenchServer, Env, sh, upstream
 from .stats import timed
 
-UPSTREAM_DEFAULT = REPO.parent / "shared" / "upstream" / "mistry"
 RSYNC_PORT = 873  # upstream's client has no other
 WHOLE_HASH_LIMIT = 16 << 20  # larger files are checked by a few 1 MiB windows
 WINDOW = 1 << 20
-
-
-def upstream_client() -> Path:
-    """Upstream's Go client: $UPSTREAM_MISTRY, else ../shared/upstream/mistry beside the repo."""
-    path = Path(os.environ.get("UPSTREAM_MISTRY") or UPSTREAM_DEFAULT)
-    if not os.access(path, os.X_OK):
-        raise RuntimeError(f"upstream's Go client is not at {path}: set UPSTREAM_MISTRY to the path "
-                           "of upstream's `mistry` binary (../shared/upstream/mistry on these machines)")
-    return path
 
 
 def loopback_host() -> str:
@@ -117,7 +107,7 @@ def _params(params: dict[str, str]) -> list[str]:
 
 def side_by_side(env: Env, projects: dict[str, int], name: str) -> Side:
     """mistryd on a loopback address of its own, a plain rsync daemon on its port 873."""
-    upstream = upstream_client()
+    upstream_mistry = upstream("mistry", "UPSTREAM_MISTRY")
     host = loopback_host()
     srv = env.server(projects, name, host=host)
     # upstream's client finds the rsync path by the project's name in the build's Path: the
@@ -127,7 +117,7 @@ def side_by_side(env: Env, projects: dict[str, int], name: str) -> Side:
             raise RuntimeError(f"the bench's build_path {srv.build_path} contains the project name "
                                f"{project!r}; upstream's client would ask rsync for a wrong path")
     start_rsync_daemon(env, srv.build_path, host)
-    return Side(srv, upstream)
+    return Side(srv, upstream_mistry)
 
 
 class Targets:

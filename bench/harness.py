@@ -138,6 +138,16 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def upstream(binary: str, variable: str) -> Path:
+    """One of upstream's Go binaries (`mistry`, `mistryd`): $variable, else
+    ../shared/upstream/<binary> beside the repository."""
+    path = Path(os.environ.get(variable) or REPO.parent / "shared" / "upstream" / binary)
+    if not os.access(path, os.X_OK):
+        raise RuntimeError(f"upstream's `{binary}` is not at {path}: set {variable} to its path "
+                           f"(../shared/upstream/{binary} on these machines)")
+    return path
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and every process under it (mistryd's API workers and builders)."""
     children: dict[int, list[int]] = {}

@@ -13,7 +13,6 @@ builder process.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -21,25 +20,16 @@ import time
 from pathlib import Path
 
 from . import load
-from .harness import REPO, Env, HttpClient, free_port, make_project
+from .harness import Env, HttpClient, free_port, make_project, upstream
 from .stats import Row, Summary, interleaved
 
 MEASUREMENT = "12 several processes"
-UPSTREAM_DEFAULT = REPO.parent / "shared" / "upstream" / "mistryd"
 MIN_THROUGHPUT = 0.5  # x upstream's, tiny project
 MIN_THROUGHPUT_BIG = 50.0  # x upstream's, 50 MB project (upstream tars it on every request)
 MAX_LATENCY = 1.5  # x upstream's, tiny project
 MAX_LATENCY_BIG = 0.01  # x upstream's, 50 MB project
 MIN_UNDER_FOLLOWERS = 0.9  # x the hit throughput without them
 FOLLOWERS, WAITERS = 300, 100
-
-
-def upstream_binary() -> Path:
-    path = Path(os.environ.get("UPSTREAM_MISTRYD") or UPSTREAM_DEFAULT)
-    if not os.access(path, os.X_OK):
-        raise RuntimeError(f"upstream's Go server is not at {path}: set UPSTREAM_MISTRYD to the "
-                           "path of upstream's mistryd (../shared/upstream/ has one)")
-    return path
 
 
 class UpstreamServer:
@@ -58,9 +48,9 @@ class UpstreamServer:
                                       "build_path": str(self.build_path),
                                       "job_concurrency": 2, "job_backlog": 100}))
         self.log = open(home / "mistryd.log", "wb")  # noqa: SIM115 - the child's, closed in stop
-        self.proc = subprocess.Popen([str(upstream_binary()), "--addr", f"127.0.0.1:{self.port}",
-                                      "--config", str(config)], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        binary = upstream("mistryd", "UPSTREAM_MISTRYD")
+        self.proc = subprocess.Popen([str(binary), "--addr", f"127.0.0.1:{self.port}", "--config",
+                                      str(config)], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
