@@ -8,6 +8,7 @@ import difflib
 import json
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -18,6 +19,7 @@ from pydantic import (
     Field,
     Strict,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     TypeAdapter,
@@ -143,6 +145,31 @@ class Token:
     groups: Annotated[tuple[StrictStr, ...], AfterValidator(_group_globs)] | None = None
 
 
+def _label(label: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", label):
+        raise _fail(f"{json.dumps(label)} is not a label like \"big\" or \"gpu-1\" (letters, "
+                    "digits, '.', '_', '-')")
+    return label
+
+
+# a newer request for the same project and group: join the identical build (coalesce, as
+# upstream) or cancel the older one in flight (supersede, as chaotic-manager)
+Duplicates = Literal["coalesce", "supersede"]
+Labels = tuple[Annotated[StrictStr, AfterValidator(_label)], ...]
+# the shared queue: redis://[:PASSWORD@]HOST:PORT/DB or rediss:// (TLS)
+_QUEUE_URL = re.compile(r"rediss?://(?:[^@/\s]*@)?[^@/\s:]+(?::\d{1,5})?(?:/\d{1,2})?")
+
+
+def _queue_url(url: str) -> str:
+    if not _QUEUE_URL.fullmatch(url):
+        raise _fail(f"must be \"redis://HOST:PORT/DB\" (or rediss:// for TLS), got "
+                    f"{json.dumps(url)}")
+    return url
+
+
+QueueUrl = Annotated[StrictStr, AfterValidator(_queue_url)]
+
+
 @with_config(_NO_EXTRA)
 class ProjectOverrides(TypedDict, total=False):
     """`projects.NAME`: the container settings one project gets instead of the server-wide keys of
@@ -154,9 +181,13 @@ class ProjectOverrides(TypedDict, total=False):
     cpus: Cpus
     pids_limit: Limit
     network_mode: NetworkMode
+    # not container settings: how the queue treats the project's jobs (docs/distributed.md)
+    duplicates: Duplicates
+    labels: Labels
 
 
 PROJECT_KEYS: tuple[str, ...] = tuple(ProjectOverrides.__annotations__)
+CONTAINER_KEYS: tuple[str, ...] = ("build_timeout", "memory", "cpus", "pids_limit", "network_mode")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,7 +281,8 @@ class Config:
     projects_path: FolderPath
     build_path: FolderPath
     mounts: Mounts = dataclasses.field(default_factory=dict)
-    job_concurrency: AtLeastOne = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    # builds this machine runs at once (with a shared `queue`, 0: it only coordinates)
+    job_concurrency: NotNegative = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
     job_backlog: NotNegative | None = None  # None: 2 x job_concurrency, as upstream
     # builds run in this many processes of their own, job_concurrency each (0: in the serving
     # process): restarting or losing one never stops the server, and a dead one's jobs run again
@@ -294,6 +326,11 @@ class Config:
     ssh_key: FilePath | None = None
     mixmaster_config: FilePath | None = None
     dry_run: StrictBool = False
+    # builders on other machines (docs/distributed.md): the shared queue (None: the embedded one
+    # on this machine's index), and how long a builder may be silent before it counts as lost
+    queue: QueueUrl | None = None
+    builder_timeout: Annotated[StrictFloat | StrictInt, Field(gt=0)] = 30
+    builder_name: Annotated[StrictStr, AfterValidator(_label)] | None = None  # None: the host name
 
     @property
     def api_processes(self) -> int:
@@ -322,7 +359,22 @@ class Config:
     def for_project(self, project: str) -> ProjectSettings:
         server_wide = ProjectSettings(build_timeout=self.build_timeout, memory=self.memory, cpus=self.cpus,
                                       pids_limit=self.pids_limit, network_mode=self.network_mode)
-        return dataclasses.replace(server_wide, **self.projects.get(project, {}))
+        overrides: dict[str, Any] = {k: v for k, v in self.projects.get(project, {}).items()
+                                     if k in CONTAINER_KEYS}
+        return dataclasses.replace(server_wide, **overrides)
+
+    def duplicates(self, project: str) -> str:
+        """What a newer request for the same project and group does: "coalesce" or "supersede"."""
+        return self.projects.get(project, {}).get("duplicates", "coalesce")
+
+    def labels(self, project: str) -> tuple[str, ...]:
+        """The labels a builder must have, every one, to take the project's jobs."""
+        return tuple(self.projects.get(project, {}).get("labels", ()))
+
+    @property
+    def name(self) -> str:
+        """This server's name as a builder (BuildInfo `Builder` of its own builds)."""
+        return self.builder_name or socket.gethostname()
 
     @property
     def host(self) -> str:
@@ -369,6 +421,9 @@ def from_dict(raw: dict, base: Path | None = None) -> Config:
     except ValidationError as e:
         raise _config_error(e.errors(include_url=False)[0]) from None
     _check_folders(cfg)
+    if cfg.job_concurrency == 0 and cfg.queue is None:
+        raise ConfigError("job_concurrency", "must be at least 1 (0, build nothing here, needs "
+                          "a shared `queue` with builders elsewhere)")
     if cfg.builder_processes == 0 and (cfg.http_workers or 1) > 1:
         raise ConfigError("http_workers", "more than one HTTP process needs builds in builder "
                           "processes: set builder_processes to 1 or more (or http_workers to 1)")

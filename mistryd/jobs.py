@@ -156,6 +156,9 @@ class BuildInfo:
     # 3339); None: never verified (mistryd/verify.py, docs/provenance.md)
     Reproducible: bool | None = None
     VerifiedAt: str | None = None
+    # ours: the builder that ran it (a `mistryd worker`'s name, or the central server's own name
+    # for its own builds; "" in records older than builders on other machines)
+    Builder: str = ""
 
     @property
     def succeeded(self) -> bool:

@@ -32,6 +32,7 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
     TIMED_OUT = "timed-out"
     ABANDONED = "abandoned"
+    SUPERSEDED = "superseded"  # cancelled by a newer request for its project and group
 
     @property
     def finished(self) -> bool:

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 
 from mistryd.cli import main
-from mistryd.config import PROJECT_KEYS, Config, ProjectSettings, Token, load
+from mistryd.config import CONTAINER_KEYS, PROJECT_KEYS, Config, ProjectSettings, Token, load
 from mistryd.errors import ConfigError
 
 
@@ -195,8 +195,29 @@ def test_bad_overrides_name_the_project_and_key(tmp_path, projects, key, problem
 
 
 def test_the_project_keys_are_the_project_settings():
-    assert tuple(f.name for f in dataclasses.fields(ProjectSettings)) == PROJECT_KEYS
-    assert set(PROJECT_KEYS) <= {f.name for f in dataclasses.fields(Config)}
+    assert tuple(f.name for f in dataclasses.fields(ProjectSettings)) == CONTAINER_KEYS
+    assert set(CONTAINER_KEYS) <= {f.name for f in dataclasses.fields(Config)}
+    assert set(PROJECT_KEYS) - set(CONTAINER_KEYS) == {"duplicates", "labels"}
+
+
+def test_queue_keys(tmp_path):
+    config = from_raw(tmp_path, queue="redis://:secret@10.0.0.5:6379/2", job_concurrency=0,
+                         projects={"p": {"labels": ["big", "gpu-1"], "duplicates": "supersede",
+                                         "memory": "1g"}})
+    assert config.labels("p") == ("big", "gpu-1") and config.labels("other") == ()
+    assert config.duplicates("p") == "supersede" and config.duplicates("other") == "coalesce"
+    assert config.for_project("p").memory == "1g"
+    assert config.builder_timeout == 30
+    for key, bad, problem in [
+        ("queue", {"queue": "http://x"}, 'must be "redis://HOST:PORT/DB"'),
+        ("job_concurrency", {"job_concurrency": 0}, "needs a shared `queue`"),
+        ("projects.p.labels[0]", {"projects": {"p": {"labels": ["a b"]}}}, "is not a label"),
+        ("projects.p.duplicates", {"projects": {"p": {"duplicates": "x"}}},
+         "must be one of coalesce or supersede"),
+        ("builder_timeout", {"builder_timeout": 0}, "must be positive"),
+    ]:
+        error = problem_with(tmp_path, **bad)
+        assert error.key == key and problem in error.message, (key, error)
 
 
 def test_a_replaced_config_is_checked_again_and_keeps_its_paths(tmp_path):
