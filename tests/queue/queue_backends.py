@@ -1,15 +1,10 @@
-"""The queue backends under test, how a child process opens its own handle on one, and the real
-`redis-server` the Redis backend runs against."""
+"""The queue backends under test, and how a child process opens its own handle on one."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-import redis
-from support import free_port
+from support import RedisServer
 
 from mistryd.layout import Layout
 from mistryd.queue import EmbeddedQueue, JobQueue, MemoryQueue
@@ -28,55 +23,6 @@ def open_queue(spec: Spec) -> JobQueue:
 
         return RedisQueue(where)
     raise ValueError(f"no backend {kind!r} for other processes")
-
-
-class RedisServer:
-    """A real `redis-server` on loopback, on a free port, with its data in `folder` and
-    persistence on as docs/distributed.md asks for it (append-only file, fsync at every write):
-    it can be stopped (gracefully or killed) and started again on the same port and data."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: subprocess.Popen | None = None
-        self.start()
-
-    def start(self) -> None:
-        self._process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.folder), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--logfile", str(self.folder / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                pass
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"redis-server did not start; see {self.folder / 'redis.log'}")
-            time.sleep(0.05)
-        client.close()
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """SIGTERM: Redis shuts down as on a service restart; SIGKILL: a crash."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(sig)
-            self._process.wait(30)
-        self._process = None
-
-    def restart(self, sig: int = signal.SIGTERM) -> None:
-        self.stop(sig)
-        self.start()
-
-    def flush(self) -> None:
-        client = redis.Redis.from_url(self.url)
-        client.flushall()
-        client.close()
 
 
 class Backend:
