@@ -15,11 +15,12 @@ from . import report
 from .harness import Env, Scale
 from .stats import Row
 
-# Issue 5's numbering, then issue 11's (artifact delivery) and issue 12's (several processes, side
-# by side with upstream's server): one module per measurement.
+# Issue 5's numbering, then issue 11's (artifact delivery), issue 12's (several processes, side
+# by side with upstream's server) and issue 14's (builders on other machines): one module per
+# measurement.
 MEASUREMENTS = ("hit_latency", "hit_throughput", "end_to_end", "incremental", "coalescing",
                 "build_overhead", "scale", "memory", "delivery_file", "delivery_tree",
-                "delivery_fanout", "side_by_side")
+                "delivery_fanout", "side_by_side", "builders")
 # --only takes these names for several measurements
 GROUPS = {"delivery": ("delivery_file", "delivery_tree", "delivery_fanout")}
 HERE = Path(__file__).resolve().parent

@@ -81,6 +81,10 @@ class Job:
     # the groups whose last good build /data/cache may start from, in order (None: the request's
     # group); a build publishes into its request's group only (docs/push.md, trusted branches)
     seed_groups: tuple[str, ...] | None = None
+    # with builders on other machines: the labels a builder needs to take it, and whether only
+    # the central server's own builders may (push builds: its git, its ssh-agent)
+    labels: tuple[str, ...] = ()
+    central_only: bool = False
 
     @property
     def project(self) -> str:
@@ -98,8 +102,9 @@ class Job:
 
 class Builder:
     def __init__(self, layout: Layout, store: Store, storage: Storage, runner: DockerRunner,
-                 metrics: Metrics, uid: int = -1, gid: int = -1):
+                 metrics: Metrics, uid: int = -1, gid: int = -1, name: str = ""):
         self.uid, self.gid = uid, gid  # who builds run as (-1: the server's own)
+        self.name = name  # the builder's name in its builds' records (BuildInfo.Builder)
         self.layout = layout
         self.store = store
         self.storage = storage
@@ -116,7 +121,7 @@ class Builder:
             ID=build_id, Project=project, Params=public_params(params), Group=group,
             URL=f"job/{project}/{build_id}",
             Path=str(self.layout.ready(project, build_id) / "data" / "artifacts"),
-            StartedAt=rfc3339(datetime.fromtimestamp(started, UTC)),
+            StartedAt=rfc3339(datetime.fromtimestamp(started, UTC)), Builder=self.name,
         )
 
     def run(self, job: Job) -> BuildInfo:
@@ -338,13 +343,14 @@ class Builder:
             info.Status = status.value
             self._discard(pending)
         else:
-            self._after_publish(job, ready, replaced, status)
+            self.after_publish(job.project, job.request.group, ready, replaced, status)
         try:
             self._record(job, status, info, reason)
         except Exception:  # noqa: BLE001
             log.exception("mistryd: the index row of %s/%s was not written; it is mended from "
                           "the build folder at the next start", project, job.id)
         self.metrics.builds_finished.labels(project).inc()
+        self.metrics.builds_by_builder.labels(self.name).inc()
         seconds = info.Duration / 1e9
         hist = self.metrics.succeeded_seconds if status is Status.SUCCEEDED \
             else self.metrics.failed_seconds
@@ -353,19 +359,22 @@ class Builder:
                  f" ({reason})" if reason else "")
         job.log.finish({"status": status.value, "exit_code": info.ExitCode})
 
-    def _after_publish(self, job: Job, ready: Path, replaced: Path | None,
-                       status: Status) -> None:
+    def after_publish(self, project: str, group: str, ready: Path, replaced: Path | None,
+                      status: Status) -> None:
+        """A build folder has moved into ready/ (built here, or landed from a builder
+        elsewhere: mistryd/landing.py): the one it replaced goes, the group's pointer follows a
+        success."""
         if replaced is None:
             self.metrics.builds_hosted.inc()
         else:
             self._discard(replaced)  # left in pending/: the next start removes it
         if status is Status.SUCCEEDED:
             try:
-                point(self.layout.pointer(job.project, job.request.group), ready)
+                point(self.layout.pointer(project, group), ready)
             except OSError:
                 log.exception("mistryd: the pointer of %s group %r was not moved to %s; the "
-                              "group's next build starts from its previous cache", job.project,
-                              job.request.group, job.id)
+                              "group's next build starts from its previous cache", project,
+                              group, ready.name)
 
     def _discard(self, folder: Path) -> None:
         try:

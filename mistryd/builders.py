@@ -18,9 +18,16 @@ import threading
 from .config import Config
 
 
-def builder_prefix(pid: int) -> str:
-    """The name every lease of the builder process `pid` starts with (its workers add `-<n>`)."""
-    return f"builder-{pid}-"
+def builder_prefix(config: Config, pid: int) -> str:
+    """The name every lease of the builder process `pid` starts with (its workers add `-<n>`).
+    With a shared queue it names this machine too (`<name>.<pid>-`), as builders elsewhere
+    share the queue."""
+    return f"{local_builders(config)}{pid}-"
+
+
+def local_builders(config: Config) -> str:
+    """What the names of every lease of this machine's builder processes start with."""
+    return "builder-" if config.queue is None else f"{config.name}."
 
 
 def run_builder(config: Config, collect: bool, remove_orphans: bool) -> int:
@@ -29,7 +36,7 @@ def run_builder(config: Config, collect: bool, remove_orphans: bool) -> int:
     from .server import Server
 
     name_process_logs("builder")
-    server = Server(config, builder_name=builder_prefix(os.getpid()).rstrip("-"))
+    server = Server(config, builder_name=builder_prefix(config, os.getpid()).rstrip("-"))
     if remove_orphans:
         server.runner.remove_orphans_first()
     stopping = threading.Event()

@@ -249,6 +249,68 @@ def gc(ctx, config_path, addr, filesystem, dry_run):
     for line in report.lines():
         click.echo(line)
 
+
+@main.command()
+@click.option("--queue", "queue_url", required=True, envvar="MISTRYD_QUEUE",
+              help="The shared queue: redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS).")
+@click.option("--server", "server_url", required=True, envvar="MISTRYD_SERVER",
+              help="The central server: http://HOST:PORT (results and logs go there).")
+@click.option("--build-path", required=True, type=click.Path(file_okay=False),
+              help="This builder's own folder for builds and caches (Btrfs makes caches cheap).")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=None,
+              help="Builds at once (default: one per CPU).")
+@click.option("--name", default=None, help="This builder's name (default: the host name).")
+@click.option("--label", "labels", multiple=True,
+              help="A label this builder has (repeatable): it takes jobs of projects whose "
+              "`labels` it has, every one.")
+@click.option("--token", envvar="MISTRYD_TOKEN", default=None,
+              help="A token with role `builder` on the central server (or MISTRYD_TOKEN).")
+@click.option("--filesystem", type=click.Choice(["auto", "btrfs", "plain"]), default="auto")
+@click.option("--grace", type=click.FloatRange(0), default=30,
+              help="Seconds running builds get to finish on SIGTERM before they are cancelled.")
+def worker(queue_url, server_url, build_path, concurrency, name, labels, token, filesystem,
+           grace):
+    """A builder on this machine for a central mistryd with a shared queue: it takes jobs from
+    the queue, builds them in Docker here and sends the results to the central server."""
+    import os
+    import socket
+
+    from .config import QUEUE_URL, label_problem
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s [worker %(process)d] %(levelname)s %(message)s")
+    name = name or socket.gethostname()
+    for value, what in [(name, "--name"), *((label, "--label") for label in labels)]:
+        if problem := label_problem(value):
+            raise click.BadParameter(problem, param_hint=what)
+    if not QUEUE_URL.fullmatch(queue_url):
+        raise click.BadParameter("must be redis://HOST:PORT/DB (or rediss:// for TLS)",
+                                 param_hint="--queue")
+    if not server_url.startswith(("http://", "https://")):
+        raise click.BadParameter("must be http://HOST:PORT or https://HOST", param_hint="--server")
+    try:
+        from .remote.worker import RemoteBuilder, run_worker
+
+        builder = RemoteBuilder(queue_url, server_url.rstrip("/"), build_path,
+                                concurrency or os.cpu_count() or 1, name, tuple(labels), token,
+                                filesystem)
+    except ImportError as e:
+        click.echo(f"mistryd: worker: {e.name} is missing: pip install 'mistryd[redis]'", err=True)
+        sys.exit(EXIT_USAGE)
+    except MistryError as e:
+        click.echo(f"mistryd: worker: {e.message}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(f"mistryd {__version__} worker {name}: queue {_safe_url(queue_url)}, central "
+               f"server {server_url}", err=True)
+    sys.exit(run_worker(builder, grace))
+
+
+def _safe_url(url: str) -> str:
+    """A queue URL without its password, for the log."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
 class _Console:
     """Where `rebuild` sends docker's output: the terminal with --verbose, else nowhere."""
 

@@ -42,7 +42,7 @@ BUILD_UID = 65532
 # file is written by hand, and a quoted number is more often a mistake than an intent.
 Filesystem = Literal["auto", "btrfs", "plain"]
 NetworkMode = Literal["bridge", "none", "host"]
-Role = Literal["read", "build", "admin"]
+Role = Literal["read", "build", "admin", "builder"]  # builder: only /api/builder/ (remote builders)
 AtLeastOne = Annotated[StrictInt, Field(ge=1)]
 NotNegative = Annotated[StrictInt, Field(ge=0)]
 # gt=0 is used for limits only, where null means "no limit": the error message says so
@@ -145,10 +145,17 @@ class Token:
     groups: Annotated[tuple[StrictStr, ...], AfterValidator(_group_globs)] | None = None
 
 
-def _label(label: str) -> str:
+def label_problem(label: str) -> str | None:
+    """Why `label` cannot be a builder's label or name, or None."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", label):
-        raise _fail(f"{json.dumps(label)} is not a label like \"big\" or \"gpu-1\" (letters, "
-                    "digits, '.', '_', '-')")
+        return (f"{json.dumps(label)} is not a name like \"big\" or \"gpu-1\" (letters, digits, "
+                "'.', '_', '-')")
+    return None
+
+
+def _label(label: str) -> str:
+    if problem := label_problem(label):
+        raise _fail(problem)
     return label
 
 
@@ -157,16 +164,17 @@ def _label(label: str) -> str:
 Duplicates = Literal["coalesce", "supersede"]
 Labels = tuple[Annotated[StrictStr, AfterValidator(_label)], ...]
 # the shared queue: redis://[:PASSWORD@]HOST:PORT/DB or rediss:// (TLS)
-_QUEUE_URL = re.compile(r"rediss?://(?:[^@/\s]*@)?[^@/\s:]+(?::\d{1,5})?(?:/\d{1,2})?")
+QUEUE_URL = re.compile(r"rediss?://(?:[^@/\s]*@)?[^@/\s:]+(?::\d{1,5})?(?:/\d{1,2})?")
 
 
 def _queue_url(url: str) -> str:
-    if not _QUEUE_URL.fullmatch(url):
+    if not QUEUE_URL.fullmatch(url):
         raise _fail(f"must be \"redis://HOST:PORT/DB\" (or rediss:// for TLS), got "
                     f"{json.dumps(url)}")
     return url
 
 
+SHARED_BACKLOG = 1000  # jobs that may wait in a shared queue when job_backlog is not set
 QueueUrl = Annotated[StrictStr, AfterValidator(_queue_url)]
 
 
@@ -340,8 +348,19 @@ class Config:
         return self.http_workers or os.cpu_count() or 1
 
     @property
+    def lease_seconds(self) -> float:
+        """How long a builder may be silent before its job is taken again."""
+        from .queue.base import LEASE_SECONDS  # the queue imports this module
+
+        return self.builder_timeout if self.queue is not None else LEASE_SECONDS
+
+    @property
     def backlog(self) -> int:
-        return self.job_backlog if self.job_backlog is not None else 2 * self.job_concurrency
+        if self.job_backlog is not None:
+            return self.job_backlog
+        # with builders elsewhere the central machine's own concurrency says nothing of the
+        # capacity: a large bound, set job_backlog to choose
+        return 2 * self.job_concurrency if self.queue is None else SHARED_BACKLOG
 
     @property
     def container_uid(self) -> int:

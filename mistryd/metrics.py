@@ -9,11 +9,11 @@ add them up, so their figures are the whole server's.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable
@@ -117,6 +117,20 @@ class Metrics:
             "mistryd_notifications", "Push builds' notifications and commit statuses by kind "
             "(notification, status) and outcome (sent; retried: an attempt failed; failed: every "
             "attempt did)", ["kind", "outcome"], registry=r)
+        # builders (docs/distributed.md)
+        self.builds_by_builder = Counter(
+            "mistryd_builds_by_builder", "Builds finished, by the builder that ran them",
+            ["builder"], registry=r)
+        self.jobs_redelivered = Counter(
+            "mistryd_jobs_redelivered", "Jobs queued again because their builder was lost",
+            registry=r)
+        self.upload_bytes = Counter(
+            "mistryd_upload_bytes", "Bytes of build results uploaded by builders elsewhere",
+            ["builder"], registry=r)
+        self.upload_seconds = Histogram(
+            "mistryd_upload_seconds", "How long an upload of a build's results took, landing "
+            "included", ["builder"], registry=r,
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf")))
 
     def _source(self) -> CollectorRegistry:
         """Every process's values when they are shared, else this process's."""
@@ -129,9 +143,10 @@ class Metrics:
         multiprocess.MultiProcessCollector(registry, folder)
         return registry
 
-    def exposition(self) -> bytes:
-        """/metrics: the text format, upstream's counters under their own names."""
-        return generate_latest(_Renamed(self._source()))
+    def exposition(self, extra: Iterable[Metric] = ()) -> bytes:
+        """/metrics: the text format, upstream's counters under their own names; `extra`:
+        figures made at scrape time (builders by state, queue depth)."""
+        return generate_latest(_Renamed(self._source(), tuple(extra)))
 
     def totals(self, *counters: UpstreamCounter) -> list[int]:
         """Each counter's sum over its projects, in every process (the files read once)."""
@@ -143,14 +158,28 @@ class Metrics:
         return [int(sums[c.name]) for c in counters]
 
 
+def builders_by_state(states: Iterable[str]) -> Metric:
+    """`mistryd_builders{state}`: how many builders are idle, busy and lost now."""
+    counts = dict.fromkeys(("idle", "busy", "lost"), 0)
+    for state in states:
+        counts[state] = counts.get(state, 0) + 1
+    family = GaugeMetricFamily("mistryd_builders", "Builders by state (idle, busy, lost: "
+                               "silent for longer than builder_timeout)", labels=["state"])
+    for state, n in counts.items():
+        family.add_metric([state], n)
+    return family
+
+
 class _Renamed:
     """A registry's metrics with upstream's counters as upstream exposes them: the bare name, no
     `_created`, untyped."""
 
-    def __init__(self, source: CollectorRegistry):
+    def __init__(self, source: CollectorRegistry, extra: tuple[Metric, ...] = ()):
         self.source = source
+        self.extra = extra
 
     def collect(self) -> Iterator[Metric]:
+        yield from self.extra
         for metric in self.source.collect():
             if metric.name not in UPSTREAM_NAMES:
                 yield metric

@@ -77,9 +77,16 @@ class Ticket:
 
 
 def request_of(job: Job) -> dict:
+    """What the queue keeps of a job: enough to make it again anywhere, and what a builder
+    elsewhere decides by (labels, central_only, queued_at: docs/distributed.md)."""
     r = job.request
-    return {"project": r.project, "params": dict(r.params), "group": r.group,
-            "rebuild": r.rebuild}
+    request = {"project": r.project, "params": dict(r.params), "group": r.group,
+               "rebuild": r.rebuild, "queued_at": job.queued_at}
+    if job.labels:
+        request["labels"] = list(job.labels)
+    if job.central_only:
+        request["central_only"] = True
+    return request
 
 
 class Scheduler:
@@ -90,7 +97,11 @@ class Scheduler:
                  queue: JobQueue | None = None,
                  make_job: Callable[[JobKey, dict], Job] | None = None,
                  name: str = "mistryd", lease_seconds: float = LEASE_SECONDS,
-                 spare: Callable[[], int] | None = None):
+                 spare: Callable[[], int] | None = None,
+                 finish: Callable[[Lease, Outcome], None] | None = None,
+                 note_log: Callable[[Lease, str], None] | None = None,
+                 accept: Callable[[dict], bool] | None = None,
+                 look_again: float | None = None):
         self._run = run
         self.concurrency = concurrency
         self.backlog = backlog
@@ -113,6 +124,14 @@ class Scheduler:
         # such a job is parked (left queued, skipped by our workers) until then
         self._blocked_on = blocked_on or (lambda job: None)
         self._make_job = make_job
+        # how a job built here ends and says where its log is: in the queue (by default), or
+        # through the central server (a builder on another machine: mistryd/remote/worker.py)
+        self._record_outcome = finish or self.queue.finish
+        self._record_log = note_log or self.queue.note_log
+        # which queued jobs this process's workers take (None: any), and how often an idle
+        # worker looks again when that answer may change with time (None: only when woken)
+        self._accept = accept
+        self._look_again = look_again
         self._workers: list[threading.Thread] = []
         self._watchers: list[threading.Thread] = []
         self._closed = False
@@ -304,8 +323,9 @@ class Scheduler:
                 parked = set(self._parked)
                 self._idle_workers += 1
             try:
-                lease = self.queue.take(name, self.lease_seconds,
-                                        timeout=PARKED_LOOK if parked else None, exclude=parked)
+                timeout = PARKED_LOOK if parked else self._look_again
+                lease = self.queue.take(name, self.lease_seconds, timeout=timeout,
+                                        exclude=parked, accept=self._accept)
             finally:
                 with self._lock:
                     self._idle_workers -= 1
@@ -376,7 +396,7 @@ class Scheduler:
         if job is not None:
             job.recorded = True
         try:
-            self.queue.finish(lease, outcome)
+            self._record_outcome(lease, outcome)
         except LeaseLost:
             log.warning("mistryd: job %s was taken again by another builder after its lease "
                         "ran out; the outcome of this run (%s) is dropped", lease.key,
@@ -392,7 +412,7 @@ class Scheduler:
 
     def _note_log(self, lease: Lease, log_file: str) -> None:
         try:
-            self.queue.note_log(lease, log_file)
+            self._record_log(lease, log_file)
         except LeaseLost:
             pass  # the heartbeat finds out and stops the job
         except Exception:  # noqa: BLE001 - readers elsewhere see the log once it is published

@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
 from .builder import Builder, Job
+from .builders import local_builders
 from .config import Config
+from .coordinator import Coordinator
 from .docker_runner import DockerRunner
 from .errors import (
     ConfigError,
@@ -28,7 +31,8 @@ from .layout import LOG_FILE, BuildPathInUse, Layout, lock_build_path
 from .metrics import Metrics, forget_other_processes
 from .projects import Projects
 from .push import PushBuilds
-from .queue import EmbeddedQueue, JobKey
+from .queue import IndexedQueue, JobKey, open_queue
+from .remote.registry import Announcer, BuilderState, open_registry
 from .scheduler import Scheduler, Ticket, request_of
 from .storage import make_storage
 from .store import BuildRow, Status, Store
@@ -55,8 +59,12 @@ class Server:
         self.metrics = Metrics()
         self.runner = runner or DockerRunner(config)
         self.builder = Builder(self.layout, self.store, self.storage, self.runner, self.metrics,
-                               uid=config.container_uid, gid=config.container_gid)
-        self.queue = EmbeddedQueue(self.store)
+                               uid=config.container_uid, gid=config.container_gid,
+                               name=config.name)
+        # who builds (this server's builder processes, builders elsewhere): remote/registry.py
+        self.registry = open_registry(config.queue, self.layout.state_dir())
+        self.announcer: Announcer | None = None
+        self.queue = open_queue(config.queue, self.store)
         self.push = PushBuilds(config, self.layout,  # push-triggered builds (mistryd/push/)
                                lambda kind, outcome: self.metrics.notifications.labels(
                                    kind, outcome).inc())
@@ -66,7 +74,8 @@ class Server:
                                    on_cancel_queued=self.builder.cancelled_info,
                                    blocked_on=self._image_being_built, queue=self.queue,
                                    make_job=self._job_of, name=builder_name or "mistryd",
-                                   spare=None if self.builds_here else self._spare_builders)
+                                   spare=None if self.builds_here else self._spare_builders,
+                                   lease_seconds=config.lease_seconds)
         self._lock_fd: int | None = None  # build_path's lock, held from start() to stop()
         self.verifier = Verifier(self)  # rebuild and diff of cached builds (mistryd/verify.py)
 
@@ -78,6 +87,7 @@ class Server:
         self.take_build_path()
         self.recover()
         self.scheduler.start()
+        self._announce()
         self.start_collector()
         log.info("mistryd: storage=%s build_path=%s projects=%s", self.storage.name,
                  self.config.build_path, ", ".join(self.projects.names()) or "(none)")
@@ -97,15 +107,32 @@ class Server:
         """Garbage collection every `gc_interval` seconds, in this process."""
         self.collector = Collector.for_server(self)
         self.collector.start()
+        self.coordinator = Coordinator.for_server(self)  # with a shared queue: its watch
+        if self.coordinator is not None:
+            self.coordinator.start()
 
     def start_building(self, collect: bool = False) -> None:
         """A builder process: take work from the queue (the supervisor holds build_path's lock
         and has recovered it); one of them (`collect`) also collects garbage."""
         self.scheduler.start()
+        self._announce()
         if collect:
             self.start_collector()
         log.info("mistryd: builder %s takes jobs (%d at a time)", self.scheduler.name,
                  self.config.job_concurrency)
+
+    def _announce(self) -> None:
+        """This process's builders on the list (GET /api/queue/stats), every 2 s."""
+        if self.scheduler.concurrency == 0:
+            return
+
+        def state() -> BuilderState:
+            running = sum(1 for f in self.scheduler.flights() if f.running)
+            return BuilderState(self.scheduler.name, (), running, self.scheduler.concurrency,
+                                time.time())
+
+        self.announcer = Announcer(self.registry, state)
+        self.announcer.start()
 
     def builder_gone(self, prefix: str) -> None:
         """A builder process died: remove its containers and queue its jobs again at once."""
@@ -129,7 +156,11 @@ class Server:
         are then cancelled; queued jobs stay queued in the store for the next start."""
         if (collector := getattr(self, "collector", None)) is not None:
             collector.stop()
+        if (coordinator := getattr(self, "coordinator", None)) is not None:
+            coordinator.stop()
         self.verifier.stop()
+        if self.announcer is not None:
+            self.announcer.stop()
         self.scheduler.stop(self.config.shutdown_grace if grace is None else grace)
         self.store.flush_usage()
         self.release_build_path()
@@ -154,8 +185,14 @@ class Server:
             done = self.layout.read_info(row.project, row.id)
             if done is not None and _same_run(done, row):  # it finished; only the index lagged
                 self.store.record_finished(row.project, row.id, Status(record_status(done)), done)
-        self.queue.reap(every_lease=True)
-        outcomes = [self._resume(row) for row in self.store.unfinished()]
+        if isinstance(self.queue, IndexedQueue):
+            # builders elsewhere live on: only this machine's builders' leases are gone
+            self.queue.drop_builder(local_builders(self.config))
+            self.queue.reconcile()
+        else:
+            self.queue.reap(every_lease=True)
+        outcomes = [self._resume(row) for row in self.store.unfinished()
+                    if row.status is Status.QUEUED]
         if removed or orphans or unfinished:
             log.warning("mistryd: removed %d pending folder(s) and %d orphaned container(s); "
                         "of %d unfinished job(s): %d queued again", removed, len(orphans),
@@ -196,10 +233,12 @@ class Server:
     def make_job(self, request: JobRequest, key: tuple[str, str] | None = None) -> Job:
         request = self.push.as_configured(request)  # a push build: its rule as configured now
         build_id, fingerprint = key or self.key_of(request)
+        push_folder = self.push.project_folder(request)
         job = Job(request=request, id=build_id, fingerprint=fingerprint,
-                  context=self.push.project_folder(request) or self.projects.root / request.project,
+                  context=push_folder or self.projects.root / request.project,
                   settings=self.config.for_project(request.project),
-                  hooks=self.push.hooks(request), seed_groups=self.push.seed_groups(request))
+                  hooks=self.push.hooks(request), seed_groups=self.push.seed_groups(request),
+                  labels=self.config.labels(request.project), central_only=push_folder is not None)
         if not self.builds_here:  # its log is written by a builder process
             job.log.follow_file(lambda: self._log_file(JobKey(request.project, build_id)))
         return job

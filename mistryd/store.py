@@ -468,6 +468,14 @@ class Store:
 
     _HOLDS = "project=? AND id=? AND status='running' AND lease_owner=? AND lease_token=?"
 
+    def queue_lease(self, project: str, build_id: str) -> tuple[BuildRow, str, int] | None:
+        """A running job's row, with who holds its lease and the lease's token."""
+        found = self._conn().execute(
+            "SELECT lease_owner, lease_token FROM builds WHERE project=? AND id=? "
+            "AND status='running' AND lease_owner IS NOT NULL", (project, build_id)).fetchone()
+        row = self.get(project, build_id) if found else None
+        return None if row is None or row.status is not Status.RUNNING else (row, *found)
+
     def queue_heartbeat(self, project: str, build_id: str, builder: str, token: int,
                         lease_seconds: float, now: float) -> tuple[bool, str | None]:
         """(whether the lease is still held, the reason of a cancel asked for meanwhile)."""

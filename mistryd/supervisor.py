@@ -194,7 +194,7 @@ class Supervisor:
             self._free_row(slot.row)
         if slot.kind == BUILDER:
             try:
-                self.server.builder_gone(builder_prefix(pid))
+                self.server.builder_gone(builder_prefix(self.config, pid))
             finally:
                 self.server.store.close()
         if self._stopping:

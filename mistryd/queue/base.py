@@ -9,7 +9,7 @@ from a builder that lost its lease is refused, so nothing finishes twice. See do
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -18,6 +18,10 @@ from ..store import Status
 
 LEASE_SECONDS = 30.0  # a builder that has not heartbeaten for this long has lost its job
 MAX_INTERRUPTIONS = 3  # a job whose lease was lost this often in a row is abandoned, not retried
+
+
+# which queued jobs a builder takes, by their request (labels, cache locality: distributed.md)
+Accept = Callable[[dict], bool]
 
 
 @dataclass(frozen=True, order=True)
@@ -127,11 +131,17 @@ class JobQueue(Protocol):
 
     def take(self, builder: str, lease_seconds: float = LEASE_SECONDS,
              timeout: float | None = 0, exclude: Collection[JobKey] = (),
-             now: float | None = None) -> Lease | None:
-        """The oldest queued job (but those in `exclude`), now running under a lease for
+             now: float | None = None, accept: Accept | None = None) -> Lease | None:
+        """The oldest queued job (but those in `exclude`, and those whose request `accept`
+        refuses: they stay queued, in order, for other builders), now running under a lease for
         `builder`; jobs whose lease expired are queued again first. Waits up to `timeout`
         seconds (None: until there is one) for work; None when there was none or the queue was
         closed."""
+        ...
+
+    def lease_of(self, key: JobKey) -> Lease | None:
+        """The lease the job runs under now (who holds it, which take); None when it is not
+        running. The central server checks a remote builder's uploads against it."""
         ...
 
     def heartbeat(self, lease: Lease, lease_seconds: float = LEASE_SECONDS,

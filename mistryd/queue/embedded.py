@@ -19,6 +19,7 @@ from ..store import BuildRow, Status, Store
 from .base import (
     LEASE_SECONDS,
     MAX_INTERRUPTIONS,
+    Accept,
     Admission,
     Cancelled,
     InFlight,
@@ -113,9 +114,9 @@ class EmbeddedQueue:
 
     def take(self, builder: str, lease_seconds: float = LEASE_SECONDS,
              timeout: float | None = 0, exclude: Collection[JobKey] = (),
-             now: float | None = None) -> Lease | None:
+             now: float | None = None, accept: Accept | None = None) -> Lease | None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        skip = {(k.project, k.id) for k in exclude}
+        excluded = {(k.project, k.id) for k in exclude}
         with self._listening(WORK) as woken:
             while True:
                 woken.clear()
@@ -123,6 +124,9 @@ class EmbeddedQueue:
                     return None
                 at = time.time() if now is None else now
                 self.reap(at)
+                skip = excluded if accept is None else excluded | {
+                    (row.project, row.id) for row, _ in self.store.queue_in_flight()
+                    if row.status is Status.QUEUED and not accept(_request(row))}
                 taken = self.store.queue_take(builder, lease_seconds, skip, at)
                 if taken is not None:
                     row, token = taken
@@ -163,6 +167,14 @@ class EmbeddedQueue:
         if not self.store.queue_note_log(lease.key.project, lease.key.id, lease.builder,
                                          lease.token, log_file):
             raise LeaseLost(lease)
+
+    def lease_of(self, key: JobKey) -> Lease | None:
+        found = self.store.queue_lease(key.project, key.id)
+        if found is None:
+            return None
+        row, builder, token = found
+        return Lease(key, builder, token, _request(row), row.queued_at,
+                     row.started_at or row.queued_at, row.interruptions)
 
     def log_file(self, key: JobKey) -> str | None:
         return self.store.queue_log_file(key.project, key.id)

@@ -16,6 +16,7 @@ from ..store import Status
 from .base import (
     LEASE_SECONDS,
     MAX_INTERRUPTIONS,
+    Accept,
     Admission,
     Cancelled,
     InFlight,
@@ -78,14 +79,15 @@ class MemoryQueue:
 
     def take(self, builder: str, lease_seconds: float = LEASE_SECONDS,
              timeout: float | None = 0, exclude: Collection[JobKey] = (),
-             now: float | None = None) -> Lease | None:
+             now: float | None = None, accept: Accept | None = None) -> Lease | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while not self._closed:
                 at = time.time() if now is None else now
                 self._reap(at, every_lease=False)
                 queued = [(e.queued_at, e.order, k) for k, e in self._jobs.items()
-                          if e.status is Status.QUEUED and k not in exclude]
+                          if e.status is Status.QUEUED and k not in exclude
+                          and (accept is None or accept(e.request))]
                 if queued:
                     key = min(queued)[2]
                     entry = self._jobs[key]
@@ -103,6 +105,14 @@ class MemoryQueue:
                     return None
                 self._lock.wait(max(0.0, min(waits)) if waits else None)
             return None
+
+    def lease_of(self, key: JobKey) -> Lease | None:
+        with self._lock:
+            e = self._jobs.get(key)
+            if e is None or e.status is not Status.RUNNING or e.builder is None:
+                return None
+            return Lease(key, e.builder, e.token, dict(e.request), e.queued_at, e.started_at,
+                         e.interruptions)
 
     def _held(self, lease: Lease) -> _Entry:
         entry = self._jobs.get(lease.key)

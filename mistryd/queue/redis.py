@@ -47,6 +47,7 @@ from ..store import Status
 from .base import (
     LEASE_SECONDS,
     MAX_INTERRUPTIONS,
+    Accept,
     Admission,
     Cancelled,
     InFlight,
@@ -295,7 +296,7 @@ class RedisQueue:
 
     def take(self, builder: str, lease_seconds: float = LEASE_SECONDS,
              timeout: float | None = 0, exclude: Collection[JobKey] = (),
-             now: float | None = None) -> Lease | None:
+             now: float | None = None, accept: Accept | None = None) -> Lease | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         skip = {rq_job_id(k) for k in exclude}
         with self._listening(WORK) as woken:
@@ -305,7 +306,7 @@ class RedisQueue:
                     return None
                 at = time.time() if now is None else now
                 self.reap(at)
-                lease = self._claim(builder, lease_seconds, skip, at)
+                lease = self._claim(builder, lease_seconds, skip, at, accept)
                 if lease is not None:
                     return lease
                 # nobody rings when a lease runs out: wake up for the first one that will
@@ -318,9 +319,13 @@ class RedisQueue:
                     return None
 
     def _claim(self, builder: str, lease_seconds: float, skip: set[str],
-               at: float) -> Lease | None:
-        for raw in self.redis.lrange(self.rq.key, 0, -1):
-            job_id = as_text(raw)
+               at: float, accept: Accept | None = None) -> Lease | None:
+        ids = [as_text(raw) for raw in self.redis.lrange(self.rq.key, 0, -1)]
+        if accept is not None:  # one read of the queued requests, not one per job
+            jobs = Job.fetch_many([i for i in ids if i not in skip], self.redis,
+                                  serializer=JSONSerializer)
+            skip = skip | {job.id for job in jobs if job is not None and not accept(job.args[0])}
+        for job_id in ids:
             if job_id in skip:
                 continue
 
@@ -495,6 +500,15 @@ class RedisQueue:
     def job(self, key: JobKey) -> InFlight | None:
         job = self._fetch(rq_job_id(key))
         return _describe(job) if job is not None and _in_flight(job) else None
+
+    def lease_of(self, key: JobKey) -> Lease | None:
+        job = self._fetch(rq_job_id(key))
+        if job is None or job.get_status(refresh=False) != JobStatus.STARTED:
+            return None
+        meta = job.meta
+        return Lease(key, meta.get("builder") or "", meta.get("token", 0), job.args[0],
+                     meta.get("queued_at", 0.0), meta.get("started_at", 0.0),
+                     self._interruptions(job))
 
     def stats(self) -> QueueStats:
         return QueueStats(self.redis.llen(self.rq.key),

@@ -16,7 +16,9 @@ from ..errors import BadRequest, NotFound, Unavailable
 from ..hits import Hit
 from ..jobs import BuildInfo, JobRequest
 from ..logs import end_event_data, sse_stream
+from ..metrics import builders_by_state
 from ..names import name_problem
+from ..queue import JobKey
 from ..server import Server
 from ..store import BuildRow, Status
 from .auth import check_group, sees_host_paths
@@ -243,9 +245,9 @@ def _progress(srv: Server, project: str, build_id: str, status: str) -> dict:
         return {}
     now = time.time()
     if status == "queued":
-        ahead = srv.store.queue_position(project, build_id)
+        ahead = srv.queue.position(JobKey(project, build_id))
         return {"QueuePosition": None if ahead is None else ahead + 1,
-                "QueueLength": srv.store.queue_counts()[0],
+                "QueueLength": srv.queue.stats().queued,
                 "Elapsed": round(max(0.0, now - row.queued_at), 3)}
     since = row.started_at if row.started_at is not None else row.queued_at
     return {"Elapsed": round(max(0.0, now - since), 3)}
@@ -342,7 +344,11 @@ def cancel(project: str, build_id: str):
 
 @bp.get("/metrics")
 def metrics():
-    return Response(server().metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
+    srv = server()
+    now = time.time()
+    states = [b.state(now, srv.config.builder_timeout) for b in srv.registry.builders()]
+    return Response(srv.metrics.exposition([builders_by_state(states)]),
+                    mimetype=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/healthz")

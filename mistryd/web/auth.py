@@ -44,7 +44,10 @@ from ..errors import MistryError
 
 bp = Blueprint("auth", __name__)
 
-ROLE_RANK = {"read": 1, "build": 2, "admin": 3}
+# `builder` (a remote builder's token: docs/distributed.md) is beside the ladder, not on it: it
+# may use the /api/builder/ endpoints, which admin may use too, and nothing else
+ROLE_RANK = {"builder": 0, "read": 1, "build": 2, "admin": 3}
+BUILDER_PREFIX = "/api/builder/"
 COOKIE = "mistryd_token"
 COOKIE_MAX_AGE = 30 * 24 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -62,6 +65,8 @@ def required_role(method: str, rule: str | None) -> str | None:
     rule matched (a 404 or 405 to be); those need `read`, so an anonymous caller learns nothing."""
     if rule in PUBLIC_RULES or (method in ("POST", "PUT") and rule in WEBHOOK_RULES):
         return None
+    if rule is not None and rule.startswith(BUILDER_PREFIX):
+        return "builder"
     if method in SAFE_METHODS:
         return "read"
     if method == "POST" and rule in ("/jobs", "/jobs/verify"):
@@ -178,7 +183,10 @@ def check_access():
                                  f"/login, or {_fix(role)}")
         return _unauthorized(f"unknown token; {_fix(role)}")
     g.role, g.token = token.role, token
-    if ROLE_RANK[token.role] < ROLE_RANK[role]:
+    if role == "builder" and token.role not in ("builder", "admin"):
+        return _forbidden(f"token '{token.name}' has role '{token.role}' but {what} is for "
+                          "builders: use a token with role 'builder'")
+    if role != "builder" and ROLE_RANK[token.role] < ROLE_RANK[role]:
         return _forbidden(f"token '{token.name}' has role '{token.role}' but {what} needs "
                           f"'{role}'; use a token with role '{role}' or higher")
     if creds.source == "cookie" and request.method not in SAFE_METHODS and not _same_origin():

@@ -275,3 +275,38 @@ def test_jobs_in_flight_are_listed_oldest_first_with_their_builder(backend):
     q.finish(lease, done())
     assert [j.key for j in other.jobs()] == [B] and other.job(A) is None
     assert [j.key for j in other.jobs(limit=0)] == []
+
+
+def test_a_builder_takes_only_what_it_accepts(backend):
+    q, other = backend.open(), backend.open()
+    q.submit(A, request(A, size="big"))
+    q.submit(B, request(B))
+
+    def small(r: dict) -> bool:
+        return r["params"].get("size") != "big"
+
+    first = q.take("small-0", accept=small)
+    assert first.key == B  # A stays queued, first in line, for a builder that has the label
+    assert q.take("small-0", accept=small, timeout=0) is None
+    assert q.position(A) == 0
+    woken: list = []
+    taker = threading.Thread(target=lambda: woken.append(
+        q.take("small-0", accept=small, timeout=10)))
+    taker.start()
+    other.submit(C, request(C, size="big"))  # a job arriving meanwhile: checked too
+    other.submit(JobKey("q", "d"), request(JobKey("q", "d")))
+    taker.join(15)
+    assert [lease.key for lease in woken] == [JobKey("q", "d")]
+    assert other.take("big-0", accept=lambda r: True).key == A
+
+
+def test_the_lease_a_running_job_is_held_under(backend):
+    q, other = backend.open(), backend.open()
+    q.submit(A, request(A, v="1"), now=T)
+    assert other.lease_of(A) is None  # queued
+    lease = q.take("b1-0", now=T + 1)
+    held = other.lease_of(A)
+    assert (held.builder, held.token, held.key) == ("b1-0", lease.token, A)
+    assert held.request["params"] == {"v": "1"}
+    q.finish(lease, done())
+    assert other.lease_of(A) is None

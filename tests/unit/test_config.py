@@ -211,7 +211,7 @@ def test_queue_keys(tmp_path):
     for key, bad, problem in [
         ("queue", {"queue": "http://x"}, 'must be "redis://HOST:PORT/DB"'),
         ("job_concurrency", {"job_concurrency": 0}, "needs a shared `queue`"),
-        ("projects.p.labels[0]", {"projects": {"p": {"labels": ["a b"]}}}, "is not a label"),
+        ("projects.p.labels[0]", {"projects": {"p": {"labels": ["a b"]}}}, "is not a name like"),
         ("projects.p.duplicates", {"projects": {"p": {"duplicates": "x"}}},
          "must be one of coalesce or supersede"),
         ("builder_timeout", {"builder_timeout": 0}, "must be positive"),

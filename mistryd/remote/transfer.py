@@ -1,0 +1,191 @@
+"""A remote builder's side of what it exchanges with the central server (mistryd/web/
+builder_api.py): the job's details, its build context, a group's last cache, the live log and
+the result, each piece at an offset so that a piece lost with the connection is sent again and
+none twice. Connection errors and 5xx answers are retried with backoff (the central server may be
+restarting); a 4xx is final: 409 means the lease is gone (LeaseLost), except for a piece at the
+wrong offset, which is sent again from where the central server is."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import requests
+
+from ..errors import MistryError
+from ..landing import _member_filter
+from ..queue import Lease, LeaseLost
+
+log = logging.getLogger("mistryd")
+RETRY_FOR = 600.0  # seconds a builder keeps trying while the central server does not answer
+PIECE = 1 << 20  # at most this many bytes per piece (and never more than max_body_bytes)
+LOG_EVERY = 0.2  # seconds between two looks at a growing log
+
+
+class CentralRefused(MistryError):
+    status = 502
+
+
+@dataclass
+class JobDetails:
+    request: dict
+    fingerprint: str
+    settings: dict
+    cache: dict | None  # {"group", "id"} of the group's last good build, or None
+    max_body_bytes: int
+
+
+class Central:
+    def __init__(self, url: str, token: str | None = None):
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.piece = PIECE
+
+    def _call(self, method: str, path: str, lease: Lease | None = None,
+              **kwargs: Any) -> requests.Response:
+        params = dict(kwargs.pop("params", {}))
+        if lease is not None:
+            params.update(builder=lease.builder, token=lease.token)
+        deadline = time.monotonic() + RETRY_FOR
+        wait = 0.2
+        while True:
+            try:
+                r = self.session.request(method, self.url + path, params=params, timeout=300,
+                                         **kwargs)
+            except requests.RequestException as e:
+                problem = f"{type(e).__name__}: {e}"
+            else:
+                if r.status_code < 500:
+                    return r
+                problem = f"{r.status_code} {r.text[:200]}"
+            if time.monotonic() > deadline:
+                raise CentralRefused(f"the central server {self.url} did not answer "
+                                     f"{method} {path}: {problem}")
+            log.warning("mistryd worker: %s %s: %s; trying again in %.1fs", method, path,
+                        problem, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 10.0)
+
+    def _ok(self, r: requests.Response, lease: Lease | None = None) -> requests.Response:
+        if r.status_code == 409 and lease is not None and "offset" not in r.text:
+            raise LeaseLost(lease)
+        if r.status_code >= 400:
+            raise CentralRefused(f"the central server refused: {r.status_code} {r.text[:300]}")
+        return r
+
+    # --- a job ------------------------------------------------------------------------------
+
+    def start(self, lease: Lease) -> JobDetails:
+        k = lease.key
+        raw = self._ok(self._call("POST", f"/api/builder/jobs/{k.project}/{k.id}/start", lease),
+                       lease).json()
+        self.piece = max(4096, min(PIECE, int(raw.get("max_body_bytes", PIECE)) - 4096))
+        return JobDetails(raw["request"], raw["fingerprint"], raw["settings"], raw["cache"],
+                          raw.get("max_body_bytes", PIECE))
+
+    def fetch_context(self, project: str, fingerprint: str, dest: Path) -> None:
+        self._fetch_tree(f"/api/builder/context/{project}/{fingerprint}", dest)
+
+    def fetch_cache(self, project: str, build_id: str, dest_data: Path) -> None:
+        """The build's /data/cache, as `dest_data`/cache."""
+        self._fetch_tree(f"/api/builder/cache/{project}/{build_id}", dest_data / "cache")
+
+    def _fetch_tree(self, path: str, dest: Path) -> None:
+        """A tar stream unpacked into a new folder beside `dest`, then moved to `dest`: a
+        broken stream leaves nothing behind."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            r = self._ok(self._call("GET", path, stream=True))
+            with r, tarfile.open(fileobj=r.raw, mode="r|") as archive:
+                archive.extractall(temp, filter=_member_filter)
+            os.chmod(temp, 0o755)
+            os.replace(temp, dest)
+        except (tarfile.TarError, OSError) as e:
+            raise CentralRefused(f"{path} arrived broken: {e}") from None
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+
+    # --- pieces -------------------------------------------------------------------------------
+
+    def send(self, lease: Lease, kind: str, f: IO[bytes], offset: int) -> int:
+        """Everything of `f` from `offset` on, in pieces; the central server's size after."""
+        k = lease.key
+        while True:
+            f.seek(offset)
+            piece = f.read(self.piece)
+            if not piece:
+                return offset
+            r = self._call("POST", f"/api/builder/{kind}/{k.project}/{k.id}", lease,
+                           params={"offset": offset}, data=piece)
+            if r.status_code == 409 and "offset" in r.text:
+                offset = self._their_offset(r, offset)  # theirs wins: send from there
+                continue
+            offset = int(self._ok(r, lease).json()["offset"])
+
+    @staticmethod
+    def _their_offset(r: requests.Response, ours: int) -> int:
+        try:
+            return int(r.text.split("has ")[1].split(" bytes")[0])
+        except (IndexError, ValueError):
+            return ours
+
+    def upload(self, lease: Lease, folder: Path) -> None:
+        """The finished build folder, as a tar in pieces, then landed (checked and published
+        by the central server, which finishes the job under `lease`)."""
+        with tempfile.TemporaryFile(dir=folder.parent) as tar:
+            with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as archive:
+                for entry in sorted(os.listdir(folder)):
+                    archive.add(folder / entry, arcname=entry, recursive=True)
+            size = tar.tell()
+            tar.seek(0)
+            digest = hashlib.file_digest(tar, "sha256").hexdigest()
+            sent = self.send(lease, "result", tar, 0)
+            if sent != size:
+                raise CentralRefused(f"the central server holds {sent} bytes of {size}")
+        k = lease.key
+        self._ok(self._call("POST", f"/api/builder/result/{k.project}/{k.id}/land", lease,
+                            params={"size": size, "sha256": digest}), lease)
+
+
+class LogShipper(threading.Thread):
+    """Follows a build's log file as it grows and sends each new piece to the central server;
+    `close()` sends the rest and stops."""
+
+    def __init__(self, central: Central, lease: Lease, path: Path):
+        super().__init__(name=f"mistryd-log-{lease.key.id[:12]}", daemon=True)
+        self.central, self.lease, self.path = central, lease, path
+        self._closing = threading.Event()
+        self.offset = 0
+
+    def run(self) -> None:
+        while not self._closing.wait(LOG_EVERY):
+            self._ship()
+
+    def _ship(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                self.offset = self.central.send(self.lease, "log", f, self.offset)
+        except FileNotFoundError:
+            pass
+        except LeaseLost:
+            self._closing.set()
+        except Exception:  # noqa: BLE001 - the next look sends it
+            log.exception("mistryd worker: the log of %s was not sent", self.lease.key)
+
+    def close(self) -> None:
+        self._closing.set()
+        if self.is_alive():
+            self.join(30)
+        self._ship()

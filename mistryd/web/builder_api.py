@@ -1,0 +1,154 @@
+"""The central server's endpoints for builders on other machines (token role `builder`;
+docs/distributed.md): a job's details and build context, a group's last cache, the live log and
+the result, each piece sent at an offset (resumable), the result landed by mistryd/landing.py.
+Every job endpoint names the lease (`builder`, `token`): only the builder that holds the job now
+is heard."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from flask import Blueprint, Response, jsonify, request
+
+from ..errors import BadRequest, Conflict, NotFound
+from ..jobs import JobRequest
+from ..landing import Landing
+from ..leases import reading
+from ..names import name_problem
+from ..queue import Lease
+from .api import server
+
+bp = Blueprint("builder_api", __name__)
+PIECE = 1 << 16  # bytes per read of a tar stream sent out
+
+
+def _landing() -> Landing:
+    return Landing(server())
+
+
+def _checked_name(project: str, build_id: str) -> None:
+    for what, value in (("project", project), ("build id", build_id)):
+        if problem := name_problem(value):
+            raise BadRequest(f"{what}: {problem}")
+
+
+def _lease(project: str, build_id: str) -> Lease:
+    _checked_name(project, build_id)
+    builder = request.args.get("builder", "")
+    token = request.args.get("token", "")
+    if not builder or not token.isdigit():
+        raise BadRequest("name the lease: ?builder=NAME&token=N")
+    return _landing().lease(project, build_id, builder, int(token))
+
+
+def _offset() -> int:
+    raw = request.args.get("offset", "")
+    if not raw.isdigit():
+        raise BadRequest("offset must be a number of bytes: ?offset=N")
+    return int(raw)
+
+
+@bp.post("/api/builder/jobs/<project>/<build_id>/start")
+def start(project: str, build_id: str):
+    """What the builder needs to build the job it took."""
+    srv = server()
+    lease = _lease(project, build_id)
+    r = lease.request
+    key, fingerprint = srv.key_of(JobRequest(r["project"], r["params"], r.get("group", ""),
+                                             bool(r.get("rebuild"))))
+    if key != build_id:
+        raise Conflict(f"project {project} changed since build {build_id} was queued; it "
+                       "cannot be built from the project as it is now")
+    srv.store.record_running(project, build_id, now=lease.started_at)
+    cache = None
+    for group in (lease.request.get("group", ""),):
+        if group and (last := srv.layout.last_good(project, group)) is not None:
+            cache = {"group": group, "id": last.name}
+    return jsonify({"request": lease.request, "fingerprint": fingerprint,
+                    "settings": dataclasses.asdict(srv.config.for_project(project)),
+                    "cache": cache, "max_body_bytes": srv.config.max_body_bytes})
+
+
+@bp.get("/api/builder/context/<project>/<fingerprint>")
+def context(project: str, fingerprint: str):
+    """The project folder as a tar: the job's build context."""
+    srv = server()
+    _checked_name(project, fingerprint)
+    if srv.projects.fingerprint(project) != fingerprint:
+        raise Conflict(f"project {project} is not at {fingerprint[:12]} any more")
+    return _tar_response(srv.projects.root / project)
+
+
+@bp.get("/api/builder/cache/<project>/<build_id>")
+def cache(project: str, build_id: str):
+    """The build's /data/cache as a tar (links kept as links): a group's next build elsewhere
+    starts from it."""
+    srv = server()
+    _checked_name(project, build_id)
+    folder = srv.layout.ready(project, build_id)
+    cache_dir = folder / "data" / "cache"
+    if not cache_dir.is_dir() or cache_dir.is_symlink():
+        raise NotFound(f"build {project}/{build_id} has no cache here")
+    return _tar_response(cache_dir, hold=folder)
+
+
+@bp.post("/api/builder/log/<project>/<build_id>")
+def log_piece(project: str, build_id: str):
+    lease = _lease(project, build_id)
+    size = _landing().append_log(lease, _offset(), request.stream)
+    return jsonify({"offset": size})
+
+
+@bp.post("/api/builder/result/<project>/<build_id>")
+def result_piece(project: str, build_id: str):
+    lease = _lease(project, build_id)
+    size = _landing().append_result(lease, _offset(), request.stream)
+    return jsonify({"offset": size})
+
+
+@bp.post("/api/builder/result/<project>/<build_id>/land")
+def land(project: str, build_id: str):
+    lease = _lease(project, build_id)
+    size, sha256 = request.args.get("size", ""), request.args.get("sha256", "")
+    if not size.isdigit() or len(sha256) != 64:
+        raise BadRequest("say what was sent: ?size=BYTES&sha256=HEX")
+    info = _landing().land(lease, int(size), sha256)
+    return jsonify({"status": info.Status})
+
+
+def _tar_response(folder: Path, hold: Path | None = None) -> Response:
+    """`folder`'s tree as an uncompressed tar stream, written by a thread into a pipe (links
+    are stored as links; nothing is followed). `hold`: a build folder kept from garbage
+    collection while it streams."""
+    read_fd, write_fd = os.pipe()
+
+    def write() -> None:
+        with open(write_fd, "wb") as out:
+            try:
+                if hold is not None:
+                    with reading(hold):
+                        _write_tar(folder, out)
+                else:
+                    _write_tar(folder, out)
+            except (BrokenPipeError, OSError):
+                pass  # the reader went away: the stream ends short, the builder retries
+
+    threading.Thread(target=write, name="mistryd-tar-out", daemon=True).start()
+
+    def chunks() -> Iterator[bytes]:
+        with open(read_fd, "rb") as src:
+            while piece := src.read(PIECE):
+                yield piece
+
+    return Response(chunks(), mimetype="application/x-tar")
+
+
+def _write_tar(folder: Path, out) -> None:
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
+        for entry in sorted(os.listdir(folder)):
+            archive.add(folder / entry, arcname=entry, recursive=True)

@@ -1,0 +1,48 @@
+"""The queue as JSON (chaotic-manager's endpoints, docs/distributed.md): `GET /api/queue/stats`
+(counts and the builders) and `GET /api/queue/jobs` (what is queued and running, where)."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, jsonify
+
+from ..store import Status
+from .api import server
+
+bp = Blueprint("queue_api", __name__)
+
+
+@bp.get("/api/queue/stats")
+def stats():
+    srv = server()
+    now = time.time()
+    queue = srv.queue.stats()
+    counts = srv.store.status_counts()
+    builders = [b.to_json() | {"state": b.state(now, srv.config.builder_timeout)}
+                for b in srv.registry.builders()]
+    return jsonify({
+        "queued": queue.queued, "running": queue.running,
+        "finished": {s.value: counts.get(s.value, 0) for s in Status if s.finished},
+        "builders": builders,
+    })
+
+
+@bp.get("/api/queue/jobs")
+def jobs():
+    srv = server()
+    out, waiting = [], 0
+    for job in srv.queue.jobs():
+        queued = job.status is Status.QUEUED
+        out.append({"project": job.key.project, "id": job.key.id, "status": job.status.value,
+                    "builder": None if queued else _builder_of(job.builder),
+                    "position": waiting if queued else None,
+                    "queued_at": job.queued_at, "started_at": job.started_at,
+                    "url": f"job/{job.key.project}/{job.key.id}"})
+        waiting += queued
+    return jsonify({"jobs": out})
+
+
+def _builder_of(lease_holder: str | None) -> str | None:
+    """The builder's name, without its worker's number (`hpc-1-0` is builder `hpc-1`)."""
+    return None if lease_holder is None else lease_holder.rsplit("-", 1)[0]
