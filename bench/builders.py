@@ -81,7 +81,7 @@ def _batch(client: HttpClient, jobs: int, sleep: int) -> float:
             {"Content-Type": "application/json"})
         if status not in (201, 202):
             raise RuntimeError(f"POST /jobs: {status} {data[:300]!r}")
-        ids.append(json.loads(data)["ID"])
+        ids.append(json.loads(data)["id"])
     for build_id in ids:
         while True:
             info = json.loads(client.get(f"/job/sleeper/{build_id}"))

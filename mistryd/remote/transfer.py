@@ -97,9 +97,11 @@ class Central:
     def fetch_context(self, project: str, fingerprint: str, dest: Path) -> None:
         self._fetch_tree(f"/api/builder/context/{project}/{fingerprint}", dest)
 
-    def fetch_cache(self, project: str, build_id: str, dest_data: Path) -> None:
-        """The build's /data/cache, as `dest_data`/cache."""
-        self._fetch_tree(f"/api/builder/cache/{project}/{build_id}", dest_data / "cache")
+    def fetch_cache(self, project: str, build_id: str, dest: Path) -> None:
+        """A group's last good build as far as a next build needs it (its record and
+        /data/cache), unpacked into the empty folder `dest` (the caller removes it when this
+        fails)."""
+        self._unpack(f"/api/builder/cache/{project}/{build_id}", dest)
 
     def _fetch_tree(self, path: str, dest: Path) -> None:
         """A tar stream unpacked into a new folder beside `dest`, then moved to `dest`: a
@@ -107,15 +109,19 @@ class Central:
         dest.parent.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
-            r = self._ok(self._call("GET", path, stream=True))
-            with r, tarfile.open(fileobj=r.raw, mode="r|") as archive:
-                archive.extractall(temp, filter=_member_filter)
+            self._unpack(path, temp)
             os.chmod(temp, 0o755)
             os.replace(temp, dest)
-        except (tarfile.TarError, OSError) as e:
-            raise CentralRefused(f"{path} arrived broken: {e}") from None
         finally:
             shutil.rmtree(temp, ignore_errors=True)
+
+    def _unpack(self, path: str, dest: Path) -> None:
+        try:
+            r = self._ok(self._call("GET", path, stream=True))
+            with r, tarfile.open(fileobj=r.raw, mode="r|") as archive:
+                archive.extractall(dest, filter=_member_filter)
+        except (tarfile.TarError, OSError) as e:
+            raise CentralRefused(f"{path} arrived broken: {e}") from None
 
     # --- pieces -------------------------------------------------------------------------------
 

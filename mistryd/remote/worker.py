@@ -177,8 +177,11 @@ class RemoteBuilder:
         if os.path.lexists(folder):
             self.storage.remove(folder)
         self.storage.create(folder)
-        (folder / "data").mkdir()
-        self.central.fetch_cache(project, build_id, folder / "data")
+        try:
+            self.central.fetch_cache(project, build_id, folder)
+        except Exception:
+            self.storage.remove(folder)
+            raise
         ready = self.layout.ready(project, build_id)
         replaced = publish(folder, ready)
         if replaced is not None:

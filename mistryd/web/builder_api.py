@@ -10,8 +10,9 @@ import dataclasses
 import os
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -81,20 +82,21 @@ def context(project: str, fingerprint: str):
     _checked_name(project, fingerprint)
     if srv.projects.fingerprint(project) != fingerprint:
         raise Conflict(f"project {project} is not at {fingerprint[:12]} any more")
-    return _tar_response(srv.projects.root / project)
+    folder = srv.projects.root / project
+    return _tar_response(folder, sorted(os.listdir(folder)))
 
 
 @bp.get("/api/builder/cache/<project>/<build_id>")
 def cache(project: str, build_id: str):
-    """The build's /data/cache as a tar (links kept as links): a group's next build elsewhere
-    starts from it."""
+    """A group's last good build as a builder elsewhere needs it to start the group's next
+    build from: its record and its /data/cache (links kept as links), as a tar."""
     srv = server()
     _checked_name(project, build_id)
     folder = srv.layout.ready(project, build_id)
     cache_dir = folder / "data" / "cache"
     if not cache_dir.is_dir() or cache_dir.is_symlink():
         raise NotFound(f"build {project}/{build_id} has no cache here")
-    return _tar_response(cache_dir, hold=folder)
+    return _tar_response(folder, ("build_info.json", "data/cache"), hold=folder)
 
 
 @bp.post("/api/builder/log/<project>/<build_id>")
@@ -121,10 +123,10 @@ def land(project: str, build_id: str):
     return jsonify({"status": info.Status})
 
 
-def _tar_response(folder: Path, hold: Path | None = None) -> Response:
-    """`folder`'s tree as an uncompressed tar stream, written by a thread into a pipe (links
-    are stored as links; nothing is followed). `hold`: a build folder kept from garbage
-    collection while it streams."""
+def _tar_response(folder: Path, entries: Iterable[str], hold: Path | None = None) -> Response:
+    """These entries of `folder` (and their trees) as an uncompressed tar stream, written by a
+    thread into a pipe (links are stored as links; nothing is followed). `hold`: a build folder
+    kept from garbage collection while it streams."""
     read_fd, write_fd = os.pipe()
 
     def write() -> None:
@@ -132,9 +134,9 @@ def _tar_response(folder: Path, hold: Path | None = None) -> Response:
             try:
                 if hold is not None:
                     with reading(hold):
-                        _write_tar(folder, out)
+                        _write_tar(folder, entries, out)
                 else:
-                    _write_tar(folder, out)
+                    _write_tar(folder, entries, out)
             except (BrokenPipeError, OSError):
                 pass  # the reader went away: the stream ends short, the builder retries
 
@@ -148,7 +150,7 @@ def _tar_response(folder: Path, hold: Path | None = None) -> Response:
     return Response(chunks(), mimetype="application/x-tar")
 
 
-def _write_tar(folder: Path, out) -> None:
+def _write_tar(folder: Path, entries: Iterable[str], out: IO[bytes]) -> None:
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
-        for entry in sorted(os.listdir(folder)):
+        for entry in entries:
             archive.add(folder / entry, arcname=entry, recursive=True)

@@ -64,19 +64,23 @@ class Cluster:
                           json={"project": project, "params": params or {}, "group": group},
                           timeout=300)
         assert r.status_code in (200, 201, 202), r.text
-        return r.json()
+        answer = r.json()
+        return answer if wait else {"ID": answer["id"], **answer}
 
     def info(self, project: str, build_id: str) -> dict:
-        r = requests.get(f"{self.url}/job/{project}/{build_id}", headers=bearer(ADMIN),
-                         timeout=10)
+        r = requests.get(f"{self.url}/job/{project}/{build_id}",
+                         headers={**bearer(ADMIN), "Accept": "application/json"}, timeout=10)
         r.raise_for_status()
         return r.json()
 
     def finished(self, project: str, build_id: str, timeout: float = 120) -> dict:
-        def ended():
-            info = self.info(project, build_id)
-            return info if info.get("Status") not in ("queued", "running") else None
-        return wait_for(ended, timeout=timeout)
+        seen: list[dict] = []
+
+        def ended() -> bool:
+            seen.append(self.info(project, build_id))
+            return seen[-1].get("Status") not in ("queued", "running")
+        wait_for(ended, timeout=timeout)
+        return {**(seen[-1].get("BuildInfo") or {}), "Status": seen[-1]["Status"]}
 
     def running_on(self, project: str, build_id: str) -> str | None:
         r = requests.get(f"{self.url}/api/queue/jobs", headers=bearer(ADMIN), timeout=10)
