@@ -63,7 +63,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 def _wait_builders(client: HttpClient, n: int) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        stats = json.loads(client.get("/api/queue/stats"))
+        stats = json.loads(client.get("/api/queue/stats", accept="application/json"))
         if len([b for b in stats["builders"] if b["name"].startswith("bench-")]) >= n:
             return
         time.sleep(0.2)
@@ -84,10 +84,11 @@ def _batch(client: HttpClient, jobs: int, sleep: int) -> float:
         ids.append(json.loads(data)["id"])
     for build_id in ids:
         while True:
-            info = json.loads(client.get(f"/job/sleeper/{build_id}"))
+            info = json.loads(client.get(f"/job/sleeper/{build_id}", accept="application/json"))
             if info["Status"] not in ("queued", "running"):
                 if info["Status"] != "succeeded":
-                    raise RuntimeError(f"build {build_id} {info['Status']}: {info['ErrBuild']}")
+                    reason = (info.get("BuildInfo") or {}).get("ErrBuild")
+                    raise RuntimeError(f"build {build_id} {info['Status']}: {reason}")
                 break
             time.sleep(0.1)
     return time.monotonic() - started
