@@ -196,6 +196,8 @@ def _member_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None
     kept as they are: mistryd never follows a link in a build folder."""
     if member.isdev() or member.isfifo():
         return None
+    if os.path.isabs(member.name) or ".." in Path(member.name).parts:
+        raise Unprocessable(f"the result's entry {member.name!r} points outside")
     if member.islnk():
         target = member.linkname
         if os.path.isabs(target) or ".." in Path(target).parts:

@@ -239,7 +239,8 @@ class Server:
                   settings=self.config.for_project(request.project),
                   hooks=self.push.hooks(request), seed_groups=self.push.seed_groups(request),
                   labels=self.config.labels(request.project), central_only=push_folder is not None)
-        if not self.builds_here:  # its log is written by a builder process
+        if not self.builds_here or self.config.queue is not None:
+            # its log is written by a builder process, or arrives from a builder elsewhere
             job.log.follow_file(lambda: self._log_file(JobKey(request.project, build_id)))
         return job
 
