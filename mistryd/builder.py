@@ -32,7 +32,7 @@ from .metrics import Metrics
 from .outputs import hand_over, replace_bad_data_dirs, sanitize
 from .queue.base import Outcome
 from .storage import Storage
-from .store import Status, Store
+from .store import Status, Store, cancel_status
 
 log = logging.getLogger("mistryd")
 REFUSED = "refused: "  # the reason of a build whose leftovers could not be kept
@@ -166,7 +166,7 @@ class Builder:
                                                  rebuild=job.request.rebuild,
                                                  settings=job.settings, cancel=job.cancel)
             except ImageBuildCancelled:
-                status, reason = Status.CANCELLED, job.cancel_reason or "cancelled"
+                status, reason = cancel_status(job.cancel_reason), job.cancel_reason or "cancelled"
             except ImageBuildTimedOut as e:
                 status, reason = Status.TIMED_OUT, str(e)
             except ImageBuildError as e:
@@ -176,7 +176,7 @@ class Builder:
             else:
                 timings["image"] = round(time.time() - t, 3)
                 if job.cancel.is_set():
-                    status, reason = Status.CANCELLED, job.cancel_reason
+                    status, reason = cancel_status(job.cancel_reason), job.cancel_reason
                 else:
                     t = time.time()
                     result = RunResult(0, "") if extra is not None and extra.dry_run else \
@@ -206,7 +206,7 @@ class Builder:
             job.log.line(f"{info.ErrBuild} (the details are in the server's log)")
             log.exception("mistryd: build %s/%s failed: %s", project, job.id, info.ErrBuild)
             status = Status.FAILED
-        if status in (Status.CANCELLED, Status.TIMED_OUT):
+        if status in (Status.CANCELLED, Status.SUPERSEDED, Status.TIMED_OUT):
             info.ErrBuild = reason
             job.log.line(f"mistryd: {reason}")
         info.Duration = int((time.time() - started) * 1e9)
@@ -264,7 +264,7 @@ class Builder:
                          reason: str) -> BuildInfo:
         """The record of a job cancelled before it ran: no build folder, no log."""
         info = self._info(project, build_id, params, group, time.time())
-        info.Status = Status.CANCELLED.value
+        info.Status = cancel_status(reason).value
         info.ErrBuild = reason
         return info
 
@@ -387,7 +387,7 @@ class Builder:
 def run_outcome(job: Job, result: RunResult) -> tuple[Status, str]:
     """What a container's run means for the build (also a verification's, mistryd/verify.py)."""
     if result.cancelled:
-        return Status.CANCELLED, job.cancel_reason or "cancelled"
+        return cancel_status(job.cancel_reason), job.cancel_reason or "cancelled"
     if result.timed_out:
         return Status.TIMED_OUT, f"timed out after {job.settings.build_timeout}s"
     if result.exit_code == 0:

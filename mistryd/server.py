@@ -33,9 +33,9 @@ from .projects import Projects
 from .push import PushBuilds
 from .queue import IndexedQueue, JobKey, open_queue
 from .remote.registry import Announcer, BuilderState, open_registry
-from .scheduler import Scheduler, Ticket, request_of
+from .scheduler import Elsewhere, Flight, Scheduler, Ticket, request_of
 from .storage import make_storage
-from .store import BuildRow, Status, Store
+from .store import SUPERSEDED_BY, BuildRow, Status, Store
 from .verify import Verifier
 
 log = logging.getLogger("mistryd")
@@ -280,7 +280,22 @@ class Server:
             raise
         if isinstance(outcome, Ticket) and outcome.coalesced:
             self.metrics.builds_coalesced.labels(job.project).inc()
+        elif isinstance(outcome, Ticket) and self.config.duplicates(job.project) == "supersede":
+            self._supersede(job)
         return build_id, outcome
+
+    def _supersede(self, job: Job) -> None:
+        """`duplicates: supersede` (chaotic-manager's way): a new build of a project and group
+        cancels the older ones of the same project and group in flight, queued or running,
+        wherever they run; they end `superseded` and their waiters are told."""
+        reason = f"{SUPERSEDED_BY}{job.id}"
+        for other in self.queue.jobs():
+            if other.key.project == job.project and other.key.id != job.id \
+                    and other.request.get("group", "") == job.request.group \
+                    and other.queued_at <= job.queued_at:
+                log.info("mistryd: build %s/%s is superseded by %s", job.project, other.key.id,
+                         job.id)
+                self._ask_cancel(job.project, other.key.id, reason)
 
     def in_flight(self, project: str, build_id: str) -> bool:
         """Whether the build is queued or running, in any process."""
@@ -311,11 +326,7 @@ class Server:
                wait: float = 60) -> BuildInfo:
         """Cancel a queued or running build; its waiters get the same outcome."""
         row = self.store.get(project, build_id)
-        record = None
-        if row is not None and self.scheduler.in_flight(project, build_id) is None:
-            record = self.builder.cancelled_record(project, build_id, row.params, row.group,
-                                                   reason).to_json()
-        flight = self.scheduler.cancel(project, build_id, reason, record)
+        flight = self._ask_cancel(project, build_id, reason, row)
         if flight is None:
             if row is None:
                 raise NotFound(f"no build {project}/{build_id}")
@@ -331,6 +342,16 @@ class Server:
             self.push.never_ran(JobRequest(project, {**row.params, **row.opaque}, row.group),
                                 build_id, Status.CANCELLED)
         return result
+
+    def _ask_cancel(self, project: str, build_id: str, reason: str,
+                    row: BuildRow | None = None) -> Flight | Elsewhere | None:
+        """Ask for the cancel of a build in flight (None: it is not); its end comes later."""
+        row = row or self.store.get(project, build_id)
+        record = None
+        if row is not None and self.scheduler.in_flight(project, build_id) is None:
+            record = self.builder.cancelled_record(project, build_id, row.params, row.group,
+                                                   reason).to_json()
+        return self.scheduler.cancel(project, build_id, reason, record)
 
     def log_path(self, project: str, build_id: str) -> Path:
         return self.layout.ready(project, build_id) / LOG_FILE

@@ -39,6 +39,16 @@ class Status(StrEnum):
         return self not in (Status.QUEUED, Status.RUNNING)
 
 
+SUPERSEDED_BY = "superseded by "  # the reason of a cancel asked for by a newer request
+
+
+def cancel_status(reason: str | None) -> Status:
+    """How a cancelled job ends: `superseded` when a newer request of its project and group
+    asked for it (config `duplicates: supersede`), else `cancelled`. The reason travels with the
+    cancel to whichever builder runs the job, on any machine, so the status does too."""
+    return Status.SUPERSEDED if (reason or "").startswith(SUPERSEDED_BY) else Status.CANCELLED
+
+
 class IndexTooNew(MistryError):
     """The index was written by a newer mistryd: its schema is one this code does not know."""
 
@@ -546,9 +556,10 @@ class Store:
                            "WHERE project=? AND id=?", (reason, project, build_id))
                 return "requested"
             db.execute(
-                "UPDATE builds SET status='cancelled', reason=?, finished_at=?, last_used=?, "
+                "UPDATE builds SET status=?, reason=?, finished_at=?, last_used=?, "
                 "info=?, exit_code=?, opaque='{}', attempts=0 WHERE project=? AND id=?",
-                (reason, now, now, json.dumps(_slim(info)) if info is not None else None,
+                (cancel_status(reason).value, reason, now, now,
+                 json.dumps(_slim(info)) if info is not None else None,
                  (info or {}).get("ExitCode"), project, build_id))
             return "ended"
 
@@ -566,7 +577,7 @@ class Store:
                 (int(every_lease), now)).fetchall()
             for project, build_id, attempts, cancel_reason in rows:
                 if cancel_reason is not None:
-                    to, reason = Status.CANCELLED, cancel_reason
+                    to, reason = cancel_status(cancel_reason), cancel_reason
                 elif attempts + 1 >= max_interruptions:
                     to, reason = Status.ABANDONED, (f"interrupted {attempts + 1} times in a row; "
                                                     "not tried again")

@@ -27,7 +27,7 @@ log = logging.getLogger("mistryd.push")
 STARTED = "started"
 # a build's end state -> its event; whatever else a build ends as (abandoned) is a failure
 ENDED = {Status.SUCCEEDED: "succeeded", Status.FAILED: "failed", Status.TIMED_OUT: "timed out",
-         Status.CANCELLED: "cancelled"}
+         Status.CANCELLED: "cancelled", Status.SUPERSEDED: "cancelled"}
 APPRISE_TYPE = {STARTED: apprise.NotifyType.INFO, "succeeded": apprise.NotifyType.SUCCESS,
                 "failed": apprise.NotifyType.FAILURE, "timed out": apprise.NotifyType.FAILURE,
                 "cancelled": apprise.NotifyType.WARNING}

@@ -28,11 +28,11 @@ PENDING = "pending"
 # a build's end -> each forge's state (timed out and cancelled: what each forge has for them)
 STATES = {
     "gitea": {Status.SUCCEEDED: "success", Status.FAILED: "failure", Status.TIMED_OUT: "error",
-              Status.CANCELLED: "error"},
+              Status.CANCELLED: "error", Status.SUPERSEDED: "error"},
     "github": {Status.SUCCEEDED: "success", Status.FAILED: "failure", Status.TIMED_OUT: "error",
-               Status.CANCELLED: "error"},
+               Status.CANCELLED: "error", Status.SUPERSEDED: "error"},
     "gitlab": {Status.SUCCEEDED: "success", Status.FAILED: "failed", Status.TIMED_OUT: "failed",
-               Status.CANCELLED: "canceled"},
+               Status.CANCELLED: "canceled", Status.SUPERSEDED: "canceled"},
 }
 TIMEOUT = 10  # seconds per call
 

@@ -12,7 +12,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from ..errors import Overloaded
-from ..store import Status
+from ..store import Status, cancel_status
 from .base import (
     LEASE_SECONDS,
     MAX_INTERRUPTIONS,
@@ -187,7 +187,7 @@ class MemoryQueue:
                     entry.cancel_reason = reason
                 self._lock.notify_all()
                 return Cancelled.REQUESTED
-            self._end(entry, Outcome(Status.CANCELLED, info, reason), now)
+            self._end(entry, Outcome(cancel_status(reason), info, reason), now)
             return Cancelled.ENDED
 
     def wait(self, key: JobKey, timeout: float | None = None) -> Outcome | None:
@@ -215,7 +215,8 @@ class MemoryQueue:
                 continue
             entry.interruptions += 1
             if entry.cancel_reason is not None:
-                self._end(entry, Outcome(Status.CANCELLED, None, entry.cancel_reason), now)
+                self._end(entry, Outcome(cancel_status(entry.cancel_reason), None,
+                                         entry.cancel_reason), now)
             elif entry.interruptions >= self.max_interruptions:
                 n = entry.interruptions
                 self._end(entry, Outcome(Status.ABANDONED, None,

@@ -43,7 +43,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import as_text, parse_composite_key
 
 from ..errors import Overloaded, Unavailable
-from ..store import Status
+from ..store import Status, cancel_status
 from .base import (
     LEASE_SECONDS,
     MAX_INTERRUPTIONS,
@@ -181,7 +181,8 @@ class RedisQueue:
         else:
             pipe.lrem(self.rq.key, 0, job.id)
         rq_status = {Status.SUCCEEDED: JobStatus.FINISHED,
-                     Status.CANCELLED: JobStatus.CANCELED}.get(outcome.status, JobStatus.FAILED)
+                     Status.CANCELLED: JobStatus.CANCELED,
+                     Status.SUPERSEDED: JobStatus.CANCELED}.get(outcome.status, JobStatus.FAILED)
         job.meta.update(outcome={"status": outcome.status.value, "info": outcome.info,
                                  "reason": outcome.reason},
                         ended_at=at, builder=None, execution=None, cancel_reason=None,
@@ -269,8 +270,8 @@ class RedisQueue:
                     job.retries_left = 0  # a builder lost now ends the job: RQ's clean-up too
                     job.save(pipeline=pipe)
                 return Cancelled.REQUESTED, ask
-            return Cancelled.ENDED, lambda pipe: self._end(pipe, job, Outcome(Status.CANCELLED, info,
-                                                                               reason), at)
+            return Cancelled.ENDED, lambda pipe: self._end(
+                pipe, job, Outcome(cancel_status(reason), info, reason), at)
 
         answer = self._transact(job_id, decide)
         if answer is Cancelled.ENDED:
@@ -459,7 +460,8 @@ class RedisQueue:
                     return None, lambda pipe: pipe.zrem(self.started.key, entry)  # a leftover
                 interruptions = self._interruptions(job) + 1
                 if job.meta.get("cancel_reason") is not None:
-                    outcome = Outcome(Status.CANCELLED, None, job.meta["cancel_reason"])
+                    outcome = Outcome(cancel_status(job.meta["cancel_reason"]), None,
+                                      job.meta["cancel_reason"])
                 elif interruptions >= self.max_interruptions:
                     outcome = Outcome(Status.ABANDONED, None, f"interrupted {interruptions} times "
                                       "in a row; not tried again")
@@ -581,7 +583,7 @@ def _outcome(job: Job) -> Outcome:
     if recorded:
         return Outcome(Status(recorded["status"]), recorded["info"], recorded["reason"])
     if job.meta.get("cancel_reason") is not None:
-        return Outcome(Status.CANCELLED, None, job.meta["cancel_reason"])
+        return Outcome(cancel_status(job.meta["cancel_reason"]), None, job.meta["cancel_reason"])
     if job.get_status(refresh=False) == JobStatus.FAILED:
         return Outcome(Status.ABANDONED, None, "its builder was lost with no retry left (RQ)")
     return Outcome(Status.CANCELLED, None, "cancelled through RQ")
