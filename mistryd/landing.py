@@ -27,7 +27,7 @@ from .errors import Conflict, MistryError
 from .jobs import BuildInfo
 from .layout import INFO_FILE, LOG_FILE, publish, write_json_atomically
 from .outputs import check_data_dirs, sanitize
-from .queue import JobKey, Lease, LeaseLost, Outcome
+from .queue import JobKey, Lease, LeaseLost, Outcome, builder_of
 from .store import Status
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class Landing:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         storage.remove(self.server.layout.pending(lease.key.project, lease.key.id))
-        builder = lease.builder.rsplit("-", 1)[0]
+        builder = builder_of(lease.builder) or ""
         metrics = self.server.metrics
         metrics.upload_bytes.labels(builder).inc(size)
         metrics.upload_seconds.labels(builder).observe(time.monotonic() - started)
@@ -161,7 +161,7 @@ class Landing:
             raise Unprocessable(f"the result's status {info.Status!r} is not an end") from None
         info.Group = lease.request.get("group", "")
         info.Path = str(self.server.layout.ready(info.Project, info.ID) / "data" / "artifacts")
-        info.Builder = lease.builder.rsplit("-", 1)[0]
+        info.Builder = builder_of(lease.builder) or ""
         write_json_atomically(build / INFO_FILE, info.to_json())
         return info
 

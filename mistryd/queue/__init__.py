@@ -19,6 +19,7 @@ from .base import (
     Outcome,
     Peek,
     QueueStats,
+    builder_of,
 )
 from .embedded import EmbeddedQueue
 from .indexed import IndexedQueue
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LEASE_SECONDS", "MAX_INTERRUPTIONS", "Admission", "Cancelled", "EmbeddedQueue", "InFlight",
            "IndexedQueue", "JobKey", "JobQueue", "Lease", "LeaseLost", "MemoryQueue", "Outcome", "Peek",
-           "QueueStats", "RedisQueue"]
+           "QueueStats", "RedisQueue", "builder_of"]
 
 
 def open_queue(url: str | None, store: Store) -> JobQueue:

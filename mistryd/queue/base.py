@@ -70,6 +70,12 @@ class Peek:
         return self.status is not None and not self.status.finished
 
 
+def builder_of(lease_holder: str | None) -> str | None:
+    """The builder a lease holder belongs to: its name without the worker's number (`hpc-1-0`
+    is a worker of builder `hpc-1`)."""
+    return None if lease_holder is None else lease_holder.rsplit("-", 1)[0]
+
+
 class Admission(StrEnum):
     QUEUED = "queued"  # a new job
     JOINED = "joined"  # the identical job was in flight: the caller waits for it

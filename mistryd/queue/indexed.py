@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..store import BuildRow, Status, Store
-from .base import Admission, Cancelled, JobKey, Lease, LeaseLost, Outcome
+from .base import Admission, Cancelled, JobKey, Lease, LeaseLost, Outcome, builder_of
 
 if TYPE_CHECKING:
     from .redis import RedisQueue
@@ -62,7 +62,7 @@ class IndexedQueue:
         self.shared.finish(lease, outcome, now=now)  # LeaseLost: nothing recorded
         self._record(lease.key, outcome, now)
         if outcome.status is Status.SUCCEEDED:  # the group's next build: preferably there
-            builder = lease.builder.rsplit("-", 1)[0]  # the builder, not its worker thread
+            builder = builder_of(lease.builder) or ""  # the builder, not its worker thread
             self.shared.redis.hset(holders_key(), f"{lease.key.project}\t"
                                    f"{lease.request.get('group', '')}", builder)
 

@@ -7,6 +7,7 @@ import time
 
 from flask import Blueprint, jsonify
 
+from ..queue import builder_of
 from ..store import Status
 from .api import server
 
@@ -35,14 +36,9 @@ def jobs():
     for job in srv.queue.jobs():
         queued = job.status is Status.QUEUED
         out.append({"project": job.key.project, "id": job.key.id, "status": job.status.value,
-                    "builder": None if queued else _builder_of(job.builder),
+                    "builder": None if queued else builder_of(job.builder),
                     "position": waiting if queued else None,
                     "queued_at": job.queued_at, "started_at": job.started_at,
                     "url": f"job/{job.key.project}/{job.key.id}"})
         waiting += queued
     return jsonify({"jobs": out})
-
-
-def _builder_of(lease_holder: str | None) -> str | None:
-    """The builder's name, without its worker's number (`hpc-1-0` is builder `hpc-1`)."""
-    return None if lease_holder is None else lease_holder.rsplit("-", 1)[0]

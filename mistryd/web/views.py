@@ -28,6 +28,7 @@ from ..jobs import JobRequest, public_params, record_status
 from ..logs import IMAGE, Marks, open_log, open_marks
 from ..names import name_problem
 from ..push import record as push_record
+from ..queue import JobKey, builder_of
 from ..server import Server
 from ..store import BuildRow, Status
 from . import logview
@@ -219,6 +220,7 @@ class BuildPage:
     differs: explain.PageLine | None = None  # from its cache's build, or the nearest before it
     verified: verify.PageLine | None = None  # its last verification (POST /jobs/verify)
     push: push_record.PushFacts | None = None  # a push build's repository, branch, commit ...
+    builder: str = ""  # who built it (or builds it now): BuildInfo.Builder, or the lease holder
 
     @property
     def resubmit(self) -> dict:
@@ -303,6 +305,7 @@ def build_page(srv: Server, project: str, build_id: str) -> BuildPage | None:
         artifacts=artifacts, artifacts_truncated=truncated, log=log,
         queue_position=position, queue_length=queue_length,
         cache_from=explain.cache_source(info),
+        builder=str(info.get("Builder") or "") if finished else _running_on(srv, project, build_id),
         differs=explain.page_line(srv, project, build_id, info,
                                   row.queued_at if row is not None else None)
         if finished and info else None,
@@ -324,6 +327,12 @@ def _push_facts(srv: Server, project: str, build_id: str, finished: bool,
     if row is not None:
         return push_record.of_params(project, {**row.params, **row.opaque})
     return None
+
+
+def _running_on(srv: Server, project: str, build_id: str) -> str:
+    """The builder a running build runs on ("" while it is queued)."""
+    found = srv.queue.job(JobKey(project, build_id))
+    return builder_of(found.builder) or "" if found is not None else ""
 
 
 def _queue_position(srv: Server, project: str, build_id: str) -> tuple[int | None, int]:

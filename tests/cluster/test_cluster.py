@@ -150,6 +150,16 @@ def test_work_spreads_over_builders_and_identical_requests_build_once(cluster):
     got = requests.get(f"{cluster.url}/artifacts/sleeper/{one['ID']}/done",
                        headers=bearer(ADMIN), timeout=10)
     assert got.status_code == 200 and got.text == "done\n"
+    page = requests.get(f"{cluster.url}/job/sleeper/{one['ID']}", headers=bearer(ADMIN), timeout=10)
+    assert f'<dd id="builder">{one["Builder"]}</dd>' in page.text  # the build page says who
+    history = requests.get(f"{cluster.url}/builds", headers=bearer(ADMIN), timeout=10)
+    assert f'<td data-label="builder">{one["Builder"]}</td>' in history.text
+    metrics = requests.get(f"{cluster.url}/metrics", headers=bearer(ADMIN), timeout=10).text
+    states = {line.split('"')[1]: float(line.split()[-1]) for line in metrics.splitlines()
+              if line.startswith("mistryd_builders{")}
+    assert states["idle"] + states["busy"] == 3 and states["lost"] == 0, states
+    assert f'mistryd_builds_by_builder_total{{builder="{one["Builder"]}"}}' in metrics
+    assert "mistryd_upload_bytes_total" in metrics
 
 
 def test_labels_choose_the_builder(cluster):
