@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import ADMIN, BUILD, RedisServer, bearer, make_setup, wait_for
+from support import ADMIN, BUILD, RedisServer, Setup, bearer, make_setup, wait_for
 
 BUILDER = "builder-token-0123456789"
 TOKENS = [{"name": "ci", "token": BUILD, "role": "build"},
@@ -33,6 +33,7 @@ class Cluster:
     url: str
     redis: RedisServer
     central: subprocess.Popen
+    setup: Setup
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start_worker(self, name: str, *labels: str) -> subprocess.Popen:
@@ -101,7 +102,7 @@ def cluster(tmp_path, docker_engine):
     config["projects"] = {"failing": {"labels": ["big"]}, "sleeper": {"build_timeout": 20}}
     setup.config.write_text(json.dumps(config))
     central = setup.start()
-    c = Cluster(tmp_path, f"http://127.0.0.1:{setup.port}", redis, central)
+    c = Cluster(tmp_path, f"http://127.0.0.1:{setup.port}", redis, central, setup)
     try:
         yield c
     finally:
@@ -251,3 +252,18 @@ def test_a_worker_refuses_bad_options(tmp_path):
                           "--build-path", str(tmp_path), "--name", "a b"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "--name" in out.stderr
+
+
+def test_a_central_server_restart_loses_no_remote_build(cluster):
+    cluster.start_worker("steady")
+    queued = cluster.build("sleeper", {"sleep": "8", "restart": "1"}, wait=False)
+    wait_for(lambda: cluster.running_on("sleeper", queued["ID"]), timeout=60)
+    cluster.central.send_signal(signal.SIGTERM)
+    cluster.central.wait(60)
+    time.sleep(2)  # the builder's log pieces meanwhile are refused: it tries again
+    cluster.central = cluster.setup.start()
+    info = cluster.finished("sleeper", queued["ID"], timeout=120)
+    assert info["Status"] == "succeeded" and info["Builder"] == "steady"
+    log = requests.get(f"{cluster.url}/job/sleeper/{queued['ID']}/out.log",
+                       headers=bearer(ADMIN), timeout=10)
+    assert "sleeping 8" in log.text and "slept" in log.text
