@@ -16,7 +16,16 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import ADMIN, BUILD, RedisServer, Setup, bearer, make_setup, wait_for
+from support import (
+    ADMIN,
+    BUILD,
+    RedisServer,
+    Setup,
+    bearer,
+    copy_project,
+    make_setup,
+    wait_for,
+)
 
 BUILDER = "builder-token-0123456789"
 TOKENS = [{"name": "ci", "token": BUILD, "role": "build"},
@@ -99,7 +108,9 @@ def cluster(tmp_path, docker_engine):
                        queue=redis.url, job_concurrency=0, builder_processes=1, http_workers=2,
                        builder_timeout=TIMEOUT, tokens=TOKENS, builder_name="central")
     config = json.loads(setup.config.read_text())  # per-project keys: `projects` names the copies
-    config["projects"] = {"failing": {"labels": ["big"]}, "sleeper": {"build_timeout": 20}}
+    copy_project(setup.projects, "deploy", "sleeper")  # chaotic-manager style: newest wins
+    config["projects"] = {"failing": {"labels": ["big"]}, "sleeper": {"build_timeout": 20},
+                          "deploy": {"duplicates": "supersede"}}
     setup.config.write_text(json.dumps(config))
     central = setup.start()
     c = Cluster(tmp_path, f"http://127.0.0.1:{setup.port}", redis, central, setup)
@@ -267,3 +278,13 @@ def test_a_central_server_restart_loses_no_remote_build(cluster):
     log = requests.get(f"{cluster.url}/job/sleeper/{queued['ID']}/out.log",
                        headers=bearer(ADMIN), timeout=10)
     assert "sleeping 8" in log.text and "slept" in log.text
+
+
+def test_a_newer_request_supersedes_a_remote_build(cluster):
+    cluster.start_worker("w")
+    older = cluster.build("deploy", {"sleep": "30", "rev": "1"}, group="prod", wait=False)
+    wait_for(lambda: cluster.running_on("deploy", older["ID"]), timeout=60)
+    newer = cluster.build("deploy", {"sleep": "1", "rev": "2"}, group="prod")
+    assert newer["Status"] == "succeeded"
+    info = cluster.finished("deploy", older["ID"], timeout=60)
+    assert info["Status"] == "superseded" and info["ErrBuild"] == f"superseded by {newer['ID']}"
