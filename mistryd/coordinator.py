@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from typing import TYPE_CHECKING
 
+from .every import Every
 from .queue import IndexedQueue
 
 if TYPE_CHECKING:
@@ -35,8 +35,8 @@ class Coordinator:
     def __init__(self, server: Server, queue: IndexedQueue):
         self.server = server
         self.queue = queue
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mistryd-coordinator", daemon=True)
+        self._every = Every(LOOK_EVERY, self.look, "mistryd-coordinator",
+                            "mistryd: the look over the shared queue failed")
         self._dropped: set[str] = set()  # lost builders whose leases were ended already
 
     @classmethod
@@ -47,20 +47,10 @@ class Coordinator:
         return cls(server, server.queue)
 
     def start(self) -> None:
-        self._thread.start()
+        self._every.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.look()
-            except Exception:  # noqa: BLE001 - Redis away: the next look tries again
-                log.exception("mistryd: the look over the shared queue failed")
-            self._stop.wait(LOOK_EVERY)
+        self._every.stop()
 
     def look(self, now: float | None = None) -> None:
         now = time.time() if now is None else now

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
+
+from ..every import Every
 
 log = logging.getLogger("mistryd")
 FORGET_AFTER = 24 * 3600.0  # a builder silent this long is dropped from the list
@@ -126,31 +127,20 @@ class Announcer:
     def __init__(self, registry: Registry, state: Callable[[], BuilderState], every: float = 2.0):
         self.registry = registry
         self.state = state
-        self.every = every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mistryd-announcer", daemon=True)
+        self._every = Every(every, self._announce, "mistryd-announcer",
+                            "mistryd: could not announce this builder")
         self._name: str | None = None
 
     def start(self) -> None:
-        self._announce()
-        self._thread.start()
+        self._every.start()
 
     def _announce(self) -> None:
-        try:
-            state = self.state()
-            self._name = state.name
-            self.registry.announce(state)
-        except Exception:  # noqa: BLE001 - Redis away: the next beat tries again
-            log.exception("mistryd: could not announce this builder")
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            self._announce()
+        state = self.state()
+        self._name = state.name
+        self.registry.announce(state)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
+        self._every.stop()
         if self._name is not None:
             try:
                 self.registry.forget(self._name)

@@ -6,7 +6,6 @@ reconcile."""
 from __future__ import annotations
 
 import pytest
-from support import RedisServer
 
 from mistryd.layout import Layout
 from mistryd.queue import Admission, Cancelled, IndexedQueue, JobKey, Outcome
@@ -16,13 +15,6 @@ from mistryd.store import Status, Store
 
 KEY = JobKey("p", "a" * 64)
 REQUEST = {"project": "p", "params": {"v": "1", "_secret": "x"}, "group": "g", "rebuild": False}
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

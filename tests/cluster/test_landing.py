@@ -12,7 +12,7 @@ import tarfile
 
 import pytest
 import requests
-from support import ADMIN, BUILD, RedisServer, bearer
+from support import ADMIN, BUILD, bearer
 
 from mistryd.queue import JobKey
 from mistryd.queue.redis import RedisQueue
@@ -24,13 +24,6 @@ TOKENS = [{"name": "ci", "token": BUILD, "role": "build"},
           {"name": "builders", "token": BUILDER, "role": "builder"}]
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture
