@@ -217,7 +217,10 @@ def stop_http_server(http: BaseWSGIServer) -> None:
         for channel in list(http._map.values()):  # type: ignore[attr-defined]  # waitress's socket map
             channel.close()
 
-    http.trigger.pull_trigger(close_all)  # type: ignore[attr-defined]  # the stub: trigger is an int
+    try:
+        http.trigger.pull_trigger(close_all)  # type: ignore[attr-defined]  # the stub: trigger is an int
+    except OSError:
+        pass  # the loop has ended already (its last socket closed), and closed its trigger
     # the request threads end too (a server started and stopped in one process, as the tests
     # do, would otherwise leave http_threads idle threads behind each time)
     http.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
