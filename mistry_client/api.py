@@ -160,6 +160,16 @@ class Client:
         return self._json(self.request("POST", path, json=body, read_timeout=read_timeout,
                                        deadline=deadline), "ID", "Reproducible")
 
+    def submit_batch(self, jobs: object) -> dict:
+        """`POST /batches` (docs/batches.md): builds in dependency order; answers at once with
+        {id, url, jobs: {name: {id, url}}}."""
+        return self._json(self.request("POST", "batches", json={"jobs": jobs}), "id", "jobs")
+
+    def batch(self, batch_id: str) -> dict:
+        """`GET /batches/<id>` as JSON: the batch's status and each job's."""
+        r = self.request("GET", f"batches/{batch_id}", headers={"Accept": "application/json"})
+        return self._json(r, "status", "jobs")
+
     def job(self, project: str, build_id: str, deadline: float | None = None) -> dict:
         """`GET /job/<project>/<id>` as JSON: {ID, Project, State, Status, BuildInfo}."""
         r = self.request("GET", f"job/{project}/{build_id}", deadline=deadline,

@@ -1,4 +1,4 @@
-"""`mistry`: build (upstream's flags), status, logs, cancel, ls and verify. Exit codes are in
+"""`mistry`: build (upstream's flags), status, logs, cancel, ls, verify and batch. Exit codes are in
 mistry_client.errors; what people see (status line, summary) is mistry_client.ui."""
 
 from __future__ import annotations
@@ -479,6 +479,57 @@ def verification(answer: dict, client: Client) -> str:
         lines.append("  the end of the rebuild's log:")
         lines += ["    " + line for line in str(answer["LogTail"]).splitlines()[-20:]]
     return "\n".join(plain_text(line) for line in lines)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait until every job has ended, printing each job's changes, or answer at "
+              "once with the batch's id.")
+@click.option("--timeout", type=Duration(), default="60m", show_default=True,
+              help="How long to wait for the whole batch.")
+@click.option("--json", "as_json", is_flag=True, help="The server's answer as JSON (with "
+              "--wait: the batch as it ended).")
+@_server_options
+@click.argument("file", type=click.File("r"), metavar="FILE.json")
+def batch(wait, timeout, as_json, host, port, file):
+    """Ask for builds in dependency order (docs/batches.md). FILE.json (`-`: standard input) is
+    `{"jobs": [...]}` or just the list, each job a build request with a `name` and the names of
+    the jobs it `needs`. Exit 0 when every job succeeded, 1 when one did not (its dependents
+    are skipped), 7 when --timeout passed first (the batch goes on)."""
+    try:
+        body = json.load(file)
+    except ValueError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="FILE.json") from None
+    jobs = body.get("jobs") if isinstance(body, dict) else body
+    client = _client(host, port)
+    created = client.submit_batch(jobs)
+    url = client.url(f"batches/{created['id']}")
+    if not wait:
+        click.echo(json.dumps(created, indent=2) if as_json else f"{created['id']} {url}")
+        return
+    if not as_json:
+        click.echo(f"batch {created['id']}: {url}")
+    deadline, view = time.monotonic() + timeout, client.batch(created["id"])
+    seen: dict[str, str | None] = {}
+    while True:
+        for name, job in view["jobs"].items():
+            if not as_json and seen.get(name) != job.get("status"):
+                reason = f" ({job['reason']})" if job.get("reason") else ""
+                click.echo(plain_text(f"{name}: {job.get('status')}{reason}"))
+            seen[name] = job.get("status")
+        if view["status"] != "running" or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+        view = client.batch(created["id"])
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+    elif view["status"] == "running":
+        click.echo(f"the batch did not end within {format_duration(timeout)}; it goes on: {url}",
+                   err=True)
+    else:
+        click.echo(f"batch {view['status']}")
+    sys.exit({"succeeded": EXIT_OK, "running": EXIT_UNFINISHED}.get(view["status"],
+                                                                     EXIT_BUILD_FAILED))
 
 
 @main.command("ls", context_settings=CONTEXT)

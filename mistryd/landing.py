@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from .errors import Conflict, MistryError
+from .errors import Conflict, MistryError, Unprocessable
 from .jobs import BuildInfo
 from .layout import INFO_FILE, LOG_FILE, publish, write_json_atomically
 from .outputs import check_data_dirs, sanitize
@@ -35,10 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mistryd")
 RESULT_FILE = "result.tar"
-
-
-class Unprocessable(MistryError):
-    status = 422
 
 
 class WrongOffset(MistryError):

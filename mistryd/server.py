@@ -10,6 +10,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from .batches import BatchDriver
 from .builder import Builder, Job
 from .builders import local_builders
 from .config import Config
@@ -110,6 +111,7 @@ class Server:
         self.coordinator = Coordinator.for_server(self)  # with a shared queue: its watch
         if self.coordinator is not None:
             self.coordinator.start()
+        self.batch_driver = BatchDriver.for_server(self)  # dependency-ordered batches
 
     def start_building(self, collect: bool = False) -> None:
         """A builder process: take work from the queue (the supervisor holds build_path's lock
@@ -158,6 +160,8 @@ class Server:
             collector.stop()
         if (coordinator := getattr(self, "coordinator", None)) is not None:
             coordinator.stop()
+        if (batch_driver := getattr(self, "batch_driver", None)) is not None:
+            batch_driver.stop()
         self.verifier.stop()
         if self.announcer is not None:
             self.announcer.stop()

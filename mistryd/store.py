@@ -170,6 +170,36 @@ CREATE TABLE samples (
 );
 """
 
+# Dependency-ordered batches (mistryd/batches.py): a batch, and each of its jobs with what it needs
+# and how far it is. `state` is `waiting` (for its needs), `submitted` (its build is in the queue:
+# the build's row tells how it goes), `skipped` (a need did not succeed), or how its build ended.
+# The opaque params of a job not yet submitted are kept here until it is, as the builds table
+# keeps them until a job ends.
+BATCHES = """
+CREATE TABLE batches (
+    id          TEXT PRIMARY KEY,
+    created_at  REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX batches_open ON batches (created_at) WHERE finished_at IS NULL;
+CREATE TABLE batch_jobs (
+    batch        TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    position     INTEGER NOT NULL,
+    project      TEXT NOT NULL,
+    build_id     TEXT NOT NULL,
+    grp          TEXT NOT NULL DEFAULT '',
+    params       TEXT NOT NULL DEFAULT '{}',
+    opaque       TEXT NOT NULL DEFAULT '{}',
+    rebuild      INTEGER NOT NULL DEFAULT 0,
+    needs        TEXT NOT NULL DEFAULT '[]',
+    state        TEXT NOT NULL,
+    reason       TEXT NOT NULL DEFAULT '',
+    submitted_at REAL,
+    PRIMARY KEY (batch, name)
+);
+"""
+
 
 Migration = str | Callable[[sqlite3.Connection], None]  # a script, or a function for what SQL cannot say
 
@@ -181,6 +211,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _add_queue_leases,    # 5
     SAMPLES,              # 6
     _add_log_files,       # 7
+    BATCHES,              # 8
 )
 
 
@@ -287,6 +318,50 @@ class BuildRow:
     def state(self) -> str:
         """Upstream's two states."""
         return "ready" if self.status.finished else "pending"
+
+
+@dataclass
+class BatchJobRow:
+    """One job of a batch (mistryd/batches.py) and, when it has been submitted, its build's row as
+    the index has it now (`build_*`: None when the index has no row for `build_id`)."""
+
+    batch: str
+    name: str
+    position: int
+    project: str
+    build_id: str
+    group: str
+    params: dict  # the public params; the opaque ones are in `opaque` until it is submitted
+    opaque: dict
+    rebuild: bool
+    needs: tuple[str, ...]
+    state: str  # waiting, submitted, skipped, or how its build ended (a Status value)
+    reason: str = ""
+    submitted_at: float | None = None
+    build_status: Status | None = None
+    build_reason: str = ""
+    build_started_at: float | None = None
+    build_finished_at: float | None = None
+
+    @classmethod
+    def from_sql(cls, row: sqlite3.Row) -> BatchJobRow:
+        status = row["build_status"]
+        return cls(
+            batch=row["batch"], name=row["name"], position=row["position"],
+            project=row["project"], build_id=row["build_id"], group=row["grp"],
+            params=json.loads(row["params"]), opaque=json.loads(row["opaque"]),
+            rebuild=bool(row["rebuild"]), needs=tuple(json.loads(row["needs"])),
+            state=row["state"], reason=row["reason"], submitted_at=row["submitted_at"],
+            build_status=None if status is None else Status(status),
+            build_reason=row["build_reason"] or "", build_started_at=row["build_started_at"],
+            build_finished_at=row["build_finished_at"])
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    id: str
+    created_at: float
+    finished_at: float | None
 
 
 class Store:
@@ -824,3 +899,77 @@ class Store:
             return False
         self.record_finished(project, build_id, Status(record_status(info)), info, now=finished)
         return True
+
+    # --- batches (mistryd/batches.py) ---------------------------------------------------------
+
+    def create_batch(self, batch_id: str, jobs: list[BatchJobRow], now: float | None = None) -> None:
+        """A new batch and its jobs, in one transaction (the opaque params kept apart)."""
+        now = time.time() if now is None else now
+        db = self._conn()
+        with _transaction(db):
+            db.execute("INSERT INTO batches (id, created_at) VALUES (?, ?)", (batch_id, now))
+            db.executemany(
+                """INSERT INTO batch_jobs (batch, name, position, project, build_id, grp, params,
+                                           opaque, rebuild, needs, state, reason)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [(batch_id, j.name, j.position, j.project, j.build_id, j.group,
+                  json.dumps(public_params(j.params)),
+                  json.dumps({k: v for k, v in j.opaque.items() if is_opaque(k)}),
+                  int(j.rebuild), json.dumps(list(j.needs)), j.state, j.reason) for j in jobs])
+
+    def batch(self, batch_id: str) -> BatchRow | None:
+        row = self._conn().execute("SELECT * FROM batches WHERE id=?", (batch_id,)).fetchone()
+        return None if row is None else BatchRow(row["id"], row["created_at"], row["finished_at"])
+
+    def batch_jobs(self, batch_id: str) -> list[BatchJobRow]:
+        """A batch's jobs in the order they were given, each with its build's row now."""
+        cur = self._conn().execute(
+            """SELECT j.*, b.status AS build_status, b.reason AS build_reason,
+                      b.started_at AS build_started_at, b.finished_at AS build_finished_at
+               FROM batch_jobs j LEFT JOIN builds b ON b.project = j.project AND b.id = j.build_id
+               WHERE j.batch = ? ORDER BY j.position""", (batch_id,))
+        return [BatchJobRow.from_sql(r) for r in cur.fetchall()]
+
+    def open_batches(self) -> list[str]:
+        """The batches with jobs that have not ended yet, oldest first."""
+        return [r[0] for r in self._conn().execute(
+            "SELECT id FROM batches WHERE finished_at IS NULL ORDER BY created_at")]
+
+    def claim_batch_job(self, batch_id: str, name: str, now: float) -> bool:
+        """Mark a waiting job submitted (before its submission: whoever marks it submits it);
+        False when it is not waiting (another process claimed it first)."""
+        cur = self._conn().execute(
+            "UPDATE batch_jobs SET state='submitted', submitted_at=? "
+            "WHERE batch=? AND name=? AND state='waiting'", (now, batch_id, name))
+        return cur.rowcount == 1
+
+    def unclaim_batch_job(self, batch_id: str, name: str, submitted_at: float) -> bool:
+        """A claimed job back to waiting (its submission was refused for now, or it never
+        happened), unless it was claimed again since."""
+        cur = self._conn().execute(
+            "UPDATE batch_jobs SET state='waiting', submitted_at=NULL "
+            "WHERE batch=? AND name=? AND state='submitted' AND submitted_at=?",
+            (batch_id, name, submitted_at))
+        return cur.rowcount == 1
+
+    def batch_job_submitted(self, batch_id: str, name: str, build_id: str, state: str) -> None:
+        """The build a claimed job became (`state`: submitted, or succeeded for a cache hit); its
+        opaque params are in the builds table now, so they go from here."""
+        self._conn().execute(
+            "UPDATE batch_jobs SET build_id=?, opaque='{}', state=? "
+            "WHERE batch=? AND name=? AND state='submitted'", (build_id, state, batch_id, name))
+
+    def end_batch_job(self, batch_id: str, name: str, state: str, reason: str,
+                      was: str) -> bool:
+        """Record how a job ended (a Status value, or skipped) if it is still in state `was`."""
+        cur = self._conn().execute(
+            "UPDATE batch_jobs SET state=?, reason=?, opaque='{}' "
+            "WHERE batch=? AND name=? AND state=?", (state, reason, batch_id, name, was))
+        return cur.rowcount == 1
+
+    def close_batch(self, batch_id: str, now: float | None = None) -> bool:
+        """Every job of the batch has ended; False when it was closed already."""
+        cur = self._conn().execute(
+            "UPDATE batches SET finished_at=? WHERE id=? AND finished_at IS NULL",
+            (time.time() if now is None else now, batch_id))
+        return cur.rowcount == 1

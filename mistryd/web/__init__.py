@@ -30,7 +30,7 @@ def create_app(server: Server, request_slots: capacity.SharedCounts | None = Non
     app.json = KeyOrderJSONProvider(app)
     app.extensions["mistryd"] = server
 
-    from . import api, apidoc, auth, builder_api, capacity, push, queue_api, views
+    from . import api, apidoc, auth, batches, builder_api, capacity, push, queue_api, views
 
     capacity.init_app(app, server.config.http_threads, server.metrics, request_slots)
     auth.init_app(app)  # first: every request is checked before any view runs
@@ -40,6 +40,7 @@ def create_app(server: Server, request_slots: capacity.SharedCounts | None = Non
     app.register_blueprint(push.bp)  # webhooks of push builds (docs/push.md)
     app.register_blueprint(queue_api.bp)  # the queue and its builders (docs/distributed.md)
     app.register_blueprint(builder_api.bp)  # builders on other machines: their side
+    app.register_blueprint(batches.bp)  # dependency-ordered batches (docs/batches.md)
     _register_optional(app)
 
     @app.errorhandler(MistryError)

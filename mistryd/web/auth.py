@@ -69,7 +69,7 @@ def required_role(method: str, rule: str | None) -> str | None:
         return "builder"
     if method in SAFE_METHODS:
         return "read"
-    if method == "POST" and rule in ("/jobs", "/jobs/verify"):
+    if method == "POST" and rule in ("/jobs", "/jobs/verify", "/batches"):
         return "build"
     return "admin"  # every other write; unknown ones fail closed
 

@@ -131,7 +131,7 @@ def test_values_of_every_kind_are_taken(tmp_path):
     ({"tokens": [{"name": "ci", "token": "short", "role": "build"}]}, "tokens[0].token",
      "must be at least 16 characters"),
     ({"tokens": [{"name": "ci", "token": "t" * 16, "role": "root"}]}, "tokens[0].role",
-     'must be one of read, build or admin, got "root"'),
+     'must be one of read, build, admin or builder, got "root"'),
     ({"tokens": [{"name": "ci", "token": "t" * 16}]}, "tokens[0].role", "is required"),
     ({"tokens": [{"name": "", "token": "t" * 16, "role": "read"}]}, "tokens[0].name", "must not be empty"),
 ])
