@@ -27,6 +27,8 @@ from support import (
     wait_for,
 )
 
+from mistryd.docker_runner import INSTANCE_LABEL, instance_id
+
 BUILDER = "builder-token-0123456789"
 TOKENS = [{"name": "ci", "token": BUILD, "role": "build"},
           {"name": "ops", "token": ADMIN, "role": "admin"},
@@ -55,7 +57,8 @@ class Cluster:
             args += ["--label", label]
         proc = subprocess.Popen(args, stdout=log, stderr=log)
         self.workers[name] = proc
-        wait_for(lambda: name in self.builders(), timeout=60)
+        wait_for(lambda: self.builders().get(name, {}).get("state") in ("idle", "busy"),
+                 timeout=60)
         return proc
 
     def stop_worker(self, name: str, sig: int = signal.SIGTERM) -> None:
@@ -100,6 +103,14 @@ class Cluster:
         return None
 
 
+def _containers(build_path: Path) -> list[str]:
+    """The containers of the builder with this build path (running or not)."""
+    out = subprocess.run(["docker", "ps", "-aq", "--filter",
+                          f"label={INSTANCE_LABEL}={instance_id(build_path)}"],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
 @pytest.fixture
 def cluster(tmp_path, docker_engine):
     redis = RedisServer(tmp_path / "redis")
@@ -119,6 +130,9 @@ def cluster(tmp_path, docker_engine):
     finally:
         for name in list(c.workers):
             c.stop_worker(name, signal.SIGKILL)
+        for path in tmp_path.glob("builder-*"):  # what killed builders left running
+            if ids := _containers(path):
+                subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
         central.send_signal(signal.SIGTERM)
         try:
             central.wait(60)
@@ -213,6 +227,11 @@ def test_a_builder_killed_mid_build_loses_nothing(cluster):
     assert stats.json()["running"] == 0 and stats.json()["queued"] == 0
     lost = {b["name"]: b for b in stats.json()["builders"]}.get("doomed")
     assert lost is None or lost.get("state") == "lost"
+    # it comes back: it cleans up after itself (its half-built folder, its container)
+    assert list((cluster.root / "builder-doomed").glob("*/pending/*"))
+    cluster.start_worker("doomed")
+    assert not list((cluster.root / "builder-doomed").glob("*/pending/*"))
+    assert _containers(cluster.root / "builder-doomed") == []
 
 
 def test_a_redis_restart_loses_no_queued_job(cluster):
