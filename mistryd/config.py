@@ -189,13 +189,15 @@ class ProjectOverrides(TypedDict, total=False):
     cpus: Cpus
     pids_limit: Limit
     network_mode: NetworkMode
+    tty: StrictBool
     # not container settings: how the queue treats the project's jobs (docs/distributed.md)
     duplicates: Duplicates
     labels: Labels
 
 
 PROJECT_KEYS: tuple[str, ...] = tuple(ProjectOverrides.__annotations__)
-CONTAINER_KEYS: tuple[str, ...] = ("build_timeout", "memory", "cpus", "pids_limit", "network_mode")
+CONTAINER_KEYS: tuple[str, ...] = ("build_timeout", "memory", "cpus", "pids_limit", "network_mode",
+                                   "tty")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +209,9 @@ class ProjectSettings:
     cpus: Cpus
     pids_limit: Limit
     network_mode: NetworkMode
+    # the build's output through a terminal: stdout and stderr in the exact order written (and
+    # colours from tools that want a terminal), but no stderr marks (docs/web.md, "Log order")
+    tty: bool = False
 
 
 # --- push-triggered builds (issue 13, docs/push.md): the repositories a webhook may build -----
@@ -301,6 +306,7 @@ class Config:
     addr: HostPort = DEFAULT_ADDR
     filesystem: Filesystem = "auto"
     network_mode: NetworkMode = "bridge"
+    tty: StrictBool = False  # builds' output through a terminal: exact order, no stderr marks
     container_env: dict[str, StrictStr] = dataclasses.field(default_factory=dict)
     uid: StrictInt | None = None  # None: the server's own uid, as upstream; BUILD_UID instead of root
     pull_base: StrictBool = False  # `rebuild` pulls base images only when asked: there may be no registry
@@ -377,7 +383,8 @@ class Config:
 
     def for_project(self, project: str) -> ProjectSettings:
         server_wide = ProjectSettings(build_timeout=self.build_timeout, memory=self.memory, cpus=self.cpus,
-                                      pids_limit=self.pids_limit, network_mode=self.network_mode)
+                                      pids_limit=self.pids_limit, network_mode=self.network_mode,
+                                      tty=self.tty)
         overrides: dict[str, Any] = {k: v for k, v in self.projects.get(project, {}).items()
                                      if k in CONTAINER_KEYS}
         return dataclasses.replace(server_wide, **overrides)

@@ -594,7 +594,8 @@ class DockerRunner:
             watcher.start()
             for out, err in output:
                 if out:
-                    log.write(out, STDOUT)
+                    # a terminal ends lines with CR LF: the log keeps plain LF
+                    log.write(out.replace(b"\r\n", b"\n") if settings.tty else out, STDOUT)
                 if err:
                     log.write(err, STDERR)
             status = container.wait()
@@ -658,6 +659,8 @@ class DockerRunner:
             options["nano_cpus"] = int(settings.cpus * 1e9)
         if settings.pids_limit:
             options["pids_limit"] = settings.pids_limit
+        if settings.tty:  # one channel: the order as written (docs/web.md, "Log order")
+            options["tty"] = True
         return options
 
     def _remove_left_behind(self) -> None:

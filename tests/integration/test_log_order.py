@@ -106,3 +106,18 @@ def test_many_lines_without_pauses_show_one_order_everywhere(start_server):
     # the engine's order across the streams, for the record (docs/web.md, "Log order")
     print(json.dumps({"pairs": pairs, "lines before one written earlier, per run": swapped}))
 
+
+
+def test_a_project_built_through_a_terminal_keeps_the_exact_order(start_server):
+    """`tty: true` (docs/web.md, "Log order"): one channel, so every line where it was written,
+    even without pauses; the price is the stderr marks (everything is the terminal's)."""
+    server = start_server(projects=("log-order",), project_overrides={"log-order": {"tty": True}})
+    pairs = 300
+    for run in range(3):
+        info = server.build("log-order", params={"pairs": str(pairs), "run": str(run)})
+        assert info["ExitCode"] == 0, info
+        log = server.build_path / "log-order" / "ready" / info["ID"] / "out.log"
+        lines = [line for line in log.read_text().splitlines()
+                 if line.startswith(("out ", "err "))]
+        assert lines == [f"{s} {i}" for i in range(1, pairs + 1) for s in ("out", "err")]
+        assert b"\r" not in log.read_bytes()
