@@ -262,8 +262,9 @@ class Builder:
 
     def cancelled_record(self, project: str, build_id: str, params: dict[str, str], group: str,
                          reason: str) -> BuildInfo:
-        """The record of a job cancelled before it ran: no build folder, no log."""
+        """The record of a job cancelled before it ran: no build folder, no log, no builder."""
         info = self._info(project, build_id, params, group, time.time())
+        info.Builder = ""
         info.Status = cancel_status(reason).value
         info.ErrBuild = reason
         return info

@@ -27,14 +27,15 @@ class Filters:
     status: str = ""
     group: str = ""
     repository: str = ""  # push builds of this repository (docs/push.md)
+    builder: str = ""  # builds this builder finished (BuildInfo.Builder)
 
     @classmethod
     def parse(cls, project: str = "", status: str = "", group: str = "",
-              repository: str = "") -> Filters:
+              repository: str = "", builder: str = "") -> Filters:
         """Filters from query-string values. An unknown status filters to nothing rather than
         being ignored, so a mistyped link does not silently show everything."""
         return cls(project=project.strip(), status=status.strip(), group=group.strip(),
-                   repository=repository.strip())
+                   repository=repository.strip(), builder=builder.strip())
 
     @property
     def known_status(self) -> Status | None:
@@ -49,13 +50,15 @@ class Filters:
         out: dict[str, str | int] = {k: v for k, v in (("project", self.project),
                                                         ("status", self.status),
                                                         ("group", self.group),
-                                                        ("repository", self.repository)) if v}
+                                                        ("repository", self.repository),
+                                                        ("builder", self.builder)) if v}
         out.update({k: v for k, v in override.items() if v not in ("", None)})
         return out
 
     @property
     def active(self) -> bool:
-        return bool(self.project or self.status or self.group or self.repository)
+        return bool(self.project or self.status or self.group or self.repository
+                    or self.builder)
 
 
 @dataclass
@@ -93,11 +96,11 @@ def page_of(store: Store, filters: Filters, number: int = 1, size: int = PAGE_SI
     if filters.status and filters.known_status is None:
         return Page(rows=[], number=1, size=size, total=0)
     project, status, group = filters.project, filters.known_status, filters.group
-    total = store.count(project, status, group, filters.repository)
+    total = store.count(project, status, group, filters.repository, filters.builder)
     pages = max(1, math.ceil(total / size))
     number = max(1, min(number, pages))
     rows = store.history(project, status, group, limit=size, offset=(number - 1) * size,
-                         repository=filters.repository)
+                         repository=filters.repository, builder=filters.builder)
     return Page(rows=rows, number=number, size=size, total=total)
 
 

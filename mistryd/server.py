@@ -33,7 +33,7 @@ from .metrics import Metrics, forget_other_processes
 from .projects import Projects
 from .push import PushBuilds
 from .queue import IndexedQueue, JobKey, open_queue
-from .remote.registry import Announcer, BuilderState, open_registry
+from .remote.registry import Announcer, BuilderState, forget_earlier, open_registry
 from .scheduler import Elsewhere, Flight, Scheduler, Ticket, request_of
 from .storage import make_storage
 from .store import SUPERSEDED_BY, BuildRow, Status, Store
@@ -137,16 +137,25 @@ class Server:
         self.announcer.start()
 
     def builder_gone(self, prefix: str) -> None:
-        """A builder process died: remove its containers and queue its jobs again at once."""
+        """A builder process died: remove its containers and queue its jobs again at once. The
+        containers go first: a builder that waits for work takes a job the moment it is queued
+        again, and its container has the same name."""
+        held = [j.key for j in self.queue.jobs() if (j.builder or "").startswith(prefix)]
+        self._remove_containers(held)
         keys = self.queue.drop_builder(prefix)
+        self._remove_containers([key for key in keys if key not in held])
+        self.registry.forget(prefix.rstrip("-"))  # a dead process is off the list, not lost
+        self.metrics.jobs_redelivered.inc(len(keys))
+        if keys:
+            log.warning("mistryd: %d job(s) of builder %s queued again: %s", len(keys),
+                        prefix.rstrip("-"), ", ".join(map(str, keys)))
+
+    def _remove_containers(self, keys: list[JobKey]) -> None:
         for key in keys:
             try:
                 self.runner.remove_container(self.runner.container_name(key.id))
             except MistryError as e:
                 log.warning("mistryd: the container of %s was not removed: %s", key, e.message)
-        if keys:
-            log.warning("mistryd: %d job(s) of builder %s queued again: %s", len(keys),
-                        prefix.rstrip("-"), ", ".join(map(str, keys)))
 
     def _spare_builders(self) -> int:
         """Jobs the builder processes are about to take: their workers not busy."""
@@ -189,6 +198,10 @@ class Server:
             done = self.layout.read_info(row.project, row.id)
             if done is not None and _same_run(done, row):  # it finished; only the index lagged
                 self.store.record_finished(row.project, row.id, Status(record_status(done)), done)
+        # this machine's earlier builder processes are gone: off the builders' list (those
+        # started now announce themselves again)
+        forget_earlier(self.registry, local_builders(self.config))
+        self.registry.forget(self.scheduler.name)
         if isinstance(self.queue, IndexedQueue):
             # builders elsewhere live on: only this machine's builders' leases are gone
             self.queue.drop_builder(local_builders(self.config))

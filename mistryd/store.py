@@ -253,11 +253,13 @@ _UNFINISHED = "(" + ", ".join(f"'{s.value}'" for s in Status if not s.finished) 
 
 
 def _matching(project: str, status: Status | None, group: str,
-              repository: str = "") -> tuple[str, tuple]:
+              repository: str = "", builder: str = "") -> tuple[str, tuple]:
     """The WHERE clause and its arguments for builds that match every filter given (`repository`:
-    push builds of that repository, by their `.repository` param; docs/push.md)."""
+    push builds of that repository, by their `.repository` param; docs/push.md; `builder`: the
+    builds a builder finished, by their record's `Builder`)."""
     tests = (("project = ?", project), ("status = ?", status and status.value), ("grp = ?", group),
-             ("""json_extract(params, '$.".repository"') = ?""", repository))
+             ("""json_extract(params, '$.".repository"') = ?""", repository),
+             ("json_extract(info, '$.Builder') = ?", builder))
     given = [(test, value) for test, value in tests if value]
     return " AND ".join(test for test, _ in given) or "1", tuple(value for _, value in given)
 
@@ -726,15 +728,16 @@ class Store:
         return self._select("1", (), limit=limit)
 
     def history(self, project: str = "", status: Status | None = None, group: str = "",
-                limit: int | None = None, offset: int = 0, repository: str = "") -> list[BuildRow]:
+                limit: int | None = None, offset: int = 0, repository: str = "",
+                builder: str = "") -> list[BuildRow]:
         """A page of builds that match every filter given ('' and None match any)."""
-        where, args = _matching(project, status, group, repository)
+        where, args = _matching(project, status, group, repository, builder)
         return self._select(where, args, limit=limit, offset=offset)
 
     def count(self, project: str = "", status: Status | None = None, group: str = "",
-              repository: str = "") -> int:
+              repository: str = "", builder: str = "") -> int:
         """How many builds `history` has for these filters."""
-        where, args = _matching(project, status, group, repository)
+        where, args = _matching(project, status, group, repository, builder)
         return self._conn().execute(f"SELECT COUNT(*) FROM builds WHERE {where}", args).fetchone()[0]
 
     def recent_finished(self, limit: int, project: str = "") -> list[BuildRow]:

@@ -101,7 +101,10 @@ class FileRegistry:
         for path in sorted(self.folder.glob("*.json")):
             try:
                 state = BuilderState.from_json(json.loads(path.read_text()))
-            except (OSError, ValueError, KeyError, TypeError):
+            except OSError:
+                continue
+            except (ValueError, KeyError, TypeError):  # not ours (written whole, by os.replace)
+                path.unlink(missing_ok=True)
                 continue
             if now - state.last_seen > FORGET_AFTER:
                 path.unlink(missing_ok=True)
@@ -111,6 +114,21 @@ class FileRegistry:
 
     def forget(self, name: str) -> None:
         (self.folder / f"{name}.json").unlink(missing_ok=True)
+
+
+def listed(registry: Registry, now: float, timeout: float) -> list[dict]:
+    """Every builder as the API and the dashboard show it: its announcement and its `state`."""
+    return [b.to_json() | {"state": b.state(now, timeout)} for b in registry.builders()]
+
+
+def forget_earlier(registry: Registry, prefix: str) -> list[str]:
+    """Take the builders whose names start with `prefix` off the list: at a server's start,
+    its earlier builder processes (dead: the server holds build_path's lock), whose entries
+    would else show as lost for a day. Those that live announce again within seconds."""
+    gone = [b.name for b in registry.builders() if b.name.startswith(prefix)]
+    for name in gone:
+        registry.forget(name)
+    return gone
 
 
 def open_registry(queue_url: str | None, state_dir: Path) -> Registry:

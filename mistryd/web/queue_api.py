@@ -8,6 +8,7 @@ import time
 from flask import Blueprint, jsonify
 
 from ..queue import builder_of
+from ..remote.registry import listed
 from ..store import Status
 from .api import server
 
@@ -20,8 +21,7 @@ def stats():
     now = time.time()
     queue = srv.queue.stats()
     counts = srv.store.status_counts()
-    builders = [b.to_json() | {"state": b.state(now, srv.config.builder_timeout)}
-                for b in srv.registry.builders()]
+    builders = listed(srv.registry, now, srv.config.builder_timeout)
     return jsonify({
         "queued": queue.queued, "running": queue.running,
         "finished": {s.value: counts.get(s.value, 0) for s in Status if s.finished},

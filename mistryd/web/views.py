@@ -29,6 +29,7 @@ from ..logs import IMAGE, Marks, open_log, open_marks
 from ..names import name_problem
 from ..push import record as push_record
 from ..queue import JobKey, builder_of
+from ..remote.registry import listed
 from ..server import Server
 from ..store import BuildRow, Status
 from . import logview
@@ -81,8 +82,11 @@ def dashboard():
     cache = history.cache_use(srv.metrics)
     sampler: history.Sampler = current_app.extensions["mistryd.sampler"]
     now = time.time()
+    builders = listed(srv.registry, now, srv.config.builder_timeout)
     return render_template(
         "index.html", running=running, queued=queued,
+        # one builder process of a machine alone says nothing the counts do not
+        builders=builders if len(builders) > 1 or srv.config.queue else [],
         recent=history.recent_finished(srv.store, limit=20),
         counts=history.status_counts(srv.store), cache=cache,
         projects=srv.projects.names(), statuses=[s.value for s in Status],
@@ -150,7 +154,7 @@ def find():
 def _filters() -> history.Filters:
     a = request.args
     return history.Filters.parse(a.get("project", ""), a.get("status", ""), a.get("group", ""),
-                                 a.get("repository", ""))
+                                 a.get("repository", ""), a.get("builder", ""))
 
 
 def _page_number() -> int:
@@ -610,6 +614,12 @@ def size(n: int) -> str:
 def public_params_filter(params: dict) -> dict:
     """A request's params without the opaque `_` ones (never shown)."""
     return public_params(params)
+
+
+@bp.app_template_filter("builder_name")
+def builder_name(lease_holder: str | None) -> str:
+    """The builder a running job's lease holder belongs to ("" while it is queued)."""
+    return builder_of(lease_holder) or ""
 
 
 @bp.app_template_filter("percent")
