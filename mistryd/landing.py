@@ -12,6 +12,8 @@ served; a lease lost meanwhile (the job went to another builder) lands nothing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -24,8 +26,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from .errors import Conflict, MistryError, Unprocessable
-from .jobs import BuildInfo
+from .jobs import BuildInfo, public_params
 from .layout import INFO_FILE, LOG_FILE, publish, write_json_atomically
+from .names import name_problem
 from .outputs import check_data_dirs, sanitize
 from .queue import JobKey, Lease, LeaseLost, Outcome, builder_of
 from .store import Status
@@ -67,51 +70,111 @@ class Landing:
         """The next piece of a running build's log, where every API process follows it (the
         log file of a local build: pending/<id>/out.log, noted in the queue)."""
         path = self.server.layout.pending(lease.key.project, lease.key.id) / LOG_FILE
-        size = _append(path, offset, body, "log")
-        if offset == 0:
-            st = os.stat(path)
-            self.server.queue.note_log(lease, f"{st.st_dev}:{st.st_ino}")
+        if self.server.queue.log_file(lease.key) is not None:
+            return _append(path, offset, body, "log")
+        # this take's first piece (a take starts with no log noted): what is there is the log of
+        # an earlier take of the job, whose builder was lost; this take's log replaces it
+        if offset != 0:
+            raise WrongOffset("log", 0)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        size = _append(path, 0, body, "log")
+        st = os.stat(path)
+        self.server.queue.note_log(lease, f"{st.st_dev}:{st.st_ino}")
         return size
 
     def append_result(self, lease: Lease, offset: int, body: IO[bytes]) -> int:
+        if offset == 0:
+            self.sweep()
         return _append(self._folder(lease) / RESULT_FILE, offset, body, "result")
+
+    def _root(self) -> Path:
+        return self.server.layout.state_dir() / "landing"
 
     def _folder(self, lease: Lease) -> Path:
         """The landing folder of this take of the job (a new take starts afresh)."""
-        return self.server.layout.state_dir() / "landing" / lease.key.project / \
-            f"{lease.key.id}.{lease.token}"
+        return self._root() / lease.key.project / f"{lease.key.id}.{lease.token}"
+
+    def sweep(self) -> list[Path]:
+        """Remove the landing folders of takes whose lease is gone (a builder lost or stopped
+        mid-upload, a job ended or taken again): nothing can be added to them or land from them
+        any more. Run as every upload begins; the folders removed."""
+        removed = []
+        for folder in self._root().glob("*/*.*"):
+            build_id, _, token = folder.name.rpartition(".")
+            lease = self.server.queue.lease_of(JobKey(folder.parent.name, build_id))
+            if lease is not None and str(lease.token) == token:
+                continue
+            try:
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # not while one lands from it
+            except BlockingIOError:
+                continue
+            else:
+                self._discard(folder)
+                removed.append(folder)
+            finally:
+                os.close(fd)
+        return removed
+
+    def _discard(self, folder: Path) -> None:
+        build = folder / "build"
+        try:
+            if os.path.lexists(build):
+                self.server.storage.remove(build)  # a Btrfs subvolume: not for rmtree
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     # --- the landing --------------------------------------------------------------------------
 
     def land(self, lease: Lease, size: int, sha256: str) -> BuildInfo:
         """Check, extract, publish and finish the uploaded build; its record."""
-        started = time.monotonic()
         folder = self._folder(lease)
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            raise WrongOffset("result", 0) from None
+        try:
+            # one landing of this take at a time, in any API process: a builder whose answer
+            # timed out asks again while the first call still unpacks; that one waits here and
+            # then finds the job finished (or the upload refused), not a folder half unpacked
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.lease(lease.key.project, lease.key.id, lease.builder, lease.token)
+            return self._land(lease, folder, size, sha256)
+        finally:
+            os.close(fd)
+
+    def _land(self, lease: Lease, folder: Path, size: int, sha256: str) -> BuildInfo:
+        started = time.monotonic()
         tar = folder / RESULT_FILE
         try:
             got = tar.stat().st_size
         except FileNotFoundError:
             got = 0
-        if got != size:
-            raise WrongOffset("result", got) if got < size else \
-                Unprocessable(f"the result has {got} bytes, more than the {size} announced")
-        if _sha256(tar) != sha256.lower():
-            shutil.rmtree(folder, ignore_errors=True)
-            raise Unprocessable("the result's sha256 does not match: nothing was kept; upload "
-                                "it again")
+        if got < size:
+            raise WrongOffset("result", got)
         build = folder / "build"
         storage = self.server.storage
-        if os.path.lexists(build):
-            storage.remove(build)
-        storage.create(build)
-        try:
+        try:  # from here on, whatever refuses the upload leaves nothing of it behind
+            if got > size:
+                raise Unprocessable(f"the result has {got} bytes, more than the {size} "
+                                    "announced: nothing was kept; upload it again")
+            if _sha256(tar) != sha256.lower():
+                raise Unprocessable("the result's sha256 does not match: nothing was kept; "
+                                    "upload it again")
+            if os.path.lexists(build):
+                storage.remove(build)
+            storage.create(build)
             _extract(tar, build)
             info = self._checked_record(lease, build)
+            os.unlink(tar)
+            self.lease(lease.key.project, lease.key.id, lease.builder, lease.token)  # still held?
         except Exception:
-            storage.remove(build)
+            self._discard(folder)
             raise
-        os.unlink(tar)
-        self.lease(lease.key.project, lease.key.id, lease.builder, lease.token)  # still held?
         status = Status(info.Status)
         ready = self.server.layout.ready(lease.key.project, lease.key.id)
         replaced = publish(build, ready)
@@ -155,11 +218,26 @@ class Landing:
                 raise ValueError
         except ValueError:
             raise Unprocessable(f"the result's status {info.Status!r} is not an end") from None
+        # what names the build is this server's word, not the builder's: above all, no
+        # opaque ('_', secret) param may reach the index, the pages or an answer
+        info.Params = public_params(lease.request.get("params") or {})
         info.Group = lease.request.get("group", "")
+        info.URL = f"job/{info.Project}/{info.ID}"
         info.Path = str(self.server.layout.ready(info.Project, info.ID) / "data" / "artifacts")
         info.Builder = builder_of(lease.builder) or ""
+        if info.CacheFrom is not None and not _names_a_build(info.CacheFrom):
+            info.CacheFrom = None
         write_json_atomically(build / INFO_FILE, info.to_json())
         return info
+
+
+def _names_a_build(cache_from: object) -> bool:
+    """Whether a record's CacheFrom is {"Project", "Group", "ID"} of safe names."""
+    if not isinstance(cache_from, dict) or set(cache_from) != {"Project", "Group", "ID"}:
+        return False
+    return all(isinstance(v, str) for v in cache_from.values()) and \
+        not name_problem(cache_from["Project"]) and not name_problem(cache_from["ID"]) and \
+        (cache_from["Group"] == "" or not name_problem(cache_from["Group"]))
 
 
 def _append(path: Path, offset: int, body: IO[bytes], what: str) -> int:
@@ -185,25 +263,29 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _member_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    """What a builder sends is hostile: no device files or fifos (dropped), hard links only to
-    names inside, and tarfile's `tar` filter (no absolute names, nothing outside `dest`, also
-    through a link extracted before; setuid, setgid and sticky bits dropped). Symbolic links are
-    kept as they are: mistryd never follows a link in a build folder."""
+def hostile_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """A tarfile `filter` for what comes from another machine: no device files or fifos
+    (dropped), and tarfile's `tar` filter (no absolute names, nothing outside `dest`, also
+    through a link extracted before; setuid, setgid and sticky bits dropped). Hard links must
+    name a file inside `dest` once resolved: the `tar` filter does not look at their targets, and
+    a hard link through a symbolic link extracted before (`l -> /etc`, then `h` => `l/shadow`)
+    would otherwise link, chown and chmod any file of this machine's file system. Symbolic links
+    are kept as they are: mistryd never follows a link in a build folder."""
     if member.isdev() or member.isfifo():
         return None
     if os.path.isabs(member.name) or ".." in Path(member.name).parts:
-        raise Unprocessable(f"the result's entry {member.name!r} points outside")
+        raise Unprocessable(f"the entry {member.name!r} points outside")
     if member.islnk():
-        target = member.linkname
-        if os.path.isabs(target) or ".." in Path(target).parts:
-            raise Unprocessable(f"the result's hard link {member.name!r} points outside")
+        root = os.path.realpath(dest)
+        target = os.path.realpath(os.path.join(root, member.linkname))
+        if os.path.isabs(member.linkname) or os.path.commonpath([root, target]) != root:
+            raise Unprocessable(f"the hard link {member.name!r} points outside")
     return tarfile.tar_filter(member, dest)
 
 
 def _extract(tar: Path, dest: Path) -> None:
     try:
         with tarfile.open(tar, "r:") as archive:
-            archive.extractall(dest, filter=_member_filter)
+            archive.extractall(dest, filter=hostile_member)
     except (tarfile.TarError, OSError) as e:
         raise Unprocessable(f"the result could not be unpacked: {e}") from None

@@ -22,13 +22,17 @@ from typing import IO, Any
 import requests
 
 from ..errors import MistryError
-from ..landing import _member_filter
+from ..landing import hostile_member
 from ..queue import Lease, LeaseLost
 
 log = logging.getLogger("mistryd")
 RETRY_FOR = 600.0  # seconds a builder keeps trying while the central server does not answer
 PIECE = 1 << 20  # at most this many bytes per piece (and never more than max_body_bytes)
 LOG_EVERY = 0.2  # seconds between two looks at a growing log
+CONNECT_TIMEOUT = 10.0  # seconds: a central server that does not accept is retried sooner
+READ_TIMEOUT = 300.0
+UPLOAD_ATTEMPTS = 3
+LAND_TIMEOUT = 3600.0  # landing unpacks and defuses the whole build before it answers
 
 
 class CentralRefused(MistryError):
@@ -57,12 +61,13 @@ class Central:
         params = dict(kwargs.pop("params", {}))
         if lease is not None:
             params.update(builder=lease.builder, token=lease.token)
+        timeout = kwargs.pop("timeout", (CONNECT_TIMEOUT, READ_TIMEOUT))
         deadline = time.monotonic() + RETRY_FOR
         wait = 0.2
         while True:
             try:
-                r = self.session.request(method, self.url + path, params=params, timeout=300,
-                                         **kwargs)
+                r = self.session.request(method, self.url + path, params=params,
+                                         timeout=timeout, **kwargs)
             except requests.RequestException as e:
                 problem = f"{type(e).__name__}: {e}"
             else:
@@ -78,8 +83,8 @@ class Central:
             wait = min(wait * 2, 10.0)
 
     def _ok(self, r: requests.Response, lease: Lease | None = None) -> requests.Response:
-        if r.status_code == 409 and lease is not None and "offset" not in r.text:
-            raise LeaseLost(lease)
+        if r.status_code == 409 and lease is not None and _their_offset(r) is None:
+            raise LeaseLost(lease)  # every other 409 of a job means the job is not ours now
         if r.status_code >= 400:
             raise CentralRefused(f"the central server refused: {r.status_code} {r.text[:300]}")
         return r
@@ -119,7 +124,7 @@ class Central:
         try:
             r = self._ok(self._call("GET", path, stream=True))
             with r, tarfile.open(fileobj=r.raw, mode="r|") as archive:
-                archive.extractall(dest, filter=_member_filter)
+                archive.extractall(dest, filter=hostile_member)
         except (tarfile.TarError, OSError) as e:
             raise CentralRefused(f"{path} arrived broken: {e}") from None
 
@@ -135,21 +140,17 @@ class Central:
                 return offset
             r = self._call("POST", f"/api/builder/{kind}/{k.project}/{k.id}", lease,
                            params={"offset": offset}, data=piece)
-            if r.status_code == 409 and "offset" in r.text:
-                offset = self._their_offset(r, offset)  # theirs wins: send from there
+            if r.status_code == 409 and (theirs := _their_offset(r)) is not None:
+                offset = theirs  # a piece lost or sent twice: go on from what they hold
                 continue
             offset = int(self._ok(r, lease).json()["offset"])
 
-    @staticmethod
-    def _their_offset(r: requests.Response, ours: int) -> int:
-        try:
-            return int(r.text.split("has ")[1].split(" bytes")[0])
-        except (IndexError, ValueError):
-            return ours
-
     def upload(self, lease: Lease, folder: Path) -> None:
         """The finished build folder, as a tar in pieces, then landed (checked and published
-        by the central server, which finishes the job under `lease`)."""
+        by the central server, which finishes the job under `lease`). When the central server
+        holds less than the whole tar at the landing (it lost the pieces: a failure while it
+        landed discards them), the rest is sent again, a few times at most."""
+        k = lease.key
         with tempfile.TemporaryFile(dir=folder.parent) as tar:
             with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as archive:
                 for entry in sorted(os.listdir(folder)):
@@ -157,12 +158,31 @@ class Central:
             size = tar.tell()
             tar.seek(0)
             digest = hashlib.file_digest(tar, "sha256").hexdigest()
-            sent = self.send(lease, "result", tar, 0)
-            if sent != size:
-                raise CentralRefused(f"the central server holds {sent} bytes of {size}")
-        k = lease.key
-        self._ok(self._call("POST", f"/api/builder/result/{k.project}/{k.id}/land", lease,
-                            params={"size": size, "sha256": digest}), lease)
+            offset = 0
+            for _ in range(UPLOAD_ATTEMPTS):
+                sent = self.send(lease, "result", tar, offset)
+                if sent != size:
+                    raise CentralRefused(f"the central server holds {sent} bytes of {size}")
+                r = self._call("POST", f"/api/builder/result/{k.project}/{k.id}/land", lease,
+                               params={"size": size, "sha256": digest},
+                               timeout=(CONNECT_TIMEOUT, LAND_TIMEOUT))
+                if r.status_code != 409 or (theirs := _their_offset(r)) is None:
+                    self._ok(r, lease)
+                    return
+                offset = theirs
+        raise CentralRefused(f"the central server did not land build {k} after "
+                             f"{UPLOAD_ATTEMPTS} uploads")
+
+
+def _their_offset(r: requests.Response) -> int | None:
+    """The size the central server holds, from its 409 to a piece at the wrong offset; None
+    for any other answer."""
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    offset = body.get("offset") if isinstance(body, dict) else None
+    return offset if isinstance(offset, int) and offset >= 0 else None
 
 
 class LogShipper(threading.Thread):

@@ -16,16 +16,26 @@ from typing import IO
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..errors import BadRequest, Conflict, NotFound
+from ..errors import BadRequest, Conflict, MistryError, NotFound, ProjectChanged
 from ..jobs import JobRequest
-from ..landing import Landing
+from ..landing import Landing, WrongOffset
 from ..leases import reading
 from ..names import name_problem
-from ..queue import Lease
+from ..queue import Lease, LeaseLost, Outcome
+from ..store import Status
 from .api import server
 
 bp = Blueprint("builder_api", __name__)
 PIECE = 1 << 16  # bytes per read of a tar stream sent out
+
+
+@bp.errorhandler(WrongOffset)
+def wrong_offset(e: WrongOffset):
+    """A piece at the wrong offset: the size the central server holds, for the sender to go
+    on from (not an error of the lease)."""
+    response = jsonify(error=e.message, offset=e.size)
+    response.status_code = e.status
+    return response
 
 
 def _landing() -> Landing:
@@ -60,17 +70,24 @@ def start(project: str, build_id: str):
     srv = server()
     lease = _lease(project, build_id)
     r = lease.request
-    key, fingerprint = srv.key_of(JobRequest(r["project"], r["params"], r.get("group", ""),
-                                             bool(r.get("rebuild"))))
-    if key != build_id:
-        raise Conflict(f"project {project} changed since build {build_id} was queued; it "
-                       "cannot be built from the project as it is now")
+    try:
+        key, fingerprint = srv.key_of(JobRequest(r["project"], r["params"], r.get("group", ""),
+                                                 bool(r.get("rebuild"))))
+        if key != build_id:
+            raise ProjectChanged(project, "while the build was queued")
+    except MistryError as e:
+        # as for a job the central server's own builders cannot make (Server._job_of): it ends
+        # failed with the reason now, rather than going from builder to builder until abandoned
+        try:
+            srv.queue.finish(lease, Outcome(Status.FAILED, None, e.message))
+        except LeaseLost:
+            pass
+        raise Conflict(f"build {project}/{build_id} cannot be built: {e.message}") from None
     srv.store.record_running(project, build_id, now=lease.started_at)
-    cache = None
-    for group in (lease.request.get("group", ""),):
-        if group and (last := srv.layout.last_good(project, group)) is not None:
-            cache = {"group": group, "id": last.name}
-    return jsonify({"request": lease.request, "fingerprint": fingerprint,
+    group = r.get("group", "")
+    last = srv.layout.last_good(project, group) if group else None
+    cache = None if last is None else {"group": group, "id": last.name}
+    return jsonify({"request": r, "fingerprint": fingerprint,
                     "settings": dataclasses.asdict(srv.config.for_project(project)),
                     "cache": cache, "max_body_bytes": srv.config.max_body_bytes})
 
@@ -141,13 +158,17 @@ def _tar_response(folder: Path, entries: Iterable[str], hold: Path | None = None
                 pass  # the reader went away: the stream ends short, the builder retries
 
     threading.Thread(target=write, name="mistryd-tar-out", daemon=True).start()
+    src = open(read_fd, "rb")
 
     def chunks() -> Iterator[bytes]:
-        with open(read_fd, "rb") as src:
-            while piece := src.read(PIECE):
-                yield piece
+        while piece := src.read(PIECE):
+            yield piece
 
-    return Response(chunks(), mimetype="application/x-tar")
+    response = Response(chunks(), mimetype="application/x-tar")
+    # closed with the response, read or not (a HEAD, a client gone): the writer then stops
+    # on a broken pipe instead of waiting on a full one for ever
+    response.call_on_close(src.close)
+    return response
 
 
 def _write_tar(folder: Path, entries: Iterable[str], out: IO[bytes]) -> None:

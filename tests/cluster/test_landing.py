@@ -9,6 +9,7 @@ import io
 import json
 import stat
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -130,6 +131,27 @@ def test_a_hostile_tar_is_refused(central, taken, extra, problem):
     assert r.status_code == 422, r.text
     assert problem in r.json()["error"]
     assert not (central.build_path / "cache" / "ready" / taken.key.id).exists()
+    assert not list((central.build_path / ".mistryd" / "landing").glob("*/*"))  # nothing kept
+
+
+def test_a_hard_link_through_a_link_out_touches_nothing_outside(central, taken):
+    """`l -> DIR` then a hard link `h` => `l/secret`: with tarfile's `tar` filter alone this
+    links, chowns and chmods a file of the central server's own file system."""
+    outside = central.build_path.parent / "outside"
+    outside.mkdir()
+    secret = outside / "secret"
+    secret.write_text("not for builders\n")
+    secret.chmod(0o600)
+    before = secret.stat()
+    extra = [("data/artifacts/l", b"", {"kind": tarfile.SYMTYPE, "linkname": str(outside)}),
+             ("data/artifacts/h", b"", {"kind": tarfile.LNKTYPE,
+                                        "linkname": "data/artifacts/l/secret", "mode": 0o644})]
+    r = _upload(central, taken, _build_tar(taken, extra))
+    assert r.status_code == 422 and "outside" in r.json()["error"], r.text
+    after = secret.stat()
+    assert (after.st_nlink, after.st_mode, after.st_uid) == \
+        (1, before.st_mode, before.st_uid)
+    assert not (central.build_path / "cache" / "ready" / taken.key.id).exists()
 
 
 def test_setuid_bits_and_devices_are_defused(central, taken):
@@ -162,3 +184,22 @@ def test_pieces_at_the_wrong_offset_and_leases_not_held_are_refused(central, tak
     r = requests.post(_url(central, "log", taken, offset=4), headers=bearer(BUILD), data=b"x",
                       timeout=10)
     assert r.status_code == 403  # a build token is not a builder's
+
+
+def test_a_landing_asked_twice_at_once_lands_once(central, taken):
+    """A builder whose land call timed out asks again while the first still unpacks: the second
+    waits for the first and is then told the job is not its any more."""
+    extra = [(f"data/artifacts/f{n}", b"x" * 1000) for n in range(2000)]
+    body = _build_tar(taken, extra)
+    auth = bearer(BUILDER)
+    for start in range(0, len(body), 1 << 19):
+        r = requests.post(_url(central, "result", taken, offset=start), headers=auth,
+                          data=body[start:start + (1 << 19)], timeout=30)
+        assert r.status_code == 200, r.text
+    land = _url(central, "result", taken, size=len(body),
+                sha256=hashlib.sha256(body).hexdigest()).replace("?", "/land?", 1)
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: requests.post(land, headers=auth, timeout=60), (1, 2)))
+    assert sorted(r.status_code for r in answers) == [200, 409], [r.text for r in answers]
+    ready = central.build_path / "cache" / "ready" / taken.key.id / "data" / "artifacts"
+    assert len(list(ready.iterdir())) == 2001
