@@ -26,6 +26,8 @@ ADMIN = "admin-token-0123456789"
 TOKENS = [{"name": "viewer", "token": READ, "role": "read"},
           {"name": "ci", "token": BUILD, "role": "build"},
           {"name": "ops", "token": ADMIN, "role": "admin"}]
+BUILDER = "builder-token-0123456789"  # a remote builder's (docs/distributed.md)
+CLUSTER_TOKENS = [*TOKENS, {"name": "builders", "token": BUILDER, "role": "builder"}]
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -19,6 +19,8 @@ import requests
 from support import (
     ADMIN,
     BUILD,
+    BUILDER,
+    CLUSTER_TOKENS,
     RedisServer,
     Setup,
     bearer,
@@ -29,10 +31,6 @@ from support import (
 
 from mistryd.docker_runner import INSTANCE_LABEL, instance_id
 
-BUILDER = "builder-token-0123456789"
-TOKENS = [{"name": "ci", "token": BUILD, "role": "build"},
-          {"name": "ops", "token": ADMIN, "role": "admin"},
-          {"name": "builders", "token": BUILDER, "role": "builder"}]
 TIMEOUT = 6  # builder_timeout: how long a silent builder has until it counts as lost
 
 pytestmark = pytest.mark.docker
@@ -117,7 +115,7 @@ def cluster(tmp_path, docker_engine):
     (tmp_path / "central").mkdir()
     setup = make_setup(tmp_path / "central", ("sleeper", "cache", "failing"),
                        queue=redis.url, job_concurrency=0, builder_processes=1, http_workers=2,
-                       builder_timeout=TIMEOUT, tokens=TOKENS, builder_name="central")
+                       builder_timeout=TIMEOUT, tokens=CLUSTER_TOKENS, builder_name="central")
     config = json.loads(setup.config.read_text())  # per-project keys: `projects` names the copies
     copy_project(setup.projects, "deploy", "sleeper")  # chaotic-manager style: newest wins
     config["projects"] = {"failing": {"labels": ["big"]}, "sleeper": {"build_timeout": 20},

@@ -13,25 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from support import ADMIN, BUILD, bearer
+from support import ADMIN, BUILD, BUILDER, bearer
 
 from mistryd.queue import JobKey
 from mistryd.queue.redis import RedisQueue
 from mistryd.remote.transfer import Central
 
-BUILDER = "builder-token-0123456789"
-TOKENS = [{"name": "ci", "token": BUILD, "role": "build"},
-          {"name": "ops", "token": ADMIN, "role": "admin"},
-          {"name": "builders", "token": BUILDER, "role": "builder"}]
-
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def central(start_server, redis_server):
-    redis_server.flush()
-    return start_server(projects=("cache",), queue=redis_server.url, job_concurrency=0,
-                        tokens=TOKENS)
 
 
 @pytest.fixture

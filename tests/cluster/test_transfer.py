@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import ADMIN, BUILD, READ, bearer
+from support import ADMIN, BUILD, BUILDER, READ, bearer
 
 from mistryd.projects import folder_fingerprint
 from mistryd.queue import JobKey, LeaseLost
@@ -20,20 +20,7 @@ from mistryd.queue.redis import RedisQueue
 from mistryd.remote.transfer import Central, CentralRefused, LogShipper
 from mistryd.store import Status
 
-BUILDER = "builder-token-0123456789"
-TOKENS = [{"name": "ci", "token": BUILD, "role": "build"},
-          {"name": "viewer", "token": READ, "role": "read"},
-          {"name": "ops", "token": ADMIN, "role": "admin"},
-          {"name": "builders", "token": BUILDER, "role": "builder"}]
-
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def central(start_server, redis_server):
-    redis_server.flush()
-    return start_server(projects=("cache",), queue=redis_server.url, job_concurrency=0,
-                        tokens=TOKENS)
 
 
 @pytest.fixture
