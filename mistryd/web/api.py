@@ -278,7 +278,10 @@ def log_stream(project: str, build_id: str):
     # who reads is known only here: the stream runs after the request has ended
     shows_path = sees_host_paths()
     flight = srv.scheduler.in_flight(project, build_id)
-    offset = _resume_offset(request.headers.get("Last-Event-ID") or request.args.get("offset"))
+    # an empty Last-Event-ID is malformed too (the HTTP server gives a value that is not ASCII
+    # as empty; a client with no id sends no header)
+    last_id = request.headers.get("Last-Event-ID")
+    offset = _resume_offset(last_id if last_id is not None else request.args.get("offset"))
     page = request.args.get("format") == "page"  # the build page's lines: HTML, stream, time
     render = PageRenderer(flight.job.log if flight else None, srv.log_path(project, build_id)) \
         if page else None

@@ -24,6 +24,8 @@ What the app can rely on:
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 import socket
@@ -188,9 +190,7 @@ class HttpServer:
 
     def run(self) -> None:
         """Serve until `stop` (or the end of `drain`)."""
-        from granian._futures import _new_cbscheduler
         from granian._granian import SocketHolder, WSGIWorker
-        from granian._loops import loops
         from granian.http import HTTP1Settings
 
         # granian closes the descriptor it is given: its own copy
@@ -205,9 +205,12 @@ class HttpServer:
             (None, None),  # no metrics (mistryd's own /metrics)
         )
         self._started = True
-        loop = loops.get("asyncio")  # not run: a WSGI app is called on granian's own threads
-        worker.serve_str(_new_cbscheduler(loop, self._call, impl_asyncio=False), loop, self._stop)
-        self._ended.wait()
+        loop = asyncio.new_event_loop()  # never run: a WSGI app is called on granian's threads
+        try:
+            worker.serve_str(_scheduler(loop, self._call), loop, self._stop)
+            self._ended.wait()
+        finally:
+            loop.close()
 
     def stop_accepting(self) -> None:
         """Accept no new connection (the other processes on the socket take them); the requests
@@ -268,6 +271,19 @@ class HttpServer:
             raise
         proto.response_iter(status, headers, _Streamed(result, self._leave))
         return status
+
+
+def _scheduler(loop: asyncio.AbstractEventLoop, call: Callable[[Any, dict], int]) -> Any:
+    """granian's callback scheduler, as granian makes it for a WSGI worker, except that its
+    stand-in task is not left among asyncio's tasks: it is no task of any loop, and asyncio's
+    `all_tasks` (asked by any asyncio user in the same process, such as Playwright in the
+    tests) fails on it."""
+    from granian._futures import _CBScheduler, _CBSchedulerTask
+
+    task = _CBSchedulerTask()  # registers itself
+    asyncio.tasks._unregister_task(task)
+    return _CBScheduler(loop, call, task, functools.partial(asyncio.tasks._enter_task, loop),
+                        functools.partial(asyncio.tasks._leave_task, loop))
 
 
 def _worker_signal():
