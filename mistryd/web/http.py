@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import logging
 import os
 import socket
@@ -190,8 +191,11 @@ class HttpServer:
 
     def run(self) -> None:
         """Serve until `stop` (or the end of `drain`)."""
-        from granian._granian import SocketHolder, WSGIWorker
         from granian.http import HTTP1Settings
+
+        # granian's stub file lags behind its binary (the worker's arguments): untyped here
+        native: Any = importlib.import_module("granian._granian")
+        SocketHolder, WSGIWorker = native.SocketHolder, native.WSGIWorker  # noqa: N806
 
         # granian closes the descriptor it is given: its own copy
         holder = SocketHolder(os.dup(self.sock.fileno()), False, BACKLOG)
@@ -246,8 +250,9 @@ class HttpServer:
             environ["wsgi.input"] = _CappedBody(environ["wsgi.input"], self.max_body)
         answer: list = []
 
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info=None) -> None:
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             answer[:] = (int(status[:3]), headers)
+            return _no_write
 
         self._enter()
         try:
@@ -273,6 +278,10 @@ class HttpServer:
         return status
 
 
+def _no_write(data: bytes) -> None:
+    raise NotImplementedError("WSGI's write() is not supported: return the body")
+
+
 def _scheduler(loop: asyncio.AbstractEventLoop, call: Callable[[Any, dict], int]) -> Any:
     """granian's callback scheduler, as granian makes it for a WSGI worker, except that its
     stand-in task is not left among asyncio's tasks: it is no task of any loop, and asyncio's
@@ -286,10 +295,8 @@ def _scheduler(loop: asyncio.AbstractEventLoop, call: Callable[[Any, dict], int]
                         functools.partial(asyncio.tasks._leave_task, loop))
 
 
-def _worker_signal():
-    from granian._granian import WorkerSignal
-
-    return WorkerSignal()
+def _worker_signal() -> Any:
+    return importlib.import_module("granian._granian").WorkerSignal()
 
 
 class _LogStream:

@@ -67,7 +67,7 @@ def test_small_streamed_and_file_answers(serve, tmp_path):
 
     @app.get("/stream")
     def stream():
-        return Response((b"%d," % i for i in range(10_000)))
+        return Response(b"%d," % i for i in range(10_000))
 
     @app.get("/file")
     def file():
