@@ -39,6 +39,7 @@ from flask import Flask
 
 from ..config import Config
 from ..errors import ConfigError
+from ..logs import KEEP_ALIVE
 
 # On every answer of the app: no MIME sniffing, no framing, no referrer to
 # other sites. Views may set their own (setdefault).
@@ -132,15 +133,23 @@ class _CappedBody:
 
 
 class _Streamed:
-    """A streamed answer as granian takes it (`__next__` as an attribute, `close`); closing it
-    closes the app's iterable and ends the request's count."""
+    """A streamed answer as granian takes it (`__next__` as an attribute, `close`); it ends at
+    its next write once the server is closing; closing it closes the app's iterable and ends
+    the request's count."""
 
-    __slots__ = ("inner", "__next__", "done")
+    __slots__ = ("inner", "__next__", "done", "_next", "_closing")
 
-    def __init__(self, inner: Iterable[bytes], done: Callable[[], None]):
+    def __init__(self, inner: Iterable[bytes], done: Callable[[], None], closing: threading.Event):
         self.inner = inner
-        self.__next__ = iter(inner).__next__
         self.done = done
+        self._next = iter(inner).__next__
+        self._closing = closing
+        self.__next__ = self._guarded
+
+    def _guarded(self) -> bytes:
+        if self._closing.is_set():
+            raise StopIteration
+        return self._next()
 
     def close(self) -> None:
         try:
@@ -171,6 +180,7 @@ class HttpServer:
         self.threads = threads
         self._stop = _worker_signal()
         self._ended = threading.Event()
+        self._closing = threading.Event()  # streams end at their next write
         self._count_lock = threading.Lock()
         self._in_flight = 0
         self._started = False
@@ -225,11 +235,19 @@ class HttpServer:
         """Stop accepting; let every request in progress end, for up to `grace` seconds; then
         let `run` return."""
         self.stop_accepting()
-        deadline = time.monotonic() + grace
-        while self._in_flight and time.monotonic() < deadline:
-            time.sleep(DRAIN_LOOK)
+        self._wait_in_flight(grace)
+        # streams still open (log followers, sync waits) end at their next write: a keep-alive
+        # or a heartbeat comes within KEEP_ALIVE seconds. The app's threads must not outlive
+        # the server: a thread of granian's in Python when the interpreter ends aborts it.
+        self._closing.set()
+        self._wait_in_flight(KEEP_ALIVE + 1)
         self.sock.close()  # this process's copy: new connections are refused, or other processes'
         self._ended.set()
+
+    def _wait_in_flight(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(DRAIN_LOOK)
 
     def stop(self, wait: float = 5.0) -> None:
         """Stop serving: new connections are refused; requests in progress get up to `wait`
@@ -274,7 +292,7 @@ class HttpServer:
         except BaseException:
             self._leave()
             raise
-        proto.response_iter(status, headers, _Streamed(result, self._leave))
+        proto.response_iter(status, headers, _Streamed(result, self._leave, self._closing))
         return status
 
 
