@@ -16,7 +16,7 @@ from .stats import Row, Summary
 MEASUREMENT = "8 memory"
 MAX_MB = 150.0  # issue 12: the whole server, http_workers = 2
 IMPORTS = ("import mistryd.cli, mistryd.server, mistryd.web, mistryd.web.http, docker, flask, "
-           "granian, prometheus_client")
+           "waitress, prometheus_client")
 
 
 def samples(srv, n: int = 5) -> tuple[list[float], float]:

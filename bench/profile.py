@@ -9,7 +9,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-# A thread sampled while it waits is not work: the HTTP server's idle threads, the scheduler's queue.
+# A thread sampled while it waits is not work: waitress's idle workers, the scheduler's queue.
 IDLE_LEAVES = ("Condition.wait", "Queue.get", "select (", "poll (", "Event.wait", "sleep (")
 _FRAME = re.compile(r"^(?P<func>\S+) \((?P<file>[^:]+):\d+\)$")
 

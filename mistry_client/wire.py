@@ -193,15 +193,11 @@ class Session:
                 raw = conn.getresponse()
             except (OSError, http.client.HTTPException) as e:
                 connection.drop()
-                # a kept-alive connection the server had closed meanwhile, or a new one closed
-                # without an answer (accepted by an API process in the instant it began to
-                # drain: docs/operations.md): once more on a new one (a POST to /jobs too: the
-                # same request joins the same build)
+                # a kept-alive connection the server had closed meanwhile: once more on a new
+                # one (a POST to /jobs too: the same request joins the same build)
                 stale = isinstance(e, http.client.RemoteDisconnected | ConnectionResetError
                                    | BrokenPipeError)
-                unanswered = isinstance(e, http.client.RemoteDisconnected)
-                if (reused and stale or unanswered) and attempt == 1 \
-                        and (method in _IDEMPOTENT or json is not None):
+                if reused and stale and attempt == 1 and (method in _IDEMPOTENT or json is not None):
                     continue
                 raise WireError(e, "read") from None
             # (an answer after which the server closes the connection owns its socket now:

@@ -270,19 +270,15 @@ def read_lines(f: BinaryIO, offset: int, limit: int = 1 << 20) -> tuple[list[tup
     return lines, offset + start
 
 
-# A follower whose reader has hung up is noticed at its next write (mistryd/web/http.py): the
-# keep-alive tick bounds how long it holds its thread and slot after that.
-KEEP_ALIVE = 5.0
-
-
-def follow(live: LiveLog | None, path: Path | None, offset: int,
-           heartbeat: float = KEEP_ALIVE) -> Iterator[tuple[int, str] | None]:
+def follow(live: LiveLog | None, path: Path | None, offset: int, heartbeat: float = 15.0,
+           gone: Callable[[], bool] | None = None) -> Iterator[tuple[int, str] | None]:
     """Yield (offset after the line, line) from `offset` until the build ends, and None as a
     keep-alive tick while nothing happens. With no LiveLog the build is finished: replay `path`;
     with one, `path` is where its log will be once the build is published. With a LiveLog this
     returns only once the log has finished, after its last line.
     The file is opened once and read through that descriptor, so the rename of the build folder
-    from pending/ to ready/ at the finish does not disturb a follower."""
+    from pending/ to ready/ at the finish does not disturb a follower. `gone()` says the reader
+    has hung up: then this returns within a second instead of at the next keep-alive."""
     f: BinaryIO | None = None
     try:
         while True:
@@ -309,12 +305,31 @@ def follow(live: LiveLog | None, path: Path | None, offset: int,
                 return
             assert live is not None
             seen = max(seen, offset)
-            live.wait(seen, timeout=heartbeat)  # until the log grows past `seen` or finishes
+            if not _wait_for_more(live, seen, heartbeat, gone):
+                return
             if not live.finished and (live.path is None or live.size <= seen):
                 yield None
     finally:
         if f is not None:
             f.close()
+
+
+def _wait_for_more(live: LiveLog, seen: int, heartbeat: float,
+                   gone: Callable[[], bool] | None) -> bool:
+    """Wait until the log grows past `seen` or finishes, at most `heartbeat` seconds; False as
+    soon as the reader has gone."""
+    if gone is None:
+        live.wait(seen, timeout=heartbeat)
+        return True
+    deadline = time.monotonic() + heartbeat
+    while True:
+        live.wait(seen, timeout=min(1.0, heartbeat))
+        if live.finished or (live.path is not None and live.size > seen):
+            return True
+        if gone():
+            return False
+        if time.monotonic() >= deadline:
+            return True
 
 
 def open_log(live: LiveLog | None, path: Path | None) -> BinaryIO | None:
@@ -387,17 +402,20 @@ LineRenderer = Callable[[int, int, str], str]  # (line start, line end, text) ->
 
 
 def sse_stream(live: LiveLog | None, path: Path | None, offset: int, end: Callable[[], dict],
-               heartbeat: float = KEEP_ALIVE, render: LineRenderer | None = None) -> Iterator[str]:
+               heartbeat: float = 15.0, gone: Callable[[], bool] | None = None,
+               render: LineRenderer | None = None) -> Iterator[str]:
     """The log as Server-Sent Events from `offset`, then one `end` event whose data `end()` gives
     (asked once, after the last line: for a live build, once its record is written). Each line's
     data is its text, or what `render` makes of it (the web view's lines with their marks)."""
     yield "retry: 1000\n\n"
     start = offset
-    for item in follow(live, path, offset, heartbeat=heartbeat):
+    for item in follow(live, path, offset, heartbeat=heartbeat, gone=gone):
         if item is None:
             yield ": keep-alive\n\n"
             continue
         pos, text = item
         yield sse_event(text if render is None else render(start, pos, text), event_id=pos)
         start = pos
+    if gone is not None and gone():
+        return
     yield sse_event(json.dumps(end()), event="end")

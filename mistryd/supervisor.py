@@ -3,7 +3,7 @@ stops the API workers and the builders, and does nothing else.
 
 One command starts the whole server on one machine. The supervisor binds the listening socket,
 takes build_path's lock and recovers what a previous run left (the caller does those), then forks
-`http_workers` API worker processes (mistryd/web/worker.py: the HTTP server on the shared socket, hits
+`http_workers` API worker processes (mistryd/web/worker.py: waitress on the shared socket, hits
 answered there, misses through the queue) and `builder_processes` builder processes
 (mistryd/builders.py: they take jobs from the queue). Forked after every module is imported, the
 children share the code's memory pages.

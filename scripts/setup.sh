@@ -74,10 +74,10 @@ fresh() { [ -x "$VENV/bin/python" ] && [ -f "$1" ] && [ ! pyproject.toml -nt "$1
           && [ ! scripts/setup.sh -nt "$1" ]; }
 if [ "$MODE" = test ]; then
   stamp=$test_stamp extras=btrfs,test,browser,bench,redis
-  check='import mistryd, btrfsutil, docker, flask, granian, pytest, hypothesis, playwright, rq'
+  check='import mistryd, btrfsutil, docker, flask, waitress, pytest, hypothesis, playwright, rq'
 else
   stamp=$run_stamp extras=btrfs
-  check='import mistryd, btrfsutil, docker, flask, granian'
+  check='import mistryd, btrfsutil, docker, flask, waitress'
 fi
 if ! fresh "$stamp" && ! fresh "$test_stamp"; then
   log "installing mistryd into $VENV (mistryd[$extras])"

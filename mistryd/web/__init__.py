@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, jsonify, render_template, request
 from flask.json.provider import DefaultJSONProvider
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ..errors import MistryError
 from ..server import Server
@@ -55,14 +55,8 @@ def create_app(server: Server, request_slots: capacity.SharedCounts | None = Non
     def http_error(e: HTTPException):
         if e.code == 404 and _browser_wants_html():
             return render_template("error.html", message=f"There is no page at {request.path}."), 404
-        message = f"{e.name}: {e.description}"
-        if isinstance(e, RequestEntityTooLarge):  # refused before the body is read
-            message = (f"the request body is larger than {server.config.max_body_bytes} bytes; "
-                       "send a smaller one (or raise max_body_bytes in the server's config)")
-        response = jsonify(error=message)
+        response = jsonify(error=f"{e.name}: {e.description}")
         response.status_code = e.code or 500
-        if isinstance(e, RequestEntityTooLarge):  # the rest of the body is not read: no next
-            response.headers["Connection"] = "close"  # request can follow on this connection
         if isinstance(e, MethodNotAllowed) and e.valid_methods:
             response.headers["Allow"] = ", ".join(e.valid_methods)
         return response

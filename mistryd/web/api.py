@@ -6,9 +6,9 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import explain
@@ -55,8 +55,12 @@ def post_job():
         raise Unavailable(f"{e.message}. Build {job_request.project}/{build_id} is accepted and "
                           f"goes on: follow it at /log/{job_request.project}/{build_id}, or "
                           "ask again (the same request joins it)", e.retry_after) from None
-    return answer_when_done(outcome.flight.done, lambda: jsonify(srv.with_log(srv.wait(outcome))),
-                            201, give_back)
+    try:
+        if not _wait_while_connected(outcome.flight.done):
+            return Response(status=499)  # nobody is listening; the build goes on for the others
+        return jsonify(srv.with_log(srv.wait(outcome))), 201
+    finally:
+        give_back()
 
 
 @bp.get("/jobs/explain")
@@ -89,8 +93,12 @@ def verify_job():
     except Unavailable as e:  # the verification goes on; its outcome is recorded
         raise Unavailable(f"{e.message}. The verification goes on: ask GET {where}",
                           e.retry_after) from None
-    return answer_when_done(verification.done, lambda: jsonify(verification.result), 200,
-                            give_back)
+    try:
+        if not _wait_while_connected(verification.done):
+            return Response(status=499)  # it goes on; its verdict is recorded on the build
+        return jsonify(verification.result), 200
+    finally:
+        give_back()
 
 
 @bp.get("/jobs/verify/<project>/<build_id>")
@@ -99,38 +107,19 @@ def verification(project: str, build_id: str):
     return jsonify(server().verifier.status(project, build_id))
 
 
-# A sync wait answers at once when its outcome comes within PROMPT seconds (a short build, a
-# joined one near its end). A longer one answers its status and headers then, and writes a space
-# every HEARTBEAT seconds until the outcome's JSON (JSON allows whitespace before a value): a
-# write to a client that has hung up fails, which ends the answer and gives its thread and slot
-# back; the build goes on for the others. An error after the status (the server stops before
-# the build ran) cuts the answer short, so that no client takes it for a build's record.
-PROMPT = 1.0
-HEARTBEAT = 1.0
+def _wait_while_connected(done: threading.Event, check_every: float = 1.0) -> bool:
+    """Wait for `done`; False as soon as the client has gone away, so its thread is free again."""
+    gone = _client_gone()
+    while not done.wait(check_every):
+        if gone is not None and gone():
+            return False
+    return True
 
 
-def answer_when_done(done: threading.Event, answer: Callable[[], Response], status: int,
-                     give_back: Callable[[], None]) -> Response:
-    """The answer `answer()` makes once `done` is set, as described above; `give_back` is
-    called when the answer is over (sent, or its client gone)."""
-    if done.wait(PROMPT):
-        try:
-            response = answer()
-            response.status_code = status
-            return response
-        finally:
-            give_back()
-
-    def heartbeats_then_answer() -> Iterator[bytes]:
-        try:
-            while not done.wait(HEARTBEAT):
-                yield b" "
-            yield answer().get_data()  # a MistryError here cuts the answer (see above)
-        finally:
-            give_back()
-
-    return Response(stream_with_context(heartbeats_then_answer()), status=status,
-                    mimetype="application/json")
+def _client_gone() -> Callable[[], bool] | None:
+    """waitress's way to ask whether this request's client has hung up (None under a server that
+    cannot tell, such as Flask's test client)."""
+    return request.environ.get("waitress.client_disconnected")
 
 
 def _json_body() -> object:
@@ -277,11 +266,9 @@ def log_stream(project: str, build_id: str):
     _checked(project, build_id)
     # who reads is known only here: the stream runs after the request has ended
     shows_path = sees_host_paths()
+    gone = _client_gone()
     flight = srv.scheduler.in_flight(project, build_id)
-    # an empty Last-Event-ID is malformed too (the HTTP server gives a value that is not ASCII
-    # as empty; a client with no id sends no header)
-    last_id = request.headers.get("Last-Event-ID")
-    offset = _resume_offset(last_id if last_id is not None else request.args.get("offset"))
+    offset = _resume_offset(request.headers.get("Last-Event-ID") or request.args.get("offset"))
     page = request.args.get("format") == "page"  # the build page's lines: HTML, stream, time
     render = PageRenderer(flight.job.log if flight else None, srv.log_path(project, build_id)) \
         if page else None
@@ -294,7 +281,8 @@ def log_stream(project: str, build_id: str):
             return end_event_data(_final_info(srv, project, build_id, shows_path),
                                   live.end_payload.get("status"), live.end_payload.get("exit_code"))
 
-        stream = sse_stream(live, srv.log_path(project, build_id), offset, end, render=render)
+        stream = sse_stream(live, srv.log_path(project, build_id), offset, end, gone=gone,
+                            render=render)
     else:
         raw = srv.layout.read_info(project, build_id)
         if raw is None:
@@ -306,7 +294,7 @@ def log_stream(project: str, build_id: str):
         _check_offset(offset, path.stat().st_size if path.exists() else 0)
         final = end_event_data(_final_info(srv, project, build_id, shows_path),
                                raw.get("Status"), raw.get("ExitCode"))
-        stream = sse_stream(None, path, offset, lambda: final, render=render)
+        stream = sse_stream(None, path, offset, lambda: final, gone=gone, render=render)
     # the thread is held until the stream closes: on its end, or when the client hangs up
     give_back = capacity().waits.take()
     response = Response(stream, mimetype="text/event-stream",

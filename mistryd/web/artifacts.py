@@ -129,7 +129,7 @@ def _read_info(folder_fd: int) -> dict | None:
 #
 # The cache file is one JSON document laid out in lines, so that it can be checked and served
 # without parsing it: the answer is a byte range of the file, sent by the WSGI server's file
-# wrapper straight from disk, 1 MiB at a time.
+# wrapper straight from disk (a generator's output would be buffered by waitress in memory).
 #   {"stamp":{...},"manifest":
 #   {"project":"p","id":"i","entries":[
 #   {entry}
@@ -426,7 +426,7 @@ def get_tar(project: str, build_id: str):
     try:
         build = _open_build(stack, project, build_id)
         cached = _open_tar_cache(build, start, stop)
-        if cached is not None:  # a range of one file, read by the HTTP server: no slot
+        if cached is not None:  # sent by the WSGI server with sendfile: no thread, no slot
             fd, length = cached
             held = _HeldFile(fd, stack.close)
             return _tar_response(Response(wrap_file(request.environ, held),
@@ -435,11 +435,7 @@ def get_tar(project: str, build_id: str):
         manifest = _manifest_file(build, slot_held=True)
         stack.callback(manifest.close)
         _keep_tar_later(project, build_id)
-        # its length is announced: an entry that cannot be read cuts the answer short of it,
-        # which every HTTP client reports as an error (a chunked answer would end cleanly)
-        length = _tar_length(manifest, build.label, start, stop)
-        response = _tar_response(Response(_tar_stream(manifest, build, start, stop)), build_id,
-                                 length)
+        response = _tar_response(Response(_tar_stream(manifest, build, start, stop)), build_id)
         response.call_on_close(stack.close)  # the lease and the slot last as long as the stream
     except BaseException:
         stack.close()
@@ -503,20 +499,6 @@ def _tar_stream(manifest: _Manifest, build: _Build, start: int = 0, stop: int | 
     yield bytes(out)
 
 
-def _tar_length(manifest: _Manifest, label: str, start: int = 0, stop: int | None = None) -> int:
-    """How many bytes `_tar_stream` sends for these entries when every file is as its manifest
-    says."""
-    total = 0
-    for n, entry in enumerate(_manifest_entries(manifest, label)):
-        if n < start:
-            continue
-        if stop is not None and n >= stop:
-            return total
-        size = entry["size"] if entry["type"] == "file" else 0
-        total += len(_tar_header(entry, size)) + size + (-size % BLOCK)
-    return total + 2 * BLOCK
-
-
 def _tar_file(opener: FileOpener, entry: dict, label: str, out: bytearray) -> Iterator[bytes]:
     """Appends the file's header and, when it is small, its bytes to `out`; a large one is sent
     in chunks of its own (after what `out` holds)."""
@@ -556,7 +538,7 @@ def _tar_file(opener: FileOpener, entry: dict, label: str, out: bytearray) -> It
 # counted by the garbage collector) with an index of where each manifest entry's header starts
 # (`artifacts.tar.index`: a JSON line with the manifest's stamp and the entry count, then one
 # little-endian uint64 per entry and one for the end blocks). Later requests, any `start` and
-# `stop`, are a range of that file: the same bytes as a stream, one open and large reads.
+# `stop`, are a range of that file sent with sendfile: the same bytes as a stream.
 
 TAR_CACHE = "artifacts.tar"
 TAR_INDEX = "artifacts.tar.index"
@@ -610,7 +592,7 @@ _one_at_a_time = threading.Semaphore(1)  # one tar is written at a time, beside 
 
 def _keep_tar_later(project: str, build_id: str) -> None:
     """Write the build's tar cache in a background thread (once; the stream that asked goes on
-    from the files), so that the next fetch of it reads one file."""
+    from the files), so that the next fetch of it is a sendfile."""
     label = f"{project}/{build_id}"
     with _locks_guard:
         if label in _keeping:

@@ -1,6 +1,6 @@
 """The request threads' budget: how many of them long requests may hold at once.
 
-The HTTP server runs the app on at most `http_threads` threads per API process. A request that waits
+waitress serves every request from a fixed pool of `http_threads` threads. A request that waits
 for a build (a synchronous `POST /jobs`) or follows a log (the SSE stream of every `mistry build`
 and every open build page) holds its thread for as long as the build runs; an artifact manifest
 or `.tar` holds one for as long as the transfer takes. Without a bound, enough of them take every

@@ -1,7 +1,6 @@
-"""An API worker process: the HTTP server (mistryd/web/http.py) on the listening socket it shares
-with the other API workers (the kernel hands each new connection to one of them), the Flask app
-on a Server that builds nothing. Hits are answered here; misses, cancels and waits go through the
-queue to the builders.
+"""An API worker process: waitress on the listening socket it shares with the other API workers
+(the kernel hands each new connection to one of them), the Flask app on a Server that builds
+nothing. Hits are answered here; misses, cancels and waits go through the queue to the builders.
 
 Signals from the supervisor (mistryd/supervisor.py): SIGUSR1 refuses new builds (the whole server
 is stopping; hits and waiters go on); SIGTERM drains: accept no new connection (the other workers

@@ -31,7 +31,7 @@ def secured(start_server):
 
 @pytest.fixture
 def log_records():
-    """Every log record of the process at DEBUG, whoever logs it (granian, flask, mistryd)."""
+    """Every log record of the process at DEBUG, whoever logs it (waitress, flask, mistryd)."""
     records: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):

@@ -86,7 +86,7 @@ def test_a_plain_install_brings_the_runtime_and_no_test_tools(installed):
     listed = subprocess.run([str(installed / "pip"), "list", "--format", "json"],
                             capture_output=True, text=True, check=True).stdout
     names = {p["name"].lower() for p in json.loads(listed)}
-    assert {"mistryd", "flask", "granian", "docker", "click", "requests"} <= names, names
+    assert {"mistryd", "flask", "waitress", "docker", "click", "requests"} <= names, names
     assert not names & set(TOOLS), names & set(TOOLS)
     # every page template and static file of the checkout is inside the installed package
     where = subprocess.run([str(installed / "python"), "-c",

@@ -135,9 +135,8 @@ def test_a_huge_content_length_is_refused_before_the_body_is_sent(start_server):
         f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1:{port_of(srv)}\r\nContent-Type: application/json"
         f"\r\nContent-Length: {1 << 30}\r\n\r\n{JOB[:10]}").encode())
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]  # with 10 of 2**30 bytes sent
-    head = answer.split(b"\r\n\r\n")[0].lower()  # header names are case-insensitive
-    assert b"content-type: application/json" in head
-    assert b"x-content-type-options: nosniff" in head
+    assert b"Content-Type: application/json" in answer
+    assert b"X-Content-Type-Options: nosniff" in answer
     assert "max_body_bytes" in json_body(answer)["error"]
     assert big_temp_files(1 << 20) == []
     assert nothing_built(srv)

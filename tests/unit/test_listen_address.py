@@ -1,11 +1,11 @@
-"""Where the HTTP server listens: one address of `addr`'s host."""
+"""Where the HTTP server listens: one address of `addr`'s host, with mistryd's own channel."""
 
 import pytest
 from flask import Flask
 
 from mistryd.config import from_dict
 from mistryd.errors import ConfigError
-from mistryd.web.http import make_http_server, stop_http_server
+from mistryd.web.http import MistrydChannel, make_http_server, stop_http_server
 
 
 def config(tmp_path, addr):
@@ -14,14 +14,14 @@ def config(tmp_path, addr):
                       "build_path": str(tmp_path / "builds"), "addr": addr})
 
 
-def test_a_host_name_is_served_on_one_address(tmp_path):
+def test_a_host_name_is_served_on_one_address_by_mistryds_channel(tmp_path):
     http = make_http_server(Flask("test"), config(tmp_path, "localhost:0"))
     try:
-        assert http.sock.getsockname()[0] == "127.0.0.1"
-        assert http.effective_port > 0
+        assert http.effective_host == "127.0.0.1"
+        assert http.channel_class is MistrydChannel
     finally:
         stop_http_server(http)
-        http.sock.close()
+        http.close()
 
 
 def test_a_host_name_that_does_not_resolve_is_a_one_line_config_error(tmp_path):
