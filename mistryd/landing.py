@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from .errors import Conflict, MistryError, Unprocessable
+from .explain import cache_source
 from .jobs import BuildInfo, public_params
 from .layout import INFO_FILE, LOG_FILE, publish, write_json_atomically
-from .names import name_problem
 from .outputs import check_data_dirs, sanitize
 from .queue import JobKey, Lease, LeaseLost, Outcome, builder_of
 from .store import Status
@@ -225,19 +225,12 @@ class Landing:
         info.URL = f"job/{info.Project}/{info.ID}"
         info.Path = str(self.server.layout.ready(info.Project, info.ID) / "data" / "artifacts")
         info.Builder = builder_of(lease.builder) or ""
-        if info.CacheFrom is not None and not _names_a_build(info.CacheFrom):
-            info.CacheFrom = None
+        if info.CacheFrom is not None:  # only the names of a build, checked as names
+            source = cache_source({"CacheFrom": info.CacheFrom})
+            info.CacheFrom = None if source is None else dict(zip(("Project", "Group", "ID"),
+                                                                  source, strict=True))
         write_json_atomically(build / INFO_FILE, info.to_json())
         return info
-
-
-def _names_a_build(cache_from: object) -> bool:
-    """Whether a record's CacheFrom is {"Project", "Group", "ID"} of safe names."""
-    if not isinstance(cache_from, dict) or set(cache_from) != {"Project", "Group", "ID"}:
-        return False
-    return all(isinstance(v, str) for v in cache_from.values()) and \
-        not name_problem(cache_from["Project"]) and not name_problem(cache_from["ID"]) and \
-        (cache_from["Group"] == "" or not name_problem(cache_from["Group"]))
 
 
 def _append(path: Path, offset: int, body: IO[bytes], what: str) -> int:
