@@ -132,6 +132,7 @@ class LiveLog:
         self._marks: BinaryIO | None = None
         self.marks_identity: tuple[int, int] | None = None
         self._looker = False  # a follower is looking at the file for the others (follow_file)
+        self._wakes = 0  # how often `wake` was called: a waiter returns when it changes
 
     def open(self, path: Path) -> None:
         with self._cond:
@@ -217,11 +218,21 @@ class LiveLog:
         if (st.st_dev, st.st_ino) == self.identity:
             self.size = st.st_size
 
+    def wake(self) -> None:
+        """End every follower's wait now (a reader has hung up: its follower is to notice)."""
+        with self._cond:
+            self._wakes += 1
+            self._cond.notify_all()
+
     def wait(self, seen_size: int, timeout: float) -> None:
-        """Block until the log grows past `seen_size`, it finishes, or `timeout` passes."""
+        """Block until the log grows past `seen_size`, it finishes, `wake` is called, or
+        `timeout` passes."""
+        wakes = self._wakes
+
         def more() -> bool:
             self._look()
-            return self.finished or (self.path is not None and self.size > seen_size)
+            return (self.finished or (self.path is not None and self.size > seen_size)
+                    or self._wakes != wakes)
 
         with self._cond:
             if self._locate is None:
@@ -278,7 +289,8 @@ def follow(live: LiveLog | None, path: Path | None, offset: int, heartbeat: floa
     returns only once the log has finished, after its last line.
     The file is opened once and read through that descriptor, so the rename of the build folder
     from pending/ to ready/ at the finish does not disturb a follower. `gone()` says the reader
-    has hung up: then this returns within a second instead of at the next keep-alive."""
+    has hung up, asked whenever a wait ends: whoever notices the hang-up calls `live.wake()`, and
+this returns then instead of at the next keep-alive."""
     f: BinaryIO | None = None
     try:
         while True:
@@ -305,31 +317,14 @@ def follow(live: LiveLog | None, path: Path | None, offset: int, heartbeat: floa
                 return
             assert live is not None
             seen = max(seen, offset)
-            if not _wait_for_more(live, seen, heartbeat, gone):
+            live.wait(seen, timeout=heartbeat)
+            if gone is not None and gone():
                 return
             if not live.finished and (live.path is None or live.size <= seen):
                 yield None
     finally:
         if f is not None:
             f.close()
-
-
-def _wait_for_more(live: LiveLog, seen: int, heartbeat: float,
-                   gone: Callable[[], bool] | None) -> bool:
-    """Wait until the log grows past `seen` or finishes, at most `heartbeat` seconds; False as
-    soon as the reader has gone."""
-    if gone is None:
-        live.wait(seen, timeout=heartbeat)
-        return True
-    deadline = time.monotonic() + heartbeat
-    while True:
-        live.wait(seen, timeout=min(1.0, heartbeat))
-        if live.finished or (live.path is not None and live.size > seen):
-            return True
-        if gone():
-            return False
-        if time.monotonic() >= deadline:
-            return True
 
 
 def open_log(live: LiveLog | None, path: Path | None) -> BinaryIO | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .builder import Job
+from .done import Done
 from .errors import MistryError, ShuttingDown
 from .jobs import BuildInfo
 from .queue import (
@@ -48,7 +49,7 @@ class Flight:
     """A job in flight that this process waits for or builds."""
 
     job: Job
-    done: threading.Event = field(default_factory=threading.Event)
+    done: Done = field(default_factory=Done)
     result: BuildInfo | None = None
     running: bool = False  # built by a worker of this process right now
 

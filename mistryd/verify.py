@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from . import leases
 from .builder import Job, run_outcome
 from .docker_runner import ImageBuildCancelled, ImageBuildError, ImageBuildTimedOut
+from .done import Done
 from .errors import MistryError, NotFound
 from .explain import cache_source
 from .jobs import JobRequest, rfc3339, servable
@@ -137,7 +138,7 @@ class Verification:
     image_cache: bool
     token: str = field(default_factory=lambda: secrets.token_hex(6))
     cancel: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
+    done: Done = field(default_factory=Done)
     result: dict | None = None
 
     @property

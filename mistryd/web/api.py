@@ -12,6 +12,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import explain
+from ..done import Done
 from ..errors import BadRequest, NotFound, Unavailable
 from ..hits import Hit
 from ..jobs import BuildInfo, JobRequest
@@ -23,6 +24,7 @@ from ..server import Server
 from ..store import BuildRow, Status
 from .auth import check_group, sees_host_paths
 from .capacity import capacity
+from .http import WHEN_CLIENT_GONE
 from .logview import PageRenderer
 
 bp = Blueprint("api", __name__)
@@ -107,13 +109,21 @@ def verification(project: str, build_id: str):
     return jsonify(server().verifier.status(project, build_id))
 
 
-def _wait_while_connected(done: threading.Event, check_every: float = 1.0) -> bool:
-    """Wait for `done`; False as soon as the client has gone away, so its thread is free again."""
-    gone = _client_gone()
-    while not done.wait(check_every):
-        if gone is not None and gone():
-            return False
-    return True
+def _wait_while_connected(done: Done) -> bool:
+    """Wait for `done`; False as soon as the client has gone away, so its thread is free again.
+    Either wakes the thread when it happens: a waiter costs nothing while it waits."""
+    listen_gone = request.environ.get(WHEN_CLIENT_GONE)
+    if listen_gone is None:  # a server that cannot tell (Flask's test client)
+        done.wait()
+        return True
+    woken = threading.Event()
+    stop_listening = (done.listen(woken.set), listen_gone(woken.set))
+    try:
+        woken.wait()
+        return done.is_set()
+    finally:
+        for stop in stop_listening:
+            stop()
 
 
 def _client_gone() -> Callable[[], bool] | None:
@@ -268,6 +278,7 @@ def log_stream(project: str, build_id: str):
     shows_path = sees_host_paths()
     gone = _client_gone()
     flight = srv.scheduler.in_flight(project, build_id)
+    stop_listening: Callable[[], None] | None = None
     offset = _resume_offset(request.headers.get("Last-Event-ID") or request.args.get("offset"))
     page = request.args.get("format") == "page"  # the build page's lines: HTML, stream, time
     render = PageRenderer(flight.job.log if flight else None, srv.log_path(project, build_id)) \
@@ -283,6 +294,9 @@ def log_stream(project: str, build_id: str):
 
         stream = sse_stream(live, srv.log_path(project, build_id), offset, end, gone=gone,
                             render=render)
+        listen_gone = request.environ.get(WHEN_CLIENT_GONE)
+        if listen_gone is not None:  # a follower that hangs up stops waiting for lines at once
+            stop_listening = listen_gone(live.wake)
     else:
         raw = srv.layout.read_info(project, build_id)
         if raw is None:
@@ -302,6 +316,8 @@ def log_stream(project: str, build_id: str):
     response.call_on_close(give_back)
     if render is not None:
         response.call_on_close(render.close)
+    if stop_listening is not None:
+        response.call_on_close(stop_listening)
     return response
 
 

@@ -29,6 +29,7 @@ from prometheus_client import Counter, Gauge
 
 from ..errors import Unavailable
 from ..metrics import Metrics
+from .threads import step_aside
 
 RETRY_AFTER = 2  # seconds: long requests end often, and a retry is cheap
 _EXTENSION = "mistryd.capacity"
@@ -131,12 +132,14 @@ class Pool:
 
     def take(self) -> Callable[[], None]:
         """Take a slot or raise Unavailable (503 + Retry-After). Returns the function that gives
-        it back; calling that more than once gives it back once."""
+        it back; calling that more than once gives it back once. The request is a long one from
+        here: it steps aside from the requests that run at once (web/threads.py)."""
         if not self._slots.acquire(blocking=False):
             self._refuse()
         if self._shared is not None and not self._shared.take(self.kind, self.size):
             self._slots.release()
             self._refuse()
+        step_aside()
         self._in_use.inc()
         lock = threading.Lock()
         held = [True]

@@ -12,11 +12,13 @@ from flask import Flask
 from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
-from waitress.task import ErrorTask
+from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import RequestEntityTooLarge
 
 from ..config import Config
+from ..done import Done
 from ..errors import ConfigError
+from .threads import BoundedDispatcher, step_aside
 
 # On every answer, the app's and waitress's own: no MIME sniffing, no framing, no referrer to
 # other sites. Views may set their own (setdefault).
@@ -65,12 +67,48 @@ class JsonErrorTask(ErrorTask):
         self.write(body)
 
 
-class MistrydChannel(HTTPChannel):
-    """waitress's channel, and a file answered whole (`wsgi.file_wrapper`: an artifact) goes out
-    with `sendfile` from the page cache, where waitress would read it into Python in pieces of the
-    socket buffer's size on its one I/O thread."""
+# in a request's environ: listen(callback) -> stop listening; callback is called once the
+# client's connection is closed (at once if it is), on waitress's I/O thread: it must be quick
+WHEN_CLIENT_GONE = "mistryd.when_client_gone"
 
+
+class MistrydTask(WSGITask):
+    """waitress's request task; its environ tells how to hear of the client hanging up."""
+
+    def get_environment(self) -> dict:
+        environ = super().get_environment()
+        channel = self.channel
+        assert isinstance(channel, MistrydChannel)  # the task of mistryd's own channel
+        environ[WHEN_CLIENT_GONE] = channel.closed.listen
+        return environ
+
+
+class MistrydChannel(HTTPChannel):
+    """waitress's channel, and:
+    - a file answered whole (`wsgi.file_wrapper`: an artifact) goes out with `sendfile` from the
+      page cache, where waitress would read it into Python in pieces of the socket buffer's size
+      on its one I/O thread;
+    - a request that waits (for a build, a log line) hears of its client hanging up when it
+      happens (WHEN_CLIENT_GONE), instead of asking every so often."""
+
+    task_class = MistrydTask
     error_task_class = JsonErrorTask
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.closed = Done()  # set on waitress's I/O thread: listeners must be quick
+        super().__init__(*args, **kwargs)
+
+    def del_channel(self, map=None) -> None:  # noqa: A002 - waitress's name
+        """Every way a connection closes ends here (wasyncore's close)."""
+        super().del_channel(map)
+        self.closed.set()
+
+    def _flush_outbufs_below_high_watermark(self) -> None:
+        """A request thread whose answer has more unsent than the watermark waits for the client
+        here: it steps aside for a queued request meanwhile (web/threads.py)."""
+        if self.total_outbufs_len > self.adj.outbuf_high_watermark:
+            step_aside()
+        super()._flush_outbufs_below_high_watermark()  # type: ignore[misc]  # not in the stubs
 
     def _flush_some(self, do_close: bool = True) -> bool:
         buf = self.outbufs[0]
@@ -121,7 +159,7 @@ def make_http_server(app: Flask, config: Config, port: int | None = None,
     where = {"sockets": [sock]} if sock is not None else {
         "host": _one_address(config.host), "port": config.port if port is None else port}
     http = create_server(
-        app, **where,
+        app, **where, _dispatcher=BoundedDispatcher(),
         threads=config.http_threads, connection_limit=max(1000, 4 * config.http_threads),
         channel_timeout=3600, cleanup_interval=10, ident="mistryd", clear_untrusted_proxy_headers=True,
         max_request_body_size=config.max_body_bytes + 1,
@@ -139,6 +177,7 @@ def make_http_server(app: Flask, config: Config, port: int | None = None,
         http.close()
         raise RuntimeError(f"waitress listens on {http.effective_listen}, not on one address")
     http.channel_class = MistrydChannel
+    http.task_dispatcher.set_thread_count(config.http_threads)  # waitress does for its own only
     return http
 
 

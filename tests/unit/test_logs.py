@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -277,3 +278,30 @@ def test_a_line_longer_than_a_read_comes_in_parts(tmp_path):
     with open(path, "rb") as f:
         lines, offset = read_lines(f, 0, limit=40)
         assert lines == [(40, "x" * 40)] and offset == 40
+
+
+def test_a_follower_whose_reader_hung_up_returns_when_woken_not_at_the_heartbeat(tmp_path):
+    """The server wakes a log's followers when a reader's connection closes (LiveLog.wake):
+    that follower ends then, with no periodic look at its connection; the others go on."""
+    live = LiveLog()
+    live.open(tmp_path / "out.log")
+    hung_up = threading.Event()
+    ended: list[str] = []
+
+    def reader(name: str, gone) -> None:
+        for _ in follow(live, None, 0, heartbeat=600, gone=gone):
+            pass
+        ended.append(name)
+
+    leaving = threading.Thread(target=reader, args=("leaving", hung_up.is_set))
+    staying = threading.Thread(target=reader, args=("staying", lambda: False))
+    leaving.start()
+    staying.start()
+    time.sleep(0.2)  # both wait for lines
+    hung_up.set()
+    live.wake()
+    leaving.join(5)
+    assert ended == ["leaving"] and staying.is_alive()
+    live.finish()
+    staying.join(5)
+    assert ended == ["leaving", "staying"]
