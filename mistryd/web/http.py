@@ -9,8 +9,8 @@ import socket
 import time
 
 from flask import Flask
-from waitress.buffers import ReadOnlyFileBasedBuffer
-from waitress.channel import HTTPChannel
+from waitress.buffers import OverflowableBuffer, ReadOnlyFileBasedBuffer
+from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import RequestEntityTooLarge
@@ -34,6 +34,7 @@ SECURITY_HEADERS = {
 
 
 OUTBUF_WATERMARK = 4 << 20
+HELD_ANSWER = 256 << 10  # a whole answer up to this size is sent by the I/O thread (MistrydTask)
 
 
 class QuietDisconnects(logging.Filter):
@@ -82,6 +83,21 @@ class MistrydTask(WSGITask):
         environ[WHEN_CLIENT_GONE] = channel.closed.listen
         return environ
 
+    def write(self, data) -> None:
+        """A short answer written whole (a cache hit, any JSON) is left for waitress's I/O
+        thread to send, head and body in one send, once the request has ended. Sent by this
+        thread instead (waitress's way), it wakes the client at once, whose next request then
+        finds the I/O thread waiting for this thread to let go of the interpreter: a cached
+        `POST /jobs` answered 3,700-4,100 times a second that way, 5,500-6,000 this way."""
+        channel = self.channel
+        assert isinstance(channel, MistrydChannel)
+        channel.holding = (not self.wrote_header and self.content_length is not None
+                           and len(data) == self.content_length <= HELD_ANSWER)
+        try:
+            super().write(data)
+        finally:
+            channel.holding = False
+
 
 class MistrydChannel(HTTPChannel):
     """waitress's channel, and:
@@ -97,6 +113,22 @@ class MistrydChannel(HTTPChannel):
     def __init__(self, *args, **kwargs) -> None:
         self.closed = Done()  # set on waitress's I/O thread: listeners must be quick
         super().__init__(*args, **kwargs)
+
+    holding = False  # MistrydTask.write: append without sending
+
+    def write_soon(self, data) -> int:
+        if not self.holding:
+            return super().write_soon(data)
+        if not self.connected:
+            raise ClientDisconnected
+        with self.outbuf_lock:  # as waitress appends, without its send (a new buffer per answer)
+            if self.current_outbuf_count >= self.adj.outbuf_high_watermark:
+                self.outbufs.append(OverflowableBuffer(self.adj.outbuf_overflow))  # type: ignore[attr-defined]  # a list
+                self.current_outbuf_count = 0
+            self.outbufs[-1].append(data)
+            self.current_outbuf_count += len(data)
+            self.total_outbufs_len += len(data)
+        return len(data)
 
     def del_channel(self, map=None) -> None:  # noqa: A002 - waitress's name
         """Every way a connection closes ends here (wasyncore's close)."""
