@@ -18,6 +18,7 @@ from waitress.utilities import RequestEntityTooLarge
 from ..config import Config
 from ..done import Done
 from ..errors import ConfigError
+from .loop import ChannelLoop
 from .threads import BoundedDispatcher, step_aside
 
 # On every answer, the app's and waitress's own: no MIME sniffing, no framing, no referrer to
@@ -113,12 +114,23 @@ class MistrydChannel(HTTPChannel):
     def __init__(self, *args, **kwargs) -> None:
         self.closed = Done()  # set on waitress's I/O thread: listeners must be quick
         super().__init__(*args, **kwargs)
+        self._loop: ChannelLoop = self.server.channel_loop  # type: ignore[attr-defined]  # ours
+        self._touch()
+
+    def _touch(self) -> None:
+        self._loop.touch(self._fileno)  # type: ignore[attr-defined]  # wasyncore's, not in the stubs
+
+    def service(self) -> None:
+        super().service()
+        self._touch()  # a request ended: what the connection waits for changed
 
     holding = False  # MistrydTask.write: append without sending
 
     def write_soon(self, data) -> int:
         if not self.holding:
-            return super().write_soon(data)
+            written = super().write_soon(data)
+            self._touch()  # more to send, or sent: the I/O loop looks again
+            return written
         if not self.connected:
             raise ClientDisconnected
         with self.outbuf_lock:  # as waitress appends, without its send (a new buffer per answer)
@@ -128,10 +140,12 @@ class MistrydChannel(HTTPChannel):
             self.outbufs[-1].append(data)
             self.current_outbuf_count += len(data)
             self.total_outbufs_len += len(data)
+        self._touch()
         return len(data)
 
     def del_channel(self, map=None) -> None:  # noqa: A002 - waitress's name
         """Every way a connection closes ends here (wasyncore's close)."""
+        self._loop.forget(self._fileno)  # type: ignore[attr-defined]
         super().del_channel(map)
         self.closed.set()
 
@@ -209,6 +223,8 @@ def make_http_server(app: Flask, config: Config, port: int | None = None,
         http.close()
         raise RuntimeError(f"waitress listens on {http.effective_listen}, not on one address")
     http.channel_class = MistrydChannel
+    http.channel_loop = ChannelLoop(lambda obj: isinstance(obj, MistrydChannel))  # type: ignore[attr-defined]
+    http.asyncore = http.channel_loop  # type: ignore[attr-defined]  # waitress's loop, on epoll
     http.task_dispatcher.set_thread_count(config.http_threads)  # waitress does for its own only
     return http
 
