@@ -46,9 +46,12 @@ class Tracker:
 def dispatcher():
     made = []
 
-    def make(limit, threads):
-        d = BoundedDispatcher(limit)
+    def make(limit, threads, stall=60):
+        d = BoundedDispatcher(limit, stall=stall)
         d.set_thread_count(threads)
+        deadline = time.monotonic() + 10
+        while d.active_count and time.monotonic() < deadline:  # every thread started and idle
+            time.sleep(0.01)
         made.append(d)
         return d
 
@@ -98,6 +101,23 @@ def test_a_request_that_steps_aside_lets_a_queued_one_run(dispatcher):
     assert tracker.now == 1
     release.set()
     assert all(r.done.wait(10) for r in later) and tracker.most == 1
+
+
+def test_requests_held_up_without_saying_so_let_queued_ones_start_after_the_stall(dispatcher):
+    d, tracker, release = dispatcher(2, 8, stall=0.2), Tracker(), threading.Event()
+    stuck = [Request(tracker, lambda: release.wait(10)) for _ in range(2)]  # say nothing
+    for r in stuck:
+        d.add_task(r)
+    time.sleep(0.05)
+    quick = [Request(tracker) for _ in range(5)]
+    started = time.monotonic()
+    for r in quick:
+        d.add_task(r)
+    assert all(r.done.wait(5) for r in quick)
+    assert time.monotonic() - started >= 0.1  # not before the stall: the bound held until then
+    assert not any(r.done.is_set() for r in stuck)
+    release.set()
+    assert all(r.done.wait(5) for r in stuck) and d.running == 0
 
 
 def test_one_after_another_requests_stay_on_the_thread_that_ran_last(dispatcher):
