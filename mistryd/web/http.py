@@ -106,10 +106,14 @@ class MistrydChannel(HTTPChannel):
       page cache, where waitress would read it into Python in pieces of the socket buffer's size
       on its one I/O thread;
     - a request that waits (for a build, a log line) hears of its client hanging up when it
-      happens (WHEN_CLIENT_GONE), instead of asking every so often."""
+      happens (WHEN_CLIENT_GONE), instead of asking every so often;
+    - a short answer written whole is held for the I/O thread (`holding`, MistrydTask.write);
+    - the I/O loop (web/loop.py) is told when a request thread changed what the connection
+      waits for (`_touch`)."""
 
     task_class = MistrydTask
     error_task_class = JsonErrorTask
+    holding = False  # MistrydTask.write: append without sending
 
     def __init__(self, *args, **kwargs) -> None:
         self.closed = Done()  # set on waitress's I/O thread: listeners must be quick
@@ -123,8 +127,6 @@ class MistrydChannel(HTTPChannel):
     def service(self) -> None:
         super().service()
         self._touch()  # a request ended: what the connection waits for changed
-
-    holding = False  # MistrydTask.write: append without sending
 
     def write_soon(self, data) -> int:
         if not self.holding:
