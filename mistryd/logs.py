@@ -132,7 +132,6 @@ class LiveLog:
         self._marks: BinaryIO | None = None
         self.marks_identity: tuple[int, int] | None = None
         self._looker = False  # a follower is looking at the file for the others (follow_file)
-        self._wakes = 0  # how often `wake` was called: a waiter returns when it changes
 
     def open(self, path: Path) -> None:
         with self._cond:
@@ -219,20 +218,17 @@ class LiveLog:
             self.size = st.st_size
 
     def wake(self) -> None:
-        """End every follower's wait now (a reader has hung up: its follower is to notice)."""
+        """Have every waiting follower look again now (a reader has hung up: its `gone` says so)."""
         with self._cond:
-            self._wakes += 1
             self._cond.notify_all()
 
-    def wait(self, seen_size: int, timeout: float) -> None:
-        """Block until the log grows past `seen_size`, it finishes, `wake` is called, or
-        `timeout` passes."""
-        wakes = self._wakes
-
+    def wait(self, seen_size: int, timeout: float, gone: Callable[[], bool] | None = None) -> None:
+        """Block until the log grows past `seen_size`, it finishes, `gone()` says the reader has
+        hung up (asked on entry and whenever `wake` is called), or `timeout` passes."""
         def more() -> bool:
             self._look()
             return (self.finished or (self.path is not None and self.size > seen_size)
-                    or self._wakes != wakes)
+                    or (gone is not None and gone()))
 
         with self._cond:
             if self._locate is None:
@@ -289,8 +285,8 @@ def follow(live: LiveLog | None, path: Path | None, offset: int, heartbeat: floa
     returns only once the log has finished, after its last line.
     The file is opened once and read through that descriptor, so the rename of the build folder
     from pending/ to ready/ at the finish does not disturb a follower. `gone()` says the reader
-    has hung up, asked whenever a wait ends: whoever notices the hang-up calls `live.wake()`, and
-this returns then instead of at the next keep-alive."""
+    has hung up, asked whenever the follower waits: whoever notices the hang-up calls
+    `live.wake()`, and this returns then instead of at the next keep-alive."""
     f: BinaryIO | None = None
     try:
         while True:
@@ -317,7 +313,7 @@ this returns then instead of at the next keep-alive."""
                 return
             assert live is not None
             seen = max(seen, offset)
-            live.wait(seen, timeout=heartbeat)
+            live.wait(seen, timeout=heartbeat, gone=gone)
             if gone is not None and gone():
                 return
             if not live.finished and (live.path is None or live.size <= seen):

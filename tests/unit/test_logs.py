@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,10 +250,10 @@ class CountingLog(LiveLog):
 
     waits = 0
 
-    def wait(self, seen_size: int, timeout: float) -> None:
+    def wait(self, seen_size: int, timeout: float, gone=None) -> None:
         self.waits += 1
         assert self.waits <= 3, "the follower waits again and again with nothing new"
-        super().wait(seen_size, timeout)
+        super().wait(seen_size, timeout, gone)
 
 
 def test_a_partial_last_line_does_not_make_the_follower_spin(tmp_path):
@@ -286,22 +285,28 @@ def test_a_follower_whose_reader_hung_up_returns_when_woken_not_at_the_heartbeat
     live = LiveLog()
     live.open(tmp_path / "out.log")
     hung_up = threading.Event()
+    asked = threading.Event()
     ended: list[str] = []
+
+    def leaving_gone() -> bool:
+        asked.set()
+        return hung_up.is_set()
 
     def reader(name: str, gone) -> None:
         for _ in follow(live, None, 0, heartbeat=600, gone=gone):
             pass
         ended.append(name)
 
-    leaving = threading.Thread(target=reader, args=("leaving", hung_up.is_set))
+    leaving = threading.Thread(target=reader, args=("leaving", leaving_gone))
     staying = threading.Thread(target=reader, args=("staying", lambda: False))
     leaving.start()
     staying.start()
-    time.sleep(0.2)  # both wait for lines
-    hung_up.set()
+    assert asked.wait(30)  # the leaving follower looked, under the log's lock, and found no reason
+    with live._cond:  # held once that follower waits (its wait let go of the lock)
+        hung_up.set()
     live.wake()
-    leaving.join(5)
+    leaving.join(30)
     assert ended == ["leaving"] and staying.is_alive()
     live.finish()
-    staying.join(5)
+    staying.join(30)
     assert ended == ["leaving", "staying"]

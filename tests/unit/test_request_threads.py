@@ -36,6 +36,14 @@ class Request:
         self.cancelled = True
 
 
+def until(condition, timeout: float = 30) -> None:
+    """Wait for a state (never for a duration): fail if it does not come within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the state never came"
+        time.sleep(0.01)
+
+
 class Tracker:
     def __init__(self):
         self.lock = threading.Lock()
@@ -49,9 +57,7 @@ def dispatcher():
     def make(limit, threads, stall=60):
         d = BoundedDispatcher(limit, stall=stall)
         d.set_thread_count(threads)
-        deadline = time.monotonic() + 10
-        while d.active_count and time.monotonic() < deadline:  # every thread started and idle
-            time.sleep(0.01)
+        until(lambda: d.active_count == 0)  # every thread started and idle
         made.append(d)
         return d
 
@@ -63,11 +69,11 @@ def dispatcher():
 
 def test_no_more_than_the_limit_run_at_once_and_the_rest_wait_their_turn(dispatcher):
     d, tracker, release = dispatcher(3, 16), Tracker(), threading.Event()
-    requests = [Request(tracker, lambda: release.wait(10)) for _ in range(10)]
+    requests = [Request(tracker, lambda: release.wait(60)) for _ in range(10)]
     for r in requests:
         d.add_task(r)
-    time.sleep(0.3)
-    assert tracker.now == 3 and len(d.queue) == 7
+    until(lambda: tracker.now == 3)
+    assert len(d.queue) == 7
     release.set()
     for r in requests:
         assert r.done.wait(10)
@@ -93,31 +99,31 @@ def test_a_request_that_steps_aside_lets_a_queued_one_run(dispatcher):
     assert d.running == 0
     # the bound holds again afterwards: one at a time
     release = threading.Event()
-    later = [Request(tracker, lambda: release.wait(10)) for _ in range(3)]
+    later = [Request(tracker, lambda: release.wait(60)) for _ in range(3)]
     tracker.most = 0
     for r in later:
         d.add_task(r)
-    time.sleep(0.3)
-    assert tracker.now == 1
+    until(lambda: tracker.now == 1)
+    assert len(d.queue) == 2
     release.set()
     assert all(r.done.wait(10) for r in later) and tracker.most == 1
 
 
 def test_requests_held_up_without_saying_so_let_queued_ones_start_after_the_stall(dispatcher):
     d, tracker, release = dispatcher(2, 8, stall=0.2), Tracker(), threading.Event()
-    stuck = [Request(tracker, lambda: release.wait(10)) for _ in range(2)]  # say nothing
+    stuck = [Request(tracker, lambda: release.wait(60)) for _ in range(2)]  # say nothing
     for r in stuck:
         d.add_task(r)
-    time.sleep(0.05)
+    until(lambda: tracker.now == 2)
     quick = [Request(tracker) for _ in range(5)]
     started = time.monotonic()
     for r in quick:
         d.add_task(r)
-    assert all(r.done.wait(5) for r in quick)
+    assert all(r.done.wait(30) for r in quick)
     assert time.monotonic() - started >= 0.1  # not before the stall: the bound held until then
     assert not any(r.done.is_set() for r in stuck)
     release.set()
-    assert all(r.done.wait(5) for r in stuck) and d.running == 0
+    assert all(r.done.wait(30) for r in stuck) and d.running == 0
 
 
 def test_one_after_another_requests_stay_on_the_thread_that_ran_last(dispatcher):
@@ -128,7 +134,7 @@ def test_one_after_another_requests_stay_on_the_thread_that_ran_last(dispatcher)
         d.add_task(r)
         assert r.done.wait(10)
         threads.add(r.thread)
-        time.sleep(0.01)  # the thread is idle again before the next request comes
+        until(lambda: d.active_count == 0)  # the thread is idle again before the next request
     assert len(threads) == 1, threads
 
 
@@ -140,11 +146,11 @@ def test_step_aside_outside_a_request_thread_does_nothing(dispatcher):
 
 def test_shutdown_ends_every_thread_and_cancels_what_waits(dispatcher):
     d, tracker, release = dispatcher(1, 8), Tracker(), threading.Event()
-    busy = Request(tracker, lambda: release.wait(10))
+    busy = Request(tracker, lambda: release.wait(60))
     queued = Request(tracker)
     d.add_task(busy)
     d.add_task(queued)
-    time.sleep(0.2)
+    until(lambda: tracker.now == 1)
     stopper = threading.Thread(target=d.shutdown, kwargs={"cancel_pending": True, "timeout": 5})
     stopper.start()
     time.sleep(0.2)
@@ -157,10 +163,7 @@ def test_shutdown_ends_every_thread_and_cancels_what_waits(dispatcher):
 def test_fewer_threads_stop_idle_ones_and_the_rest_keep_serving(dispatcher):
     d, tracker = dispatcher(2, 8), Tracker()
     d.set_thread_count(2)
-    deadline = time.monotonic() + 10
-    while len(d.threads) > 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(d.threads) == 2
+    until(lambda: len(d.threads) == 2)
     requests = [Request(tracker) for _ in range(5)]
     for r in requests:
         d.add_task(r)
