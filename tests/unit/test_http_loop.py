@@ -8,6 +8,7 @@ import time
 
 import pytest
 from flask import Flask, Response, request
+from support import wait_for
 
 from mistryd.config import from_dict
 from mistryd.web.http import WHEN_CLIENT_GONE, make_http_server, stop_http_server
@@ -80,17 +81,11 @@ def test_answers_with_hundreds_of_idle_connections_open_and_closed(served):
         keep = socket.create_connection(("127.0.0.1", port), timeout=10)
         for _ in range(50):  # one kept-alive connection, answered again and again
             assert ask(port, "/hit", keep) == b'HTTP/1.1 200 OK\n{"cached":true}\n'
-        deadline = time.monotonic() + 30
-        while len(http._map) < 303 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(http._map) >= 303  # 301 connections, the listener, the trigger
+        wait_for(lambda: len(http._map) >= 303, interval=0.05)  # 301 connections, listener, trigger
     finally:
         for s in idle:
             s.close()
-    deadline = time.monotonic() + 30
-    while len(http._map) > 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(http._map) == 3  # every closed connection left the loop
+    wait_for(lambda: len(http._map) == 3, interval=0.05)  # every closed connection left the loop
     assert ask(port, "/hit", keep).endswith(b'{"cached":true}\n')
     keep.close()
 
@@ -130,3 +125,20 @@ def test_a_waiting_request_hears_at_once_that_its_client_hung_up(served):
     assert not gone.is_set()
     s.close()
     assert gone.wait(30)
+
+
+def test_a_client_that_pipelines_requests_and_leaves_unread_harms_nobody(served):
+    """Hostile: 200 requests sent in one go, nothing read, the connection reset; and half a
+    request left hanging. The server answers others and lets go of both connections."""
+    http, _, _ = served
+    port = http.effective_port
+    rude = socket.create_connection(("127.0.0.1", port))
+    rude.sendall(b"GET /hit HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 200)
+    half = socket.create_connection(("127.0.0.1", port))
+    half.sendall(b"GET /hit HTTP/1.1\r\nHost: 127.0")
+    rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    rude.close()  # a reset, with answers unsent
+    assert ask(port, "/hit").endswith(b'{"cached":true}\n')
+    half.close()
+    wait_for(lambda: len(http._map) == 2, interval=0.05)  # the listener, the trigger: both gone
+    assert ask(port, "/hit").endswith(b'{"cached":true}\n')

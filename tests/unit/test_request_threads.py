@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from support import wait_for
 
 from mistryd.web.threads import BoundedDispatcher, step_aside
 
@@ -36,14 +37,6 @@ class Request:
         self.cancelled = True
 
 
-def until(condition, timeout: float = 30) -> None:
-    """Wait for a state (never for a duration): fail if it does not come within `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the state never came"
-        time.sleep(0.01)
-
-
 class Tracker:
     def __init__(self):
         self.lock = threading.Lock()
@@ -57,7 +50,7 @@ def dispatcher():
     def make(limit, threads, stall=60):
         d = BoundedDispatcher(limit, stall=stall)
         d.set_thread_count(threads)
-        until(lambda: d.active_count == 0)  # every thread started and idle
+        wait_for(lambda: d.active_count == 0, interval=0.01)  # every thread started and idle
         made.append(d)
         return d
 
@@ -72,7 +65,7 @@ def test_no_more_than_the_limit_run_at_once_and_the_rest_wait_their_turn(dispatc
     requests = [Request(tracker, lambda: release.wait(60)) for _ in range(10)]
     for r in requests:
         d.add_task(r)
-    until(lambda: tracker.now == 3)
+    wait_for(lambda: tracker.now == 3, interval=0.01)
     assert len(d.queue) == 7
     release.set()
     for r in requests:
@@ -103,7 +96,7 @@ def test_a_request_that_steps_aside_lets_a_queued_one_run(dispatcher):
     tracker.most = 0
     for r in later:
         d.add_task(r)
-    until(lambda: tracker.now == 1)
+    wait_for(lambda: tracker.now == 1, interval=0.01)
     assert len(d.queue) == 2
     release.set()
     assert all(r.done.wait(10) for r in later) and tracker.most == 1
@@ -114,7 +107,7 @@ def test_requests_held_up_without_saying_so_let_queued_ones_start_after_the_stal
     stuck = [Request(tracker, lambda: release.wait(60)) for _ in range(2)]  # say nothing
     for r in stuck:
         d.add_task(r)
-    until(lambda: tracker.now == 2)
+    wait_for(lambda: tracker.now == 2, interval=0.01)
     quick = [Request(tracker) for _ in range(5)]
     started = time.monotonic()
     for r in quick:
@@ -134,7 +127,7 @@ def test_one_after_another_requests_stay_on_the_thread_that_ran_last(dispatcher)
         d.add_task(r)
         assert r.done.wait(10)
         threads.add(r.thread)
-        until(lambda: d.active_count == 0)  # the thread is idle again before the next request
+        wait_for(lambda: d.active_count == 0, interval=0.01)  # idle again before the next
     assert len(threads) == 1, threads
 
 
@@ -150,7 +143,7 @@ def test_shutdown_ends_every_thread_and_cancels_what_waits(dispatcher):
     queued = Request(tracker)
     d.add_task(busy)
     d.add_task(queued)
-    until(lambda: tracker.now == 1)
+    wait_for(lambda: tracker.now == 1, interval=0.01)
     stopper = threading.Thread(target=d.shutdown, kwargs={"cancel_pending": True, "timeout": 5})
     stopper.start()
     time.sleep(0.2)
@@ -163,7 +156,7 @@ def test_shutdown_ends_every_thread_and_cancels_what_waits(dispatcher):
 def test_fewer_threads_stop_idle_ones_and_the_rest_keep_serving(dispatcher):
     d, tracker = dispatcher(2, 8), Tracker()
     d.set_thread_count(2)
-    until(lambda: len(d.threads) == 2)
+    wait_for(lambda: len(d.threads) == 2, interval=0.01)
     requests = [Request(tracker) for _ in range(5)]
     for r in requests:
         d.add_task(r)
