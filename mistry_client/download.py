@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20
 RETRIES = 3
 BUSY_RETRIES = 15  # a 503 on a stream is waited out (Retry-After) this often, then files one by one
-WHOLE = 16 << 20  # a streamed file up to this size is taken in the pieces it came in, at once
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -135,7 +134,7 @@ class Download:
         i = pending[0]
         url = f"artifacts/{self.project}/{self.build_id}.tar?start={i}&stop={stop}"
         with self.client.request("GET", url) as r:
-            reader = TarReader(r.iter_content(CHUNK))
+            reader = TarReader(r.reused_pieces(CHUNK))
             while pending:
                 member = reader.next_member()
                 entry = entries[i] if i < len(entries) else None
@@ -152,9 +151,7 @@ class Download:
                                             f"{entry['size']}; the target was left untouched")
                     if i == pending[0]:
                         self.partial = sink = self._sink(entry)
-                        pieces = reader.pieces(member.size) if member.size <= WHOLE \
-                            else reader.body(member.size)
-                        for piece in pieces:
+                        for piece in reader.body(member.size):
                             sink.write(piece)
                             self.bar.update(len(piece))
                         self.partial = None
@@ -186,7 +183,7 @@ class Download:
                         if sink.written and r.status_code != 206:  # no resume: start over
                             self.bar.update(-sink.written)
                             sink.restart()
-                        for chunk in r.iter_content(CHUNK):
+                        for chunk in r.reused_pieces(CHUNK):
                             sink.write(chunk)
                             self.bar.update(len(chunk))
                     break

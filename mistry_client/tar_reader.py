@@ -8,7 +8,7 @@ wrong is a corrupt stream (TransferError); a stream that ends before its end blo
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .errors import TransferError
@@ -35,11 +35,12 @@ class Member:
 
 class TarReader:
     """Pieces of the stream are handed out as memoryviews of the chunks they arrived in (no
-    copy); a header that straddles two chunks is joined."""
+    copy); a header that straddles two chunks is joined. A chunk's memory may be used again for
+    the next one (Response.reused_pieces)."""
 
-    def __init__(self, chunks: Iterator[bytes]):
+    def __init__(self, chunks: Iterator[bytes | memoryview]):
         self._chunks = chunks
-        self._chunk: bytes = b""
+        self._chunk: bytes | memoryview = b""
         self._pos = 0
 
     def next_member(self) -> Member | None:
@@ -78,23 +79,21 @@ class TarReader:
         pos, chunk = self._pos, self._chunk
         if len(chunk) - pos >= BLOCK:
             self._pos = pos + BLOCK
-            return chunk[pos:pos + BLOCK]
+            return bytes(chunk[pos:pos + BLOCK])
         return bytes(self.read(BLOCK))
 
-    def pieces(self, size: int) -> list[memoryview]:
-        """The member's `size` bytes as a list of pieces, then past its padding."""
+    def body(self, size: int) -> Iterable[memoryview]:
+        """The member's `size` bytes in pieces as they arrive, then past its padding. A piece
+        may share its memory with the next chunk read (Response.reused_pieces): use each
+        before asking for the next."""
         pos, chunk = self._pos, self._chunk
         padded = _padded(size)
         if len(chunk) - pos >= padded:  # the common case: the whole body is in this chunk
             self._pos = pos + padded
-            return [memoryview(chunk)[pos:pos + size]]
-        found = list(self._pieces_of(size))
-        if size % BLOCK:
-            self.read(BLOCK - size % BLOCK)
-        return found
+            return (memoryview(chunk)[pos:pos + size],)
+        return self._body(size)
 
-    def body(self, size: int) -> Iterator[memoryview]:
-        """The member's `size` bytes, in pieces as they arrive, then past its padding."""
+    def _body(self, size: int) -> Iterator[memoryview]:
         yield from self._pieces_of(size)
         if size % BLOCK:
             self.read(BLOCK - size % BLOCK)

@@ -75,9 +75,20 @@ class Response:
         whatever has arrived (a live stream). WireError when the connection breaks."""
         read = self.raw.read1 if chunk_size is None else self.raw.read
         size = -1 if chunk_size is None else chunk_size
+        return self._pieces(lambda: read(size))
+
+    def reused_pieces(self, size: int) -> Iterator[memoryview]:
+        """The body in pieces of up to `size` bytes, all read into one buffer: a piece is valid
+        only until the next is asked for. For bodies of hundreds of MiB, where a new piece for
+        every read (iter_content) costs an allocation and its page faults each time, about as
+        much as the read itself. WireError when the connection breaks."""
+        view = memoryview(bytearray(size))
+        return self._pieces(lambda: view[:self.raw.readinto(view)])
+
+    def _pieces(self, read: Callable[[], bytes | memoryview]) -> Iterator[Any]:
         while True:
             try:
-                piece = read(size)
+                piece = read()
             except (OSError, http.client.HTTPException, ValueError) as e:
                 # ValueError: a socket shut by `shutdown` (the deadline) under a buffered read
                 self._drop()

@@ -24,14 +24,22 @@ ENTRIES = [
     {"path": LONG, "type": "file", "mode": 0o600, "mtime": 2, "size": 3},
     {"path": LONGER, "type": "file", "mode": 0o600, "mtime": 3, "size": 1},
     {"path": "caf\u00e9.txt", "type": "file", "mode": 0o644, "mtime": 4, "size": 2},
+    {"path": "spans-chunks.bin", "type": "file", "mode": 0o644, "mtime": 5, "size": 3000},
 ]
+
+
+def _content(entry: dict) -> bytes:
+    """A file's bytes, different in every file (a piece read into memory used again later
+    would show)."""
+    size = entry.get("size", 0)
+    return bytes((i * 7 + len(entry["path"])) % 251 for i in range(size))
 
 
 def _server_tar() -> bytes:
     out = bytearray()
     for entry in ENTRIES:
         size = entry.get("size", 0)
-        out += _tar_header(entry, size) + b"z" * size
+        out += _tar_header(entry, size) + _content(entry)
         out += bytes(-size % BLOCK)
     return bytes(out + bytes(2 * BLOCK))
 
@@ -45,11 +53,21 @@ def test_headers_written_by_hand_read_back_with_tarfile():
             assert m.type == {"dir": tarfile.DIRTYPE, "file": tarfile.REGTYPE,
                               "symlink": tarfile.SYMTYPE}[e["type"]]
         assert members[3].linkname == "../x/y"
-        assert tar.extractfile("dir/file.txt").read() == b"zzzzz"
+        assert tar.extractfile("dir/file.txt").read() == _content(ENTRIES[1])
+
+
+def _one_buffer(data: bytes, chunk: int):
+    """The chunks as the client reads them (Response.reused_pieces): each into the same memory,
+    overwriting the one before."""
+    buffer = memoryview(bytearray(chunk))
+    for i in range(0, len(data), chunk):
+        piece = data[i:i + chunk]
+        buffer[:len(piece)] = piece
+        yield buffer[:len(piece)]
 
 
 def _read_all(data: bytes, chunk: int) -> list[tuple[str, str, bytes, str]]:
-    reader = TarReader(iter([data[i:i + chunk] for i in range(0, len(data), chunk)]))
+    reader = TarReader(_one_buffer(data, chunk))
     found = []
     while (m := reader.next_member()) is not None:
         found.append((m.path, m.type, b"".join(bytes(p) for p in reader.body(m.size)), m.target))
@@ -58,7 +76,7 @@ def _read_all(data: bytes, chunk: int) -> list[tuple[str, str, bytes, str]]:
 
 @pytest.mark.parametrize("chunk", [1, 7, 512, 1 << 20])
 def test_the_reader_reads_our_tar_and_tarfiles_pax_tar_in_any_chunking(chunk):
-    expected = [(e["path"], e["type"], b"z" * e.get("size", 0), e.get("target", ""))
+    expected = [(e["path"], e["type"], _content(e), e.get("target", ""))
                 for e in ENTRIES]
     assert _read_all(_server_tar(), chunk) == expected
 
