@@ -9,6 +9,12 @@ real path. A file whose inode, size, mtime and ctime are all still as recorded h
 to, renamed over or chmod-ed since (ctime cannot be set back from user space), so its recorded
 sha256 stands. Any other file of the right size is hashed. The state file is a cache: when it is
 missing, unreadable or stale, files are hashed, never trusted.
+
+The state also keeps the manifest's ETag and every link's signature and directory's mode. When
+the server says the manifest is still that one (a 304 to If-None-Match) and every entry is as
+recorded (State.unchanged: one lstat each), the target already holds the build: neither the
+manifest nor any file is fetched. The file's first line (version, target, ETag, mode mask) is
+all that pruning reads.
 """
 
 from __future__ import annotations
@@ -18,42 +24,96 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterable
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 HASH_CHUNK = 1 << 20
+PRUNE_EVERY = 24 * 3600  # seconds: how often the state folder is looked through
+KEEP_FOR = 30 * 24 * 3600  # seconds: a state not written for this long goes (and any whose
+# target is gone)
+
+
+def state_folder() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "mistry" / "targets"
 
 
 def state_file(target: Path) -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     key = hashlib.sha256(os.fsencode(os.path.realpath(target))).hexdigest()[:32]
-    return Path(cache) / "mistry" / "targets" / f"{key}.json"
+    return state_folder() / f"{key}.json"
 
 
-def _load(target: Path) -> dict[str, list]:
+@dataclass
+class State:
+    """What the last fetch into a target left there: the manifest's ETag (None: not every entry
+    could be recorded), the mode mask it was fetched with, and per entry what `lstat` found."""
+
+    manifest: str | None
+    mode_mask: int
+    files: dict[str, list]  # path -> [sha256, *signature]
+    dirs: dict[str, int]  # path -> permission bits
+    links: dict[str, list[int]]  # path -> signature
+
+    def unchanged(self, target: Path) -> bool:
+        """Every entry still as the last fetch left it: the same file (signature), link
+        (signature) and directory (a directory with these permission bits)."""
+        root = os.fspath(target)
+        lstat = os.lstat
+        try:
+            for path, recorded in self.files.items():
+                st = lstat(f"{root}/{path}")
+                if [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] \
+                        != recorded[1:]:
+                    return False
+            for path, sig in self.links.items():
+                if signature(lstat(f"{root}/{path}")) != sig:
+                    return False
+            for path, mode in self.dirs.items():
+                st = lstat(f"{root}/{path}")
+                if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
+                    return False
+        except OSError:
+            return False
+        return True
+
+
+def load(target: Path) -> State | None:
+    """The state of the last fetch into `target`; None when there is none (or it is unreadable,
+    of another version, or of another folder)."""
     try:
         with open(state_file(target), "rb") as f:
-            state = json.load(f)
+            head = json.loads(f.readline())
+            body = json.loads(f.read())
     except (OSError, ValueError):
-        return {}
-    ok = isinstance(state, dict) and state.get("v") == STATE_VERSION \
-        and state.get("target") == os.path.realpath(target) and isinstance(state.get("files"), dict)
-    return state["files"] if ok else {}
+        return None
+    try:
+        if head["v"] != STATE_VERSION or head["target"] != os.path.realpath(target):
+            return None
+        return State(head["manifest"], head["mask"], body["files"], body["dirs"], body["links"])
+    except (KeyError, TypeError):
+        return None
+
+
+def used(target: Path) -> None:
+    """The state served a fetch without being written again: it is not stale (see prune)."""
+    with contextlib.suppress(OSError):
+        os.utime(state_file(target))
 
 
 def signature(st: os.stat_result) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def already_there(target: Path, entries: list[dict], mode_mask: int) -> tuple[set[int], bool]:
+def already_there(target: Path, entries: list[dict], mode_mask: int,
+                  state: State | None) -> tuple[set[int], bool]:
     """Indexes of the manifest entries the target holds as they are: files (see above), symlinks
     with the same target, real directories with the same mode; and whether the state file already
     vouched for every file found (else it is worth writing again)."""
     if not target.is_dir() or _empty(target):
         return set(), False  # nothing there (the usual first fetch)
-    recorded = _load(target)
-    checks = _Checks(recorded)
+    checks = _Checks(state.files if state is not None else {})
     root = os.fspath(target)
     not_real_dirs: set[str] = set()  # dirs the target lacks: nothing beneath them counts
     there: set[int] = set()
@@ -124,38 +184,80 @@ def _sha256_of(path: str) -> str | None:
     return digest.hexdigest()
 
 
-def record(target: Path, files: Iterable[dict], written: dict[str, list[int]],
-           moved: set[str]) -> None:
-    """Remember the sha256 and signature of the manifest's files as they now are in the target.
-    `written`: the signatures of the files just placed, taken in the staging folder; `moved`:
-    the paths renamed into the target (a rename changes the ctime of what it moves, not of what
-    lies beneath it), which are looked at again. Best effort: a cache that cannot be written
-    only makes the next re-fetch hash."""
+def record(target: Path, entries: list[dict], written: dict[str, list[int]], moved: set[str],
+           manifest: str | None, mode_mask: int) -> None:
+    """Remember the manifest's entries as they now are in the target: files with their sha256 and
+    signature, links with their signature, directories with their permission bits; and the
+    manifest's ETag, when every entry was found, so that the next fetch of the same manifest
+    only looks (State.unchanged). `written`: the signatures of the files just placed, taken in the
+    staging folder; `moved`: the paths renamed into the target (a rename changes the ctime of
+    what it moves, not of what lies beneath it), which are looked at again. Best effort: a cache
+    that cannot be written only makes the next re-fetch hash."""
     root = os.fspath(target)
-    seen: dict[str, list] = {}
-    for entry in files:
-        path = entry["path"]
-        known = None if path in moved else written.get(path)
+    files: dict[str, list] = {}
+    dirs: dict[str, int] = {}
+    links: dict[str, list[int]] = {}
+    whole = True
+    for entry in entries:
+        path, kind = entry["path"], entry["type"]
+        known = written.get(path) if kind == "file" and path not in moved else None
         if known is not None:
-            seen[path] = [entry["sha256"], *known]
+            files[path] = [entry["sha256"], *known]
             continue
         try:
             st = os.lstat(f"{root}/{path}")
         except OSError:
+            whole = False
             continue
-        if stat.S_ISREG(st.st_mode):
-            seen[path] = [entry["sha256"], *signature(st)]
-    path = state_file(target)
-    body = {"v": STATE_VERSION, "target": os.path.realpath(target), "files": seen}
+        if kind == "file" and stat.S_ISREG(st.st_mode):
+            files[path] = [entry["sha256"], *signature(st)]
+        elif kind == "symlink" and stat.S_ISLNK(st.st_mode):
+            links[path] = signature(st)
+        elif kind == "dir" and stat.S_ISDIR(st.st_mode):
+            dirs[path] = stat.S_IMODE(st.st_mode)
+        else:
+            whole = False
+    head = {"v": STATE_VERSION, "target": os.path.realpath(target),
+            "manifest": manifest if whole else None, "mask": mode_mask}
+    body = {"files": files, "dirs": dirs, "links": links}
+    folder = state_folder()
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = str(path.parent / f".state-{os.getpid()}-{os.urandom(4).hex()}")
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = str(folder / f".state-{os.getpid()}-{os.urandom(4).hex()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:  # dumps: json.dump would use the slow pure-Python encoder
+                f.write(json.dumps(head).encode() + b"\n")
                 f.write(json.dumps(body, separators=(",", ":")).encode())
-            os.replace(tmp, path)
+            os.replace(tmp, state_file(target))
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        prune(folder)
+
+
+def prune(folder: Path, now: float | None = None) -> None:
+    """At most once a day: remove the states of targets that are gone, and those not written for
+    KEEP_FOR (a CI job fetching into a new folder each time would otherwise leave one behind for
+    every fetch). Reads only each state's first line."""
+    now = time.time() if now is None else now
+    marker = folder / ".pruned"
+    with contextlib.suppress(OSError):
+        if now - marker.stat().st_mtime < PRUNE_EVERY:
+            return
+    marker.touch()
+    for state in folder.glob("*.json"):
+        with contextlib.suppress(OSError):
+            if now - state.stat().st_mtime > KEEP_FOR or not _target_exists(state):
+                state.unlink()
+
+
+def _target_exists(state: Path) -> bool:
+    with open(state, "rb") as f:
+        line = f.readline(1 << 16)
+    try:
+        target = json.loads(line)["target"]
+    except (ValueError, KeyError, TypeError):
+        return False  # another version's, or broken: of no use
+    return isinstance(target, str) and os.path.isdir(target)

@@ -38,13 +38,23 @@ class HttpTransport:
         self.mode_mask = 0o7777 if keep_special_bits else 0o777
 
     def fetch(self, info: dict, target: str | Path, clear_target: bool = False) -> Fetched:
-        from .target_state import already_there, record
+        from . import target_state
 
         project, build_id = info["Project"], info["ID"]
-        manifest = self.client.manifest(project, build_id)
-        entries = _checked_entries(manifest.get("entries"))
         target = Path(target)
-        there, state_current = already_there(target, entries, self.mode_mask)
+        state = target_state.load(target)
+        manifest, tag = None, None
+        if state is not None and state.manifest and state.mode_mask == self.mode_mask \
+                and not clear_target:  # (clearing would have to look for what is extra)
+            manifest, tag = self.client.manifest(project, build_id, unless=state.manifest)
+            if manifest is None and state.unchanged(target):  # the same manifest, all in place
+                target_state.used(target)
+                return Fetched(files=0, bytes=0, already=len(state.files))
+        if manifest is None:
+            manifest, tag = self.client.manifest(project, build_id)
+            assert manifest is not None
+        entries = _checked_entries(manifest.get("entries"))
+        there, state_current = target_state.already_there(target, entries, self.mode_mask, state)
         needed = [i for i in range(len(entries)) if i not in there]
         files = [i for i in needed if entries[i]["type"] == "file"]
         total = sum(entries[i]["size"] for i in files)
@@ -67,8 +77,8 @@ class HttpTransport:
                 os.chmod(f"{root}/{path}", modes.get(path, 0o755) & self.mode_mask)
             moved = staging.commit(clear_target,
                                    {e["path"] for e in entries} if clear_target else None)
-        if files or not state_current:
-            record(target, (e for e in entries if e["type"] == "file"), download.written, moved)
+        if files or not state_current or state is None or state.manifest != tag:
+            target_state.record(target, entries, download.written, moved, tag, self.mode_mask)
         held = sum(1 for i in there if entries[i]["type"] == "file")
         return Fetched(files=len(files), bytes=total, already=held)
 

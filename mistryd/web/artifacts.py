@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -320,17 +321,28 @@ def _manifest_entries(manifest: _Manifest, label: str) -> Iterator[dict]:
 
 @bp.get("/artifacts/<project>/<build_id>/")
 def get_manifest(project: str, build_id: str):
+    page = views.wants_page()
     with contextlib.ExitStack() as stack:
         build = _open_build(stack, project, build_id)
+        tag = _manifest_tag(build)
+        if not page and request.if_none_match.contains(tag):  # the client holds this one
+            return Response(status=304, headers={"ETag": f'"{tag}"'})
         manifest = _manifest_file(build, slot_held=False)
     # the open file stays readable after the lease is gone: a rebuild or GC cannot change it
     manifest.file.seek(manifest.start)
     response = Response(wrap_file(request.environ, manifest.file), mimetype="application/json",
                         direct_passthrough=True)
     response.content_length = manifest.end - manifest.start  # the file's last line is not sent
-    if views.wants_page():  # a browser: the same manifest as a page
+    if page:  # a browser: the same manifest as a page
         return views.manifest_page(project, build_id, response)
+    response.set_etag(tag)
     return response
+
+
+def _manifest_tag(build: _Build) -> str:
+    """The manifest's ETag. Its stamp (the build's ID and start, the manifest format's version
+    and limits) names one manifest for good: a build rebuilt under the same ID starts anew."""
+    return hashlib.sha256(_json(_stamp(build))).hexdigest()[:32]
 
 
 # --- one file -----------------------------------------------------------------------------------

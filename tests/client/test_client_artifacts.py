@@ -46,6 +46,11 @@ def test_manifest_files_ranges_and_tar(start_server, tmp_path):
     assert entries["escaping-link"] == {**entries["escaping-link"], "type": "symlink",
                                         "target": "../../build_info.json"}
     assert (root.parent.parent / MANIFEST_FILE).is_file()  # cached beside build_info.json
+    tag = requests.get(f"{base}/", timeout=30).headers["ETag"]
+    same = requests.get(f"{base}/", headers={"If-None-Match": tag}, timeout=30)
+    assert (same.status_code, same.content, same.headers["ETag"]) == (304, b"", tag)
+    other = requests.get(f"{base}/", headers={"If-None-Match": '"another"'}, timeout=30)
+    assert other.status_code == 200 and other.json() == manifest
 
     r = requests.get(f"{base}/a/b/deep.txt", timeout=30)
     assert r.status_code == 200 and r.content == b"deep\n"
@@ -169,3 +174,18 @@ def test_a_manifest_cache_of_another_build_is_not_reused(start_server):
     r = requests.get(f"{server.url}/artifacts/hello/{info['ID']}/", timeout=30)
     assert [e["path"] for e in r.json()["entries"]] == ["out.txt"]
     assert json.loads(cache.read_text())["stamp"]["StartedAt"] == info["StartedAt"]
+
+
+def test_a_rebuilt_build_has_another_manifest_tag(start_server):
+    """A build made again under the same ID (after GC, say) may have other artifacts: the tag a
+    client kept no longer matches, and the whole manifest comes."""
+    server = start_server(projects=("hello",))
+    info = server.build("hello")
+    url = f"{server.url}/artifacts/hello/{info['ID']}/"
+    tag = requests.get(url, timeout=30).headers["ETag"]
+    build_info = server.build_path / "hello" / "ready" / info["ID"] / "build_info.json"
+    rebuilt = {**json.loads(build_info.read_text()), "StartedAt": "2031-01-01T00:00:00Z"}
+    build_info.write_text(json.dumps(rebuilt))
+    r = requests.get(url, headers={"If-None-Match": tag}, timeout=30)
+    assert r.status_code == 200 and [e["path"] for e in r.json()["entries"]] == ["out.txt"]
+    assert r.headers["ETag"] != tag

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import threading
+import time
 import urllib.parse
 import urllib.request
 
@@ -171,12 +172,63 @@ def test_a_refetch_moves_only_what_changed(many, tmp_path):
     assert inodes_of(target) == {p: i for p, i in after.items() if p != "mine.txt"}
 
 
+def test_a_refetch_into_an_unchanged_target_only_asks_whether_the_manifest_changed(many,
+                                                                                 tmp_path):
+    target = tmp_path / "out"
+    assert many(target).returncode == 0
+    before = inodes_of(target)
+    recorder = RecordingProxy(port_of(many.server.url))
+    try:
+        r = many(target, recorder.port)
+        assert r.returncode == 0, r.stderr
+        assert [line.split("?")[0] for line in recorder.request_lines()] == [
+            "POST /jobs", f"GET /artifacts/{PROJECT}/{many.build_id}/"]
+        assert b"If-None-Match" in recorder.sent
+        assert inodes_of(target) == before and exact_tree_of(target) == exact_tree_of(many.artifacts)
+
+        # a directory's mode changed: the target is looked at as a whole again, and mended
+        os.chmod(target / "pkg1", 0o700)
+        recorder.sent.clear()
+        r = many(target, recorder.port)
+        assert r.returncode == 0, r.stderr
+        manifest_gets = [line for line in recorder.request_lines() if line.endswith("/")]
+        assert len(manifest_gets) == 2  # answered 304, then the whole manifest
+        assert _tars(recorder) == [] and _file_gets(recorder) == []
+        assert exact_tree_of(target) == exact_tree_of(many.artifacts)
+    finally:
+        recorder.close()
+
+
+def test_states_of_targets_that_are_gone_are_pruned(tmp_path, monkeypatch):
+    from mistry_client import target_state
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    kept, gone = tmp_path / "kept", tmp_path / "gone"
+    for target in (kept, gone):
+        target.mkdir()
+        (target / "f").write_text("x")
+        target_state.record(target, [{"path": "f", "type": "file", "sha256": "0"}], {}, set(),
+                            '"tag"', 0o777)
+    folder = target_state.state_folder()
+    old = folder / "0123456789abcdef0123456789abcdef.json"  # a version-1 state: one long line
+    old.write_text(json.dumps({"v": 1, "target": str(kept), "files": {"x": ["0"] * 6}}) * 3000)
+    (gone / "f").unlink()
+    gone.rmdir()
+    target_state.prune(folder)  # pruned just now (when the states were written): nothing goes
+    assert len(list(folder.glob("*.json"))) == 3
+    target_state.prune(folder, now=time.time() + target_state.PRUNE_EVERY + 1)
+    assert list(folder.glob("*.json")) == [target_state.state_file(kept)]
+    assert target_state.load(kept).manifest == '"tag"'
+    target_state.prune(folder, now=time.time() + target_state.KEEP_FOR + 2 * target_state.PRUNE_EVERY)
+    assert list(folder.glob("*.json")) == []
+
+
 def test_a_refetch_without_the_state_file_checks_by_content(many, tmp_path):
     target = tmp_path / "out"
     assert many(target).returncode == 0
     before = inodes_of(target)
     for state in (tmp_path / "cache").rglob("*.json"):
-        state.write_text(json.dumps({"v": 1, "target": str(target), "files": {}}))
+        state.unlink()
     (target / "pkg0" / "lib" / "f2.js").write_bytes(b"x" * (target / "pkg0" / "lib" /
                                                            "f2.js").stat().st_size)
     assert many(target).returncode == 0
