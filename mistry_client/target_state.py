@@ -187,9 +187,9 @@ def _sha256_of(path: str) -> str | None:
 def record(target: Path, entries: list[dict], written: dict[str, list[int]], moved: set[str],
            manifest: str | None, mode_mask: int) -> None:
     """Remember the manifest's entries as they now are in the target: files with their sha256 and
-    signature, links with their signature, directories with their permission bits; and the
-    manifest's ETag, when every entry was found, so that the next fetch of the same manifest
-    only looks (State.unchanged). `written`: the signatures of the files just placed, taken in the
+    signature, links with their signature, directories with the manifest's permission bits (as
+    the fetch made them); and the manifest's ETag, when every entry was found, so that the next
+    fetch of the same manifest only looks (State.unchanged). `written`: the signatures of the files just placed, taken in the
     staging folder; `moved`: the paths renamed into the target (a rename changes the ctime of
     what it moves, not of what lies beneath it), which are looked at again. Best effort: a cache
     that cannot be written only makes the next re-fetch hash."""
@@ -200,6 +200,9 @@ def record(target: Path, entries: list[dict], written: dict[str, list[int]], mov
     whole = True
     for entry in entries:
         path, kind = entry["path"], entry["type"]
+        if kind == "dir":  # made (or found) with this mode: State.unchanged looks
+            dirs[path] = entry.get("mode", 0o755) & mode_mask
+            continue
         known = written.get(path) if kind == "file" and path not in moved else None
         if known is not None:
             files[path] = [entry["sha256"], *known]
@@ -213,8 +216,6 @@ def record(target: Path, entries: list[dict], written: dict[str, list[int]], mov
             files[path] = [entry["sha256"], *signature(st)]
         elif kind == "symlink" and stat.S_ISLNK(st.st_mode):
             links[path] = signature(st)
-        elif kind == "dir" and stat.S_ISDIR(st.st_mode):
-            dirs[path] = stat.S_IMODE(st.st_mode)
         else:
             whole = False
     head = {"v": STATE_VERSION, "target": os.path.realpath(target),
