@@ -210,24 +210,61 @@ def test_states_of_targets_that_are_gone_are_pruned(tmp_path, monkeypatch):
         target_state.record(target, [{"path": "f", "type": "file", "sha256": "0"}], {}, set(),
                             '"tag"', 0o777)
     folder = target_state.state_folder()
-    old = folder / "0123456789abcdef0123456789abcdef.json"  # a version-1 state: one long line
-    old.write_text(json.dumps({"v": 1, "target": str(kept), "files": {"x": ["0"] * 6}}) * 3000)
+    old = folder / "0123456789abcdef0123456789abcdef.json"  # a version-1 state
+    old.write_text(json.dumps({"v": 1, "target": str(kept), "files": {"x": ["0"] * 6}}))
     (gone / "f").unlink()
     gone.rmdir()
+
+    def states():
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
     target_state.prune(folder)  # pruned just now (when the states were written): nothing goes
-    assert len(list(folder.glob("*.json"))) == 3
+    assert len(states()) == 3
     target_state.prune(folder, now=time.time() + target_state.PRUNE_EVERY + 1)
-    assert list(folder.glob("*.json")) == [target_state.state_file(kept)]
+    assert states() == [target_state.state_file(kept).name]
     assert target_state.load(kept).manifest == '"tag"'
     target_state.prune(folder, now=time.time() + target_state.KEEP_FOR + 2 * target_state.PRUNE_EVERY)
-    assert list(folder.glob("*.json")) == []
+    assert states() == []
+
+
+def test_the_state_reads_back_as_written_and_a_damaged_one_is_none(tmp_path, monkeypatch):
+    from mistry_client import target_state
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    target = tmp_path / "t"
+    (target / "d\udc80").mkdir(parents=True)  # a name that is not UTF-8
+    (target / "d\udc80" / "f").write_text("x")
+    os.symlink("f", target / "d\udc80" / "l")
+    entries = [{"path": "d\udc80", "type": "dir", "mode": 0o750},
+               {"path": "d\udc80/f", "type": "file", "sha256": "ab"},
+               {"path": "d\udc80/l", "type": "symlink", "target": "f"}]
+    target_state.record(target, entries, {}, set(), '"tag"', 0o777)
+    state = target_state.load(target)
+    f_sig = target_state.signature(os.lstat(target / "d\udc80" / "f"))
+    assert (state.manifest, state.mode_mask, state.dirs, list(state.dir_modes), state.links) == (
+        '"tag"', 0o777, ["d\udc80"], [0o750], ["d\udc80/l"])
+    assert state.recorded_files() == {"d\udc80/f": ["ab", *f_sig]}
+    assert not state.unchanged(target)  # the directory is 0o755 here, not the manifest's 0o750
+    os.chmod(target / "d\udc80", 0o750)
+    assert state.unchanged(target)
+    os.utime(target / "d\udc80" / "f")
+    assert not state.unchanged(target)
+
+    path = target_state.state_file(target)
+    whole = path.read_bytes()
+    for damaged in (whole[:-3], whole + b"x", whole.replace(b'"v": 2', b'"v": 3'), b"", b"{}\n"):
+        path.write_bytes(damaged)
+        assert target_state.load(target) is None
+    (target / "d\udc80" / "l").unlink()  # an entry missing: no tag recorded, so no shortcut
+    target_state.record(target, entries, {}, set(), '"tag"', 0o777)
+    assert target_state.load(target).manifest is None
 
 
 def test_a_refetch_without_the_state_file_checks_by_content(many, tmp_path):
     target = tmp_path / "out"
     assert many(target).returncode == 0
     before = inodes_of(target)
-    for state in (tmp_path / "cache").rglob("*.json"):
+    for state in (tmp_path / "cache").rglob("*.state"):
         state.unlink()
     (target / "pkg0" / "lib" / "f2.js").write_bytes(b"x" * (target / "pkg0" / "lib" /
                                                            "f2.js").stat().st_size)
