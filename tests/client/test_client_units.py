@@ -3,6 +3,7 @@ forms, deadlines, the end event, error wording."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import socket
 import time
@@ -255,3 +256,27 @@ def test_completed_ids_are_the_shortest_unique_prefix_of_at_least_12_characters(
     assert unique_prefix(ids[2], ids, 12) == "77" + "0" * 10
     assert unique_prefix(ids[2], ids, 20) == "77" + "0" * 18  # never shorter than typed
     assert unique_prefix(ids[0], [ids[0], ids[0]], 12) == ids[0][:12]
+
+
+def test_a_file_is_written_in_pieces_of_at_most_32_kib(tmp_path, monkeypatch):
+    """Longer writes get large page-cache folios, which cost several times as much when many
+    downloads run at once (download.WRITE)."""
+    from mistry_client import download
+
+    sizes = []
+    real_write = download.os.write
+
+    def write(fd, data):
+        sizes.append(len(data))
+        return real_write(fd, data)
+
+    data = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and 4 bytes
+    sink = download.FileSink(str(tmp_path / "f"), {"path": "f", "size": len(data),
+                                                    "sha256": hashlib.sha256(data).hexdigest()},
+                             0o644, 0o022)
+    monkeypatch.setattr(download.os, "write", write)
+    sink.write(memoryview(data))
+    monkeypatch.undo()
+    sink.finish()
+    assert max(sizes) == download.WRITE == 32 << 10 and sum(sizes) == len(data)
+    assert (tmp_path / "f").read_bytes() == data
