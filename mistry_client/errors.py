@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import http.client
 import socket
 import sys
 from collections.abc import Callable, Iterator
+
+from .wire import NotHttp
 
 EXIT_OK = 0
 EXIT_BUILD_FAILED = 1
@@ -103,11 +104,10 @@ def _problems() -> list[tuple[Callable[[BaseException], bool], str]]:
     return [
         (lambda e: isinstance(e, socket.gaierror), "the host name does not resolve"),
         (lambda e: isinstance(e, ConnectionRefusedError), "connection refused"),
-        # RemoteDisconnected is a BadStatusLine too, but it means no answer at all
-        (lambda e: isinstance(e, http.client.BadStatusLine | http.client.LineTooLong)
-         and not isinstance(e, http.client.RemoteDisconnected), NOT_HTTP),
-        (lambda e: isinstance(e, ConnectionResetError | ConnectionAbortedError | BrokenPipeError
-                              | http.client.IncompleteRead), BROKEN),
+        (lambda e: isinstance(e, NotHttp), NOT_HTTP),
+        # (the wire's CutShort and NoAnswer are ConnectionResetErrors)
+        (lambda e: isinstance(e, ConnectionResetError | ConnectionAbortedError | BrokenPipeError),
+         BROKEN),
         (lambda e: isinstance(e, TimeoutError), "no answer in time"),
     ]
 

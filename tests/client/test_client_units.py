@@ -4,7 +4,6 @@ forms, deadlines, the end event, error wording."""
 from __future__ import annotations
 
 import hashlib
-import http.client
 import socket
 import time
 
@@ -12,7 +11,6 @@ import pytest
 import requests
 from hypothesis import given
 from hypothesis import strategies as st
-from urllib3.exceptions import ProtocolError
 
 from mistry_client.address import ServerAddress, parse_address
 from mistry_client.api import finished_info
@@ -24,6 +22,7 @@ from mistry_client.params import ParamError, parse_params
 from mistry_client.sse import events
 from mistry_client.staging import safe_relpath
 from mistry_client.transports import _check_paths, _checked_entries
+from mistry_client.wire import CutShort, NoAnswer, NotHttp, WireError
 from mistryd.web.artifacts import safe_relative
 
 
@@ -183,12 +182,9 @@ def _wrapping(outer: BaseException, inner: BaseException) -> BaseException:
      "connection refused"),
     (requests.ConnectionError(_wrapping(OSError("resolve"), socket.gaierror(-2, "Name or service"))),
      "the host name does not resolve"),
-    (requests.ConnectionError(ProtocolError("Connection aborted.",
-                                            http.client.RemoteDisconnected("closed"))),
-     "the connection broke"),
-    (requests.ConnectionError(ProtocolError("Connection aborted.",
-                                            http.client.BadStatusLine("SSH-2.0"))),
-     "the answer is not HTTP"),
+    (WireError(NoAnswer("closed"), "read"), "the connection broke"),
+    (WireError(CutShort("cut"), "read"), "the connection broke"),
+    (WireError(NotHttp("SSH-2.0"), "read"), "the answer is not HTTP"),
     (requests.ConnectionError(_wrapping(OSError("x"), OSError(113, "No route to host"))),
      "no route to host"),
     (requests.ConnectionError("something else"), "ConnectionError"),

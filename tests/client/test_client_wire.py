@@ -1,0 +1,274 @@
+"""The client's own HTTP/1.1 (mistry_client/wire.py) against canned answers from a real socket:
+every framing a server may use, answers that are not HTTP or end early, keep-alive reuse, TLS
+with certificate checks, and proxies from the environment (plain and CONNECT)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import threading
+
+import pytest
+
+from mistry_client.wire import CutShort, NoAnswer, NotHttp, Session, WireError
+
+TIMEOUTS = (5.0, 5.0)
+
+
+class CannedServer:
+    """Answers each request (read up to its blank line) with the next canned bytes; counts the
+    connections, keeps the request heads it saw; None as an answer closes the connection."""
+
+    def __init__(self, answers: list[bytes | None], tls: ssl.SSLContext | None = None):
+        self.answers = list(answers)
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.tls = tls
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            data = b""
+            while self.answers:
+                while b"\r\n\r\n" not in data:
+                    more = conn.recv(65536)
+                    if not more:
+                        return
+                    data += more
+                head, _, data = data.partition(b"\r\n\r\n")
+                self.heads.append(head)
+                length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")]
+                while length and len(data) < length[0]:
+                    data += conn.recv(65536)
+                data = data[length[0]:] if length else data
+                answer = self.answers.pop(0)
+                if answer is None:
+                    return
+                conn.sendall(answer)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def canned():
+    servers = []
+
+    def make(*answers, tls=None):
+        servers.append(CannedServer(list(answers), tls))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def _get(server: CannedServer, path: str = "x", scheme: str = "http", host: str = "127.0.0.1",
+         session: Session | None = None):
+    session = session or Session(f"{scheme}://{host}:{server.port}")
+    return session, session.request("GET", path, TIMEOUTS)
+
+
+def test_every_framing_a_server_may_use(canned):
+    server = canned(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+        b"X-Folded: one\r\n  two\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: t\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nETag: \"t\"\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\n\r\nto the end",
+    )
+    session, r = _get(server)
+    assert (r.status_code, r.reason, r.content) == (200, "OK", b"hello")
+    _, r = _get(server, session=session)
+    assert r.content == b"abcde" and r.headers.get("x-folded") == "one two"
+    _, r = _get(server, session=session)
+    assert (r.status_code, r.headers.get("ETag"), r.content) == (304, '"t"', b"")
+    _, r = _get(server, session=session)
+    assert r.content == b"to the end"
+    assert server.connections == 1  # kept alive throughout, closed by the last answer
+    assert server.heads[0].startswith(b"GET /x HTTP/1.1\r\n")
+
+
+def test_a_body_in_one_reused_buffer_and_a_live_stream_in_pieces(canned):
+    body = bytes(range(256)) * 1000
+    server = canned(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"5\r\nab\ncd\r\n" + b"1\r\ne\r\n0\r\n\r\n")
+    session, r = _get(server)
+    assert b"".join(bytes(p) for p in r.reused_pieces(4096)) == body
+    _, r = _get(server, session=session)
+    assert b"".join(r.iter_content(chunk_size=None)) == b"ab\ncde"
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("answer, error", [
+    (b"SSH-2.0-OpenSSH_9.2\r\n", NotHttp),
+    (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n", NotHttp),
+    (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70000 + b"\r\n\r\n", NotHttp),
+    (b"HTTP/1.1 200 OK\r\nNo colon here\r\n\r\n", NotHttp),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello", NotHttp),
+    (b"HTTP/1.1 200 OK\r\nContent-Len", CutShort),
+    (None, NoAnswer),
+])
+def test_answers_that_are_not_http_or_end_early_fail_in_their_own_words(canned, answer, error):
+    server = canned(answer)
+    with pytest.raises(WireError) as raised:
+        _get(server)
+    assert isinstance(raised.value.args[0], error)
+
+
+@pytest.mark.parametrize("answer, error", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", CutShort),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", NotHttp),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n", NotHttp),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab", CutShort),
+])
+def test_a_body_cut_or_badly_chunked_fails_when_read(canned, answer, error):
+    server = canned(answer)
+    _, r = _get(server)
+    with pytest.raises(WireError) as raised:
+        r.content  # noqa: B018 - reading is the test
+    assert isinstance(raised.value.args[0], error)
+
+
+def test_a_kept_alive_connection_the_server_closed_is_made_again_once(canned):
+    server = canned(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", None,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nagain")
+    session, r = _get(server)
+    assert r.content == b"ok"
+    _, r = _get(server, session=session)  # the server hangs up on it: asked again anew
+    assert r.content == b"again" and server.connections == 2
+
+
+def test_a_body_not_read_to_its_end_is_not_reused(canned):
+    server = canned(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    session, r = _get(server)
+    r.close()
+    _, r = _get(server, session=session)
+    assert r.content == b"ok" and server.connections == 2
+
+
+def test_line_ends_in_a_header_or_a_path_are_refused_before_sending(canned):
+    server = canned(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    session = Session(f"http://127.0.0.1:{server.port}")
+    with pytest.raises(ValueError):
+        session.request("GET", "x", TIMEOUTS, headers={"Authorization": "Bearer a\r\nX-Evil: 1"})
+    with pytest.raises(ValueError):
+        session.request("GET", "x HTTP/1.1\r\nX-Evil: 1\r\n\r\nGET /y", TIMEOUTS)
+    assert server.heads == []
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for localhost (and its key), made with openssl."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def _tls_server(certificate) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    return context
+
+
+def test_https_checks_the_certificate_against_the_ca_store(canned, certificate, monkeypatch):
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecure"
+    server = canned(answer, answer, tls=_tls_server(certificate))
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent")  # a store without our certificate
+    with pytest.raises(WireError) as raised:
+        _get(server, scheme="https", host="localhost")
+    assert isinstance(raised.value.args[0], ssl.SSLCertVerificationError)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+    _, r = _get(server, scheme="https", host="localhost")
+    assert r.content == b"secure"
+
+
+class ForwardProxy:
+    """An HTTP proxy: keeps the request line of what it is asked; CONNECT opens a tunnel to the
+    named port on 127.0.0.1, and a plain request is answered by `answer`."""
+
+    def __init__(self, answer: bytes):
+        self.answer = answer
+        self.lines: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        line = data.split(b"\r\n", 1)[0]
+        self.lines.append(line)
+        if not line.startswith(b"CONNECT "):
+            conn.sendall(self.answer)
+            conn.close()
+            return
+        port = int(line.split()[1].rsplit(b":", 1)[1])
+        upstream = socket.create_connection(("127.0.0.1", port))
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        for a, b in ((conn, upstream), (upstream, conn)):
+            threading.Thread(target=_relay, args=(a, b), daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _relay(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        sink.close()
+
+
+def test_proxies_from_the_environment_plain_and_tunnelled(canned, certificate, monkeypatch):
+    proxy = ForwardProxy(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nproxied")
+    tls = canned(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ntunnel!!", tls=_tls_server(certificate))
+    try:
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("no_proxy", "")
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+        session = Session("http://build.example:8462")
+        assert session.request("GET", "healthz", TIMEOUTS).content == b"proxied"
+        _, r = _get(tls, scheme="https", host="localhost")
+        assert r.content == b"tunnel!!"
+        assert proxy.lines == [b"GET http://build.example:8462/healthz HTTP/1.1",
+                               f"CONNECT localhost:{tls.port} HTTP/1.1".encode()]
+    finally:
+        proxy.close()
