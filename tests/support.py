@@ -195,6 +195,24 @@ class TcpProxy:
             shut(dst)
 
 
+def relay(a: socket.socket, b: socket.socket) -> None:
+    """Bytes both ways between two sockets, a thread each way, until either side ends; then
+    both are shut."""
+    for src, dst in ((a, b), (b, a)):
+        threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        shut(src)
+        shut(dst)
+
+
 def shut(s: socket.socket) -> None:
     try:
         s.shutdown(socket.SHUT_RDWR)

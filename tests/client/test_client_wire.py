@@ -10,35 +10,49 @@ import subprocess
 import threading
 
 import pytest
+from support import relay
 
 from mistry_client.wire import CutShort, NoAnswer, NotHttp, Session, WireError
 
 TIMEOUTS = (5.0, 5.0)
 
 
-class CannedServer:
-    """Answers each request (read up to its blank line) with the next canned bytes; counts the
-    connections, keeps the request heads it saw; None as an answer closes the connection."""
+class LocalServer:
+    """A listener on 127.0.0.1; each connection goes to `serve(conn)` on a thread of its own."""
 
-    def __init__(self, answers: list[bytes | None], tls: ssl.SSLContext | None = None):
-        self.answers = list(answers)
-        self.heads: list[bytes] = []
+    def __init__(self):
         self.connections = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.tls = tls
-        threading.Thread(target=self._serve, daemon=True).start()
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _serve(self) -> None:
+    def _accept(self) -> None:
         while True:
             try:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
             self.connections += 1
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
 
-    def _one(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class CannedServer(LocalServer):
+    """Answers each request (read up to its blank line) with the next canned bytes; counts the
+    connections, keeps the request heads it saw; None as an answer closes the connection."""
+
+    def __init__(self, answers: list[bytes | None], tls: ssl.SSLContext | None = None):
+        self.answers = list(answers)
+        self.heads: list[bytes] = []
+        self.tls = tls
+        super().__init__()
+
+    def serve(self, conn: socket.socket) -> None:
         try:
             if self.tls is not None:
                 conn = self.tls.wrap_socket(conn, server_side=True)
@@ -64,9 +78,6 @@ class CannedServer:
             pass
         finally:
             conn.close()
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 @pytest.fixture
@@ -207,26 +218,16 @@ def test_https_checks_the_certificate_against_the_ca_store(canned, certificate, 
     assert r.content == b"secure"
 
 
-class ForwardProxy:
+class ForwardProxy(LocalServer):
     """An HTTP proxy: keeps the request line of what it is asked; CONNECT opens a tunnel to the
     named port on 127.0.0.1, and a plain request is answered by `answer`."""
 
     def __init__(self, answer: bytes):
         self.answer = answer
         self.lines: list[bytes] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         data = b""
         while b"\r\n\r\n" not in data:
             data += conn.recv(65536)
@@ -239,21 +240,7 @@ class ForwardProxy:
         port = int(line.split()[1].rsplit(b":", 1)[1])
         upstream = socket.create_connection(("127.0.0.1", port))
         conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        for a, b in ((conn, upstream), (upstream, conn)):
-            threading.Thread(target=_relay, args=(a, b), daemon=True).start()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-def _relay(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        sink.close()
+        relay(conn, upstream)
 
 
 def test_proxies_from_the_environment_plain_and_tunnelled(canned, certificate, monkeypatch):

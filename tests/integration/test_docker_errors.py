@@ -23,7 +23,7 @@ import docker.errors
 import pytest
 import requests
 import urllib3.exceptions
-from support import copy_project, docker_cli, make_setup, shut, start_mistryd, wait_for
+from support import copy_project, docker_cli, make_setup, relay, shut, start_mistryd, wait_for
 
 from mistryd.config import from_dict
 from mistryd.docker_runner import (
@@ -133,19 +133,7 @@ class DockerSocket:
             upstream.connect(self.target)
             with self._lock:
                 self._open += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        shut(src)
-        shut(dst)
+            relay(client, upstream)
 
 
 class ProxiedMistryd:
