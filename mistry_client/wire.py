@@ -183,17 +183,10 @@ class Response:
         """The body as JSON; ValueError when it is not."""
         return jsonlib.loads(self.content)
 
-    def iter_content(self, chunk_size: int | None = None) -> Iterator[bytes]:
-        """The body in pieces: whatever has arrived (a live stream), or with a `chunk_size`,
-        pieces of that size (the last may be shorter). WireError when the connection breaks."""
-        if chunk_size is None:
-            return self._pieces(self._body.read1)
-
-        def piece() -> bytes:
-            buffer = bytearray(chunk_size)
-            return bytes(buffer[:self._body.readinto(memoryview(buffer))])
-
-        return self._pieces(piece)
+    def iter_content(self, chunk_size: None = None) -> Iterator[bytes]:
+        """The body in the pieces it arrives in (a live stream: each as soon as it is there).
+        WireError when the connection breaks. (`chunk_size=None`: as requests spells it.)"""
+        return self._pieces(self._body.read1)
 
     def reused_pieces(self, size: int) -> Iterator[memoryview]:
         """The body in pieces of up to `size` bytes, all read into one buffer: a piece is valid
