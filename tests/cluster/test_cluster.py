@@ -131,6 +131,7 @@ def cluster(tmp_path, docker_engine):
         for path in tmp_path.glob("builder-*"):  # what killed builders left running
             if ids := _containers(path):
                 subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+        central = c.central  # (a test may have restarted it)
         central.send_signal(signal.SIGTERM)
         try:
             central.wait(60)
