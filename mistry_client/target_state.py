@@ -88,6 +88,11 @@ class State:
             return False
         return True
 
+    @classmethod
+    def empty(cls, mode_mask: int) -> State:
+        return cls(None, mode_mask, [], array.array("q"), [], [], array.array("q"), [],
+                   array.array("q"))
+
     def recorded_files(self) -> dict[str, list]:
         """path -> [sha256, *signature] of every file."""
         sigs = self.file_sigs.tolist()
@@ -246,8 +251,7 @@ def record(target: Path, entries: list[dict], written: dict[str, list[int]], mov
     at again. Best effort: a cache
     that cannot be written only makes the next re-fetch hash."""
     root = os.fspath(target)
-    state = State(None, mode_mask, [], array.array("q"), [], [], array.array("q"), [],
-                  array.array("q"))
+    state = State.empty(mode_mask)
     whole = True
     for entry in entries:
         path, kind = entry["path"], entry["type"]
