@@ -69,21 +69,32 @@ class HitCache:
 
     def get(self, project: str, build_id: str) -> Hit | None:
         """The answer for a finished successful build, or None (not built, failed, removed)."""
+        signature, hit = self._kept(project, build_id)
+        if hit is not None or signature is None:
+            return hit
+        hit = self._load(project, build_id, signature)
+        if hit is not None:
+            self._keep((project, build_id), hit)
+        return hit
+
+    def kept(self, project: str, build_id: str) -> Hit | None:
+        """The answer when it is in memory and still true (one `stat`, no read); None otherwise."""
+        return self._kept(project, build_id)[1]
+
+    def _kept(self, project: str, build_id: str) -> tuple[tuple[int, int, int] | None, Hit | None]:
+        """(the build's signature now or None when it is not ready, the answer kept for it)."""
         try:  # a string join: this runs on every cache hit
             st = os.stat(os.path.join(self._root, project, "ready", build_id, INFO_FILE))
         except (FileNotFoundError, NotADirectoryError):
-            return None
+            return None, None
         signature = (st.st_ino, st.st_size, st.st_mtime_ns)
         key = (project, build_id)
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None and hit.signature == signature:
                 self._entries.move_to_end(key)
-                return hit
-        hit = self._load(project, build_id, signature)
-        if hit is not None:
-            self._keep(key, hit)
-        return hit
+                return signature, hit
+        return signature, None
 
     def _load(self, project: str, build_id: str, signature: tuple[int, int, int]) -> Hit | None:
         raw = self.layout.read_info(project, build_id)

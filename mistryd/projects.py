@@ -6,6 +6,8 @@ and permissions other than the executable bit, so a fresh checkout hits the cach
 a request re-stats the files (cheap: no reads) and re-hashes only files whose stat changed, so a
 cache hit costs the same for a 1 MB and a 500 MB project. The memo is one per process, so the
 check right before an image build (`folder_fingerprint`) costs the same stats again, no reads.
+`known_fingerprint` is the fingerprint only when it costs no more than that for a small project:
+no read, at most QUICK_ENTRIES stats (the I/O thread asks it before answering a hit itself).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .errors import UnknownProject
 from .names import name_problem
 
 CHUNK = 1 << 20
+QUICK_ENTRIES = 256  # entries known_fingerprint stats at most
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,10 @@ class _FileHashes:
         self._lock = threading.Lock()
 
     def digest(self, path: str, st: os.stat_result) -> str:
+        known = self.known(path, st)
+        if known is not None:
+            return known
         signature = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode)
-        seen = self._seen.get(path)
-        if seen is not None and seen.signature == signature:
-            return seen.digest
         h = hashlib.sha256()
         with open(path, "rb") as f:
             while chunk := f.read(CHUNK):
@@ -50,6 +53,14 @@ class _FileHashes:
         with self._lock:
             self._seen[path] = _Seen(signature, digest)
         return digest
+
+    def known(self, path: str, st: os.stat_result) -> str | None:
+        """The digest when the file has not changed since it was hashed; None otherwise."""
+        seen = self._seen.get(path)
+        if seen is not None and seen.signature == (st.st_mtime_ns, st.st_ctime_ns, st.st_size,
+                                                   st.st_ino, st.st_mode):
+            return seen.digest
+        return None
 
 
 _FILE_HASHES = _FileHashes()
@@ -61,6 +72,15 @@ Entry = tuple[str, str, str]  # (relative path, kind: dir, file-, filex or link,
 def folder_fingerprint(folder: str | os.PathLike) -> str:
     """The fingerprint of a project folder as it is now; OSError when it cannot be read."""
     return entries_fingerprint(folder_entries(folder))
+
+
+def known_fingerprint(folder: str | os.PathLike) -> str | None:
+    """The fingerprint of a project folder when it is known without reading a file and from at
+    most QUICK_ENTRIES entries; None otherwise (OSError when the folder cannot be read)."""
+    try:
+        return entries_fingerprint(_walk(os.fspath(folder), quick=True))
+    except _NotQuick:
+        return None
 
 
 def folder_entries(folder: str | os.PathLike) -> list[Entry]:
@@ -76,14 +96,20 @@ def entries_fingerprint(entries: list[Entry]) -> str:
     return h.hexdigest()
 
 
-def _walk(root: str) -> list[Entry]:
-    entries = []
+class _NotQuick(Exception):
+    """_walk(quick=True) would read a file or stat more than QUICK_ENTRIES entries."""
+
+
+def _walk(root: str, quick: bool = False) -> list[Entry]:
+    entries: list[Entry] = []
     stack = [""]
     while stack:
         rel_dir = stack.pop()
         with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
             for entry in it:
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                if quick and len(entries) >= QUICK_ENTRIES:
+                    raise _NotQuick
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISLNK(st.st_mode):
                     entries.append((rel, "link", os.readlink(entry.path)))
@@ -92,7 +118,11 @@ def _walk(root: str) -> list[Entry]:
                     stack.append(rel)
                 elif stat.S_ISREG(st.st_mode):
                     exe = "x" if st.st_mode & 0o111 else "-"
-                    entries.append((rel, "file" + exe, _FILE_HASHES.digest(entry.path, st)))
+                    digest = (_FILE_HASHES.known(entry.path, st) if quick
+                              else _FILE_HASHES.digest(entry.path, st))
+                    if digest is None:
+                        raise _NotQuick
+                    entries.append((rel, "file" + exe, digest))
     entries.sort()
     return entries
 

@@ -24,13 +24,14 @@ from .errors import (
     Overloaded,
     ProjectChanged,
     ShuttingDown,
+    UnknownProject,
 )
 from .gc import Collector, check_free_space
 from .hits import Hit, HitCache, wire_form
 from .jobs import BuildInfo, JobRequest, job_key, record_status
 from .layout import LOG_FILE, BuildPathInUse, Layout, lock_build_path
 from .metrics import Metrics, forget_other_processes
-from .projects import Projects
+from .projects import Projects, folder_fingerprint, known_fingerprint
 from .push import PushBuilds
 from .queue import IndexedQueue, JobKey, open_queue
 from .remote.registry import Announcer, BuilderState, forget_earlier, open_registry
@@ -270,8 +271,27 @@ class Server:
 
     def key_of(self, request: JobRequest) -> tuple[str, str]:
         """(job id, project fingerprint); UnknownProject when there is no such project."""
-        fingerprint = self.push.fingerprint(request) or self.projects.fingerprint(request.project)
+        fingerprint = folder_fingerprint(self._folder_of(request))
         return job_key(request, fingerprint), fingerprint
+
+    def _folder_of(self, request: JobRequest) -> Path:
+        return self.push.project_folder(request) or self.projects.path(request.project)
+
+    def quick_hit(self, request: JobRequest) -> Hit | None:
+        """The answer to `request` when it is a cache hit that can be told and counted with a few
+        `stat`s: no file read, no walk of a large project, no write to disk (waitress's I/O
+        thread answers it itself: web/lane.py). None otherwise, and nothing counted: `submit`
+        tells."""
+        if request.rebuild or self.store.usage_due():
+            return None
+        try:
+            fingerprint = known_fingerprint(self._folder_of(request))
+        except (UnknownProject, OSError):
+            return None
+        if fingerprint is None:
+            return None
+        hit = self.hits.kept(request.project, job_key(request, fingerprint))
+        return self._hit(hit, flush=False) if hit is not None else None
 
     def submit(self, request: JobRequest) -> tuple[str, Ticket | Hit]:
         """(job id, outcome): a Hit at once, or a Ticket for a build in flight (joined or new).
@@ -318,9 +338,9 @@ class Server:
         """Whether the build is queued or running, in any process."""
         return self.queue.peek(JobKey(project, build_id)).in_flight
 
-    def _hit(self, hit: Hit) -> Hit:
+    def _hit(self, hit: Hit, flush: bool = True) -> Hit:
         self.metrics.cache_hits.labels(hit.info.Project).inc()
-        self.store.touch(hit.info.Project, hit.info.ID)
+        self.store.touch(hit.info.Project, hit.info.ID, flush=flush)
         return hit
 
     def build(self, request: JobRequest) -> BuildInfo:

@@ -464,16 +464,21 @@ class Store:
             (json.dumps(fields), project, build_id, started_at))
         return cur.rowcount == 1
 
-    def touch(self, project: str, build_id: str, now: float | None = None) -> None:
+    def touch(self, project: str, build_id: str, now: float | None = None,
+              flush: bool = True) -> None:
         """A cache hit counts as use (for least-recently-used eviction). Hits are the hot path,
         so uses are gathered in memory and written in one transaction at most every
-        USAGE_FLUSH_SECONDS (and before garbage collection reads them)."""
+        USAGE_FLUSH_SECONDS (and before garbage collection reads them); with flush=False never
+        now (the next touch that may flush writes them)."""
         now = time.time() if now is None else now
         with self._usage_lock:
             self._usage[(project, build_id)] = now
-            due = now - self._usage_flushed >= USAGE_FLUSH_SECONDS
-        if due:
+        if flush and self.usage_due(now):
             self.flush_usage()
+
+    def usage_due(self, now: float | None = None) -> bool:
+        """Whether the next touch writes the uses gathered."""
+        return (time.time() if now is None else now) - self._usage_flushed >= USAGE_FLUSH_SECONDS
 
     def flush_usage(self) -> None:
         with self._usage_lock:

@@ -13,7 +13,6 @@ from ..config import Config, Repository, git_url_problem
 from ..errors import MistryError
 from ..jobs import JobRequest
 from ..layout import Layout
-from ..projects import folder_fingerprint
 from ..store import Status
 from .errors import PushRefused, RepositoryUnreachable
 from .git import GitEnv, GitFailed, ls_remote, ssh_command
@@ -105,10 +104,6 @@ class PushBuilds:
         if request.project == DEFAULT_PROJECT and is_push(request):
             return DEFAULT_PROJECT_FOLDER
         return None
-
-    def fingerprint(self, request: JobRequest) -> str | None:
-        folder = self.project_folder(request)
-        return folder_fingerprint(folder) if folder is not None else None
 
     def seed_groups(self, request: JobRequest) -> tuple[str, ...] | None:
         """The groups a push build's cache may start from (an untrusted branch's: its own, then

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from waitress.utilities import RequestEntityTooLarge
 from ..config import Config
 from ..done import Done
 from ..errors import ConfigError
+from .lane import HitLane
 from .loop import ChannelLoop
 from .threads import BoundedDispatcher, step_aside
 
@@ -135,7 +137,12 @@ class MistrydChannel(HTTPChannel):
             return written
         if not self.connected:
             raise ClientDisconnected
-        with self.outbuf_lock:  # as waitress appends, without its send (a new buffer per answer)
+        self._append(data)
+        return len(data)
+
+    def _append(self, data: bytes) -> None:
+        """As waitress appends an answer, without its send: the I/O thread sends it."""
+        with self.outbuf_lock:  # a new buffer per answer, as waitress's service() asks
             if self.current_outbuf_count >= self.adj.outbuf_high_watermark:
                 self.outbufs.append(OverflowableBuffer(self.adj.outbuf_overflow))  # type: ignore[attr-defined]  # a list
                 self.current_outbuf_count = 0
@@ -143,7 +150,26 @@ class MistrydChannel(HTTPChannel):
             self.current_outbuf_count += len(data)
             self.total_outbufs_len += len(data)
         self._touch()
-        return len(data)
+
+    def answered_here(self) -> bool:
+        """Where waitress hands this connection's first request to a request thread (on the I/O
+        thread, or on the thread that just answered the one before; `requests_lock` held): the
+        requests the hit lane answers (web/lane.py) are answered right here, in order. True when
+        none is left for a request thread."""
+        lane: HitLane | None = self.server.hit_lane  # type: ignore[attr-defined]  # ours
+        while self.requests and self.connected and lane is not None:
+            answer = lane.answer(self.requests[0])
+            if answer is None:
+                return False
+            self._append(answer)
+            self.requests.pop(0).close()  # type: ignore[attr-defined]  # a list
+            self.last_activity = time.time()
+        return not self.requests
+
+    def handle_read(self) -> None:
+        super().handle_read()
+        if self.total_outbufs_len and not self.requests and self.connected:
+            self.handle_write()  # answered by the hit lane: sent now, not a turn of the loop later
 
     def del_channel(self, map=None) -> None:  # noqa: A002 - waitress's name
         """Every way a connection closes ends here (wasyncore's close)."""
@@ -225,10 +251,20 @@ def make_http_server(app: Flask, config: Config, port: int | None = None,
         http.close()
         raise RuntimeError(f"waitress listens on {http.effective_listen}, not on one address")
     http.channel_class = MistrydChannel
+    server = app.extensions.get("mistryd")  # a Server: mistryd's app (tests serve others too)
+    http.hit_lane = HitLane(server, SECURITY_HEADERS, http.adj.ident) if server else None  # type: ignore[attr-defined]  # ours
+    http.add_task = functools.partial(_add_task, http)  # type: ignore[method-assign]
     http.channel_loop = ChannelLoop(lambda obj: isinstance(obj, MistrydChannel))  # type: ignore[attr-defined]
     http.asyncore = http.channel_loop  # type: ignore[attr-defined]  # waitress's loop, on epoll
     http.task_dispatcher.set_thread_count(config.http_threads)  # waitress does for its own only
     return http
+
+
+def _add_task(http: BaseWSGIServer, channel: HTTPChannel) -> None:
+    """waitress's server hands a connection with a request to answer to its request threads
+    here; the hit lane answers what it can first."""
+    if not (isinstance(channel, MistrydChannel) and channel.answered_here()):
+        http.task_dispatcher.add_task(channel)  # type: ignore[arg-type]  # a channel is a task
 
 
 def listen(config: Config) -> socket.socket:

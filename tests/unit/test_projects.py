@@ -3,7 +3,7 @@ import os
 import pytest
 
 from mistryd.errors import UnknownProject
-from mistryd.projects import Projects
+from mistryd.projects import QUICK_ENTRIES, Projects, known_fingerprint
 
 
 @pytest.fixture
@@ -67,3 +67,25 @@ def test_unknown_or_unsafe_projects(projects, name):
 def test_names_lists_projects_with_a_dockerfile(projects, tmp_path):
     (tmp_path / "not-a-project").mkdir()
     assert projects.names() == ["demo"]
+
+
+def test_known_fingerprint_is_told_only_without_reading_a_file(projects, tmp_path):
+    folder = tmp_path / "demo"
+    assert known_fingerprint(folder) is None  # nothing hashed yet
+    full = projects.fingerprint("demo")
+    assert known_fingerprint(folder) == full  # stats only, the same fingerprint
+    os.symlink("run.sh", folder / "link")  # a link is read from its stat's entry: no file read
+    assert known_fingerprint(folder) == projects.fingerprint("demo") != full
+    (folder / "sub" / "a.txt").write_text("b")
+    assert known_fingerprint(folder) is None  # changed: only a full fingerprint reads it
+
+
+def test_known_fingerprint_stats_at_most_quick_entries(projects, tmp_path):
+    folder = tmp_path / "demo"
+    for n in range(QUICK_ENTRIES - 4):  # with Dockerfile, run.sh, sub and sub/a.txt: the limit
+        (folder / "sub" / f"{n}.txt").write_text("")
+    full = projects.fingerprint("demo")
+    assert known_fingerprint(folder) == full
+    (folder / "one-more.txt").write_text("")
+    projects.fingerprint("demo")  # every file hashed, one entry too many to stat quickly
+    assert known_fingerprint(folder) is None
