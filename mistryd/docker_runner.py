@@ -29,7 +29,10 @@ import urllib3.exceptions
 
 from .config import Config, ProjectSettings
 from .errors import DockerRefused, DockerUnavailable, MistryError, ProjectChanged
+from .layout import Layout
 from .logs import IMAGE, STDERR, STDOUT, LogSink
+from .ordered_output import FOLDER as OUTPUT_FOLDER
+from .ordered_output import OrderedOutput, static_busybox
 from .projects import folder_fingerprint
 
 LABEL = "io.mistryd.managed"
@@ -546,8 +549,31 @@ class DockerRunner:
         options = self._container_options(project, name, data_dir, settings)
         if extra is not None:
             _add_extra(options, extra)
+        shell = static_busybox(Layout(self.config.build_path).state_dir()) if not settings.tty \
+            else None
+        output = OrderedOutput(data_dir.parent / OUTPUT_FOLDER, log, shell) if shell else None
         try:
-            container = self.client.containers.create(image, name=name, detach=True, **options)
+            return self._run_container(image, name, options, output, log, settings, cancel)
+        finally:
+            if output is not None:
+                output.close()
+
+    def _create(self, image: str, name: str, options: dict, output: OrderedOutput | None):
+        if output is not None:
+            config = self.client.api.inspect_image(image)["Config"] or {}
+            argv = [*(config.get("Entrypoint") or []),
+                    *(options.get("command") or config.get("Cmd") or [])]
+            if argv:  # none at all: Docker refuses the container as before
+                extra = output.container_options(argv)
+                options = {**options, **extra,
+                           "volumes": {**options["volumes"], **extra["volumes"]}}
+        return self.client.containers.create(image, name=name, detach=True, **options)
+
+    def _run_container(self, image: str, name: str, options: dict, output: OrderedOutput | None,
+                       log: LogSink, settings: ProjectSettings,
+                       cancel: threading.Event) -> RunResult:
+        try:
+            container = self._create(image, name, options, output)
         except docker.errors.ImageNotFound:
             try:
                 image = self._rebuild_lost(image, log, settings, cancel)
@@ -555,7 +581,7 @@ class DockerRunner:
                 return RunResult(-1, "", cancelled=True)
             except ImageBuildTimedOut:
                 return RunResult(-1, "", timed_out=True)
-            container = self.client.containers.create(image, name=name, detach=True, **options)
+            container = self._create(image, name, options, output)
         ended = threading.Event()
         outcome: dict[str, bool] = {}
 
@@ -578,21 +604,21 @@ class DockerRunner:
                     pass  # it ended on its own meanwhile, or Docker is gone (the run says so)
 
         try:
-            # Attached before the start, the stream carries every byte the build prints. Following
-            # the log file instead (`logs(follow=True)`) ends early when a container that prints a
-            # lot exits on a busy engine (Docker 20.10 cut a 100,000-line log at line 5,335).
-            # Demultiplexed, each write says which stream it came from (out.log.marks). The
-            # order between the two streams is the engine's: the shim and dockerd copy the
-            # container's stdout and stderr pipes in goroutines of their own, so writes close
-            # together in time can arrive swapped, and no reader outside the container can
-            # tell; one stream read frame by frame keeps the order they arrived in, everywhere
-            # (docs/web.md, "Log order"; tests/integration/test_log_order.py).
-            output = container.attach(stdout=True, stderr=True, stream=True, logs=False,
-                                      demux=True)
+            # Attached before the start, the stream carries every byte the container prints
+            # outside the build's own output (which `output` reads: mistryd/ordered_output.py),
+            # or all of it (a terminal, or no static busybox: then the order between stdout and
+            # stderr is the engine's, docs/web.md "Log order"). Following the log file instead
+            # (`logs(follow=True)`) ends early when a container that prints a lot exits on a
+            # busy engine (Docker 20.10 cut a 100,000-line log at line 5,335). Demultiplexed,
+            # each write says which stream it came from (out.log.marks).
+            attached = container.attach(stdout=True, stderr=True, stream=True, logs=False,
+                                        demux=True)
+            if output is not None:
+                output.start()
             container.start()
             watcher = threading.Thread(target=watch, daemon=True, name=f"watch-{name[:20]}")
             watcher.start()
-            for out, err in output:
+            for out, err in attached:
                 if out:
                     # a terminal ends lines with CR LF: the log keeps plain LF
                     log.write(out.replace(b"\r\n", b"\n") if settings.tty else out, STDOUT)
@@ -601,7 +627,11 @@ class DockerRunner:
             status = container.wait()
             ended.set()
             watcher.join(5)
-            stderr = container.logs(stdout=False, stderr=True)[-MAX_STDERR:]
+            stderr = container.logs(stdout=False, stderr=True)
+            if output is not None:
+                output.finish()
+                stderr += output.stderr
+            stderr = stderr[-MAX_STDERR:]
             result = RunResult(status.get("StatusCode", -1), stderr.decode("utf-8", "replace"),
                                timed_out=outcome.get("timed_out", False),
                                cancelled=outcome.get("cancelled", False))

@@ -16,11 +16,12 @@ esac
 
 # Debian packages (extend these lists when a feature needs a new real component). Serving needs
 # Docker, btrfs tools, rsync (the artifact daemon), debootstrap (the local base image), what
-# builds the btrfsutil binding, and git and the ssh client (ssh-agent) for push builds; the tests
+# builds the btrfsutil binding, git and the ssh client (ssh-agent) for push builds, and a static
+# busybox (the shell that puts a build's output on the FIFOs mistryd reads in order); the tests
 # also run sshd (a loopback git server over ssh) and Chromium, the benchmarks wrk.
 PACKAGES=(
   docker.io btrfs-progs libbtrfsutil-dev rsync debootstrap python3-venv python3-dev gcc
-  git openssh-client
+  git openssh-client busybox-static
 )
 if [ "$MODE" = test ]; then
   PACKAGES+=(openssh-server chromium wrk redis-server)  # redis-server: the Redis queue's tests

@@ -1,0 +1,109 @@
+"""mistryd/ordered_output.py without Docker: the FIFOs read by one thread in the order written,
+the static shell found and copied, and the end of a run that never opened its output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mistryd.logs import STDERR, STDOUT
+from mistryd.ordered_output import BUSYBOX, OrderedOutput, _copied, _static_elf
+
+
+class Collected:
+    """A LogSink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[bytes, str]] = []
+
+    def write(self, data: bytes, stream: str = STDOUT) -> None:
+        self.writes.append((data, stream))
+
+    def line(self, text: str, stream: str = STDOUT) -> None:
+        self.write(text.encode() + b"\n", stream)
+
+    def lines(self) -> list[tuple[str, str]]:
+        """(line, stream), whatever pieces the reads made."""
+        out: list[tuple[str, str]] = []
+        for data, stream in self.writes:
+            out += [(line, stream) for line in data.decode().splitlines()]
+        return out
+
+
+@pytest.fixture
+def output(tmp_path):
+    (tmp_path / "build").mkdir()
+    sink = Collected()
+    out = OrderedOutput(tmp_path / "build" / ".output", sink, BUSYBOX)
+    yield out, sink
+    out.close()
+
+
+def run_writing_to(out: OrderedOutput, script: str) -> None:
+    """A process with its stdout and stderr on the FIFOs, as the container's command has."""
+    with open(out.folder / "out", "wb") as o, open(out.folder / "err", "wb") as e:
+        subprocess.run(["sh", "-c", script], stdout=o, stderr=e, check=True)
+
+
+def test_switches_of_stream_written_back_to_back_keep_their_order(output):
+    out, sink = output
+    out.start()
+    pairs = 30
+    run_writing_to(out, f"for i in $(seq {pairs}); do echo out $i; echo err $i >&2; "
+                        "sleep 0.01; done")
+    out.finish()
+    assert sink.lines() == [(f"{s} {i}", STDOUT if s == "out" else STDERR)
+                            for i in range(1, pairs + 1) for s in ("out", "err")]
+    assert out.stderr == b"".join(b"err %d\n" % i for i in range(1, pairs + 1))
+
+
+def test_output_never_opened_ends_when_the_run_does(output):
+    out, sink = output
+    out.start()
+    assert not out.ended
+    out.finish()  # the container ended without writing (or opening) anything
+    assert out.ended  # the end of both streams, not a reader left behind
+    assert sink.writes == [] and out.stderr == b""
+
+
+def test_the_fifos_are_writable_by_any_user_and_removed_at_the_end(output):
+    out, _ = output
+    for name in ("out", "err"):
+        assert (out.folder / name).stat().st_mode & 0o777 == 0o666
+    out.close()
+    assert not out.folder.exists()
+
+
+def test_a_crashed_runs_folder_is_replaced(tmp_path):
+    folder = tmp_path / ".output"
+    folder.mkdir()
+    (folder / "out").write_text("a regular file a crash left")
+    out = OrderedOutput(folder, Collected(), BUSYBOX)
+    try:
+        assert (folder / "out").is_fifo()
+    finally:
+        out.close()
+
+
+def test_only_a_static_executable_is_taken_as_the_shell(tmp_path):
+    assert _static_elf(BUSYBOX)  # Debian's busybox-static, installed by make setup
+    assert not _static_elf(Path(sys.executable).resolve())  # needs its libc
+    text = tmp_path / "script"
+    text.write_text("#!/bin/sh\n")
+    with pytest.raises(ValueError):
+        _static_elf(text)
+
+
+def test_the_shell_is_copied_once_and_again_when_it_changes(tmp_path):
+    source = tmp_path / "busybox"
+    source.write_bytes(b"one")
+    copy = _copied(source, tmp_path / "state" / "busybox")
+    assert copy.read_bytes() == b"one" and os.access(copy, os.X_OK)
+    inode = copy.stat().st_ino
+    assert _copied(source, copy).stat().st_ino == inode  # the same: kept
+    source.write_bytes(b"two!")
+    assert _copied(source, copy).read_bytes() == b"two!"
