@@ -85,28 +85,23 @@ def check_one_order_everywhere(server, info: dict, pairs: int) -> list[str]:
     return lines
 
 
-def test_lines_written_apart_keep_their_order_in_every_view(start_server):
+def written(pairs: int) -> list[str]:
+    """The container's lines in the order the log-order project writes them."""
+    return [f"{s} {i}" for i in range(1, pairs + 1) for s in ("out", "err")]
+
+
+@pytest.mark.parametrize("pauses, runs", [({"pause": "0.1"}, 2), ({"pairpause": "0.02"}, 3)],
+                         ids=["every line apart", "each pair back to back"])
+def test_lines_keep_the_order_written_in_every_view(start_server, pauses, runs):
+    """Lines written apart, and pairs `echo out; echo err >&2` with nothing between the two (a
+    pause between pairs): Docker's own streams swapped such pairs in most runs (docs/web.md);
+    read by mistryd, never."""
     server = start_server(projects=("log-order",))
     pairs = 12
-    for run in range(2):
-        info = server.build("log-order", params={"pairs": str(pairs), "pause": "0.1",
-                                                 "run": str(run)})
+    for run in range(runs):
+        info = server.build("log-order", params={"pairs": str(pairs), **pauses, "run": str(run)})
         assert info["ExitCode"] == 0, info
-        lines = check_one_order_everywhere(server, info, pairs)
-        assert lines == [f"{s} {i}" for i in range(1, pairs + 1) for s in ("out", "err")]
-
-
-def test_a_switch_of_stream_written_back_to_back_keeps_its_order_in_every_run(start_server):
-    """`echo out; echo err >&2` with nothing between the two, a pause between pairs: Docker's own
-    streams swapped such pairs in most runs (docs/web.md); read by mistryd, never."""
-    server = start_server(projects=("log-order",))
-    pairs = 20
-    for run in range(3):
-        info = server.build("log-order", params={"pairs": str(pairs), "pairpause": "0.02",
-                                                 "run": str(run)})
-        assert info["ExitCode"] == 0, info
-        lines = check_one_order_everywhere(server, info, pairs)
-        assert lines == [f"{s} {i}" for i in range(1, pairs + 1) for s in ("out", "err")]
+        assert check_one_order_everywhere(server, info, pairs) == written(pairs)
 
 
 def test_many_lines_without_pauses_show_one_order_everywhere(start_server):
@@ -116,8 +111,7 @@ def test_many_lines_without_pauses_show_one_order_everywhere(start_server):
         info = server.build("log-order", params={"pairs": str(pairs), "run": str(run)})
         assert info["ExitCode"] == 0, info
         lines = check_one_order_everywhere(server, info, pairs)
-        place = {line: n for n, line in enumerate(
-            f"{s} {i}" for i in range(1, pairs + 1) for s in ("out", "err"))}
+        place = {line: n for n, line in enumerate(written(pairs))}
         swapped.append(sum(place[a] > place[b] for a, b in pairwise(lines)))
     # the order across the streams when they alternate faster than mistryd reads, for the
     # record (docs/web.md, "Log order")
@@ -136,7 +130,7 @@ def test_a_project_built_through_a_terminal_keeps_the_exact_order(start_server):
         log = server.build_path / "log-order" / "ready" / info["ID"] / "out.log"
         lines = [line for line in log.read_text().splitlines()
                  if line.startswith(("out ", "err "))]
-        assert lines == [f"{s} {i}" for i in range(1, pairs + 1) for s in ("out", "err")]
+        assert lines == written(pairs)
         assert b"\r" not in log.read_bytes()
 
 
