@@ -110,6 +110,8 @@ class MistrydChannel(HTTPChannel):
     - a request that waits (for a build, a log line) hears of its client hanging up when it
       happens (WHEN_CLIENT_GONE), instead of asking every so often;
     - a short answer written whole is held for the I/O thread (`holding`, MistrydTask.write);
+    - a cache hit is answered where waitress would hand it to a request thread, by the hit lane
+      (`answered_here`, web/lane.py);
     - the I/O loop (web/loop.py) is told when a request thread changed what the connection
       waits for (`_touch`)."""
 
