@@ -11,9 +11,10 @@ build. A build that alternates faster than that still has each stream's own orde
 one stream's writes may come ahead of the other's; `tty: true` is the one channel that never
 reorders (docker_runner).
 
-The command is started by a static busybox shell mounted into the container
-(`exec "$@" >out 2>err`), so the image needs no shell of its own, the build's PID 1 is its own
-command as before, and what the image's entrypoint and command were is kept. The shell is a copy
+The command is started by a static busybox shell mounted into the container (START: the image's
+program found in its PATH, then `exec` with the output on the FIFOs), so the image needs no shell
+of its own, the build's PID 1 is its own command as before, and what the image's entrypoint and
+command were is kept. The shell is a copy
 of the host's in build_path's state folder, because Docker mounts host paths and build_path is
 the one folder a mistryd in a container shares with the host at the same path. Without a static
 busybox (Debian's busybox-static; `make setup` installs it) builds run with Docker's streams, as
@@ -46,6 +47,21 @@ FOLDER = ".output"  # beside the build's data folder, on the host
 READ = 64 << 10
 TAIL = 1 << 20  # stderr kept for the record's ContainerStderr, as Docker's was
 FINISH_WAIT = 10.0  # seconds the reader may take to drain after the container ended
+
+# Run "$@" as Docker runs a container's command, with its output on the FIFOs. busybox's shell
+# prefers its own applets to the image's programs for a bare name (`sh`, `seq`, `date`), so the
+# command is looked up in the image's PATH here and run by its path, under the name it was given.
+START = f"""name=$1; shift; path=$name
+case $name in
+  */*) ;;
+  *) path=; IFS=:
+     for dir in ${{PATH:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}}; do
+       if [ -f "$dir/$name" ] && [ -x "$dir/$name" ]; then path=$dir/$name; break; fi
+     done
+     unset IFS
+     if [ -z "$path" ]; then echo "$name: executable file not found in \$PATH" >&2; exit 127; fi;;
+esac
+exec -a "$name" "$path" "$@" >{IN_CONTAINER}/log/out 2>{IN_CONTAINER}/log/err"""
 
 
 @functools.cache
@@ -135,9 +151,7 @@ class OrderedOutput:
         """Docker's create options that run `argv` (the image's entrypoint and command, or the
         job's) with its output on the FIFOs."""
         return {
-            "entrypoint": [f"{IN_CONTAINER}/busybox", "sh", "-c",
-                           f'exec "$@" >{IN_CONTAINER}/log/out 2>{IN_CONTAINER}/log/err',
-                           "mistryd-build"],
+            "entrypoint": [f"{IN_CONTAINER}/busybox", "sh", "-c", START, "mistryd-build"],
             "command": argv,
             "volumes": {str(self.folder): {"bind": f"{IN_CONTAINER}/log", "mode": "ro"},
                         str(self._shell): {"bind": f"{IN_CONTAINER}/busybox", "mode": "ro"}},

@@ -152,3 +152,23 @@ def test_an_image_without_a_shell_and_with_an_entrypoint_runs_as_written(start_s
     ready = server.build_path / "no-shell" / "ready" / info["ID"]
     assert (ready / "data" / "artifacts" / "out").read_text() == "done\n"
     assert not (ready / ".output").exists()  # the FIFOs' folder is gone with the run
+
+
+def test_the_images_own_programs_run_under_the_names_given(start_server):
+    """busybox's shell would run its own `sh` and `seq` for bare names: the command is found in
+    the image's PATH instead and runs under the name it was given, as Docker runs it."""
+    server = start_server(projects=())
+    project = server.projects_path / "own-programs"
+    project.mkdir()
+    (project / "Dockerfile").write_text(
+        'FROM debian:bookworm-slim\n'
+        'CMD ["sh", "-c", "echo $0; readlink /proc/$$/exe; seq -f \'n %g\' 1 2"]\n')
+    info = server.build("own-programs")
+    assert info["ExitCode"] == 0, info["ContainerStdouterr"]
+    assert info["ContainerStdouterr"].splitlines()[-4:] == ["sh", "/usr/bin/dash", "n 1", "n 2"]
+    missing = server.projects_path / "missing-program"
+    missing.mkdir()
+    (missing / "Dockerfile").write_text('FROM debian:bookworm-slim\nCMD ["no-such-program"]\n')
+    info = server.build("missing-program")
+    assert info["ExitCode"] == 127
+    assert "no-such-program: executable file not found in $PATH" in info["ContainerStdouterr"]
