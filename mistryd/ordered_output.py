@@ -59,7 +59,7 @@ case $name in
        if [ -f "$dir/$name" ] && [ -x "$dir/$name" ]; then path=$dir/$name; break; fi
      done
      unset IFS
-     if [ -z "$path" ]; then echo "$name: executable file not found in \$PATH" >&2; exit 127; fi;;
+     if [ -z "$path" ]; then echo "$name: executable file not found in \\$PATH" >&2; exit 127; fi;;
 esac
 exec -a "$name" "$path" "$@" >{IN_CONTAINER}/log/out 2>{IN_CONTAINER}/log/err"""
 
