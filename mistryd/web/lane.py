@@ -8,7 +8,7 @@ a hit cost, and one client's hit took 1.6x upstream's Go server (docs/performanc
 So the I/O thread answers a request itself when it can tell, without Flask and with a few `stat`s,
 that the full way would answer it with a cached build:
 - `POST /jobs`, no query string (`?async` and the like go the full way), HTTP/1.1 kept alive, a
-  body the API takes (JobRequest), not a rebuild;
+  body of at most 64 KiB the API takes (JobRequest), not a rebuild;
 - the access checks would let it through without a word (`auth.lets_build_quietly`: no browser
   headers, an allowed Host, a token with role build when tokens are set);
 - the project's fingerprint is known without reading a file (`projects.known_fingerprint`), the
@@ -36,6 +36,7 @@ from .auth import lets_build_quietly
 log = logging.getLogger("mistryd")
 
 STATUS = "201 CREATED"  # as Flask words the full way's `Response(status=201)`
+MAX_BODY = 64 << 10  # a job request is a few hundred bytes: a larger body is parsed the full way
 
 
 class HitLane:
@@ -90,9 +91,11 @@ def _job_request(request: HTTPRequestParser) -> JobRequest | None:
     body = request.get_body_stream()
     start = body.tell()
     try:
-        raw = body.read()
+        raw = body.read(MAX_BODY + 1)
     finally:
         body.seek(start)
+    if len(raw) > MAX_BODY:  # not on the I/O thread, which every connection of the process shares
+        return None
     try:
         return JobRequest.from_json(json.loads(raw))
     except (ValueError, UnicodeDecodeError, RecursionError, MistryError):

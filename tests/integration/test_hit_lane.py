@@ -107,6 +107,7 @@ def test_what_the_lane_leaves_to_the_full_way(start_server, full_way):
         ("a host this server does not answer to", post(headers={"Host": "evil.example"}), "421"),
         ("another project", post(body=b'{"project": "nope"}'), "404"),
         ("a bad field", post(body=b'{"project": "hello", "colour": "red"}'), "400"),
+        ("a large body", post(body=b'{"project": "hello"}' + b" " * (64 << 10)), "201"),
         ("HTTP/1.0", post(version="1.0"), "201"),
         ("a connection to close", post(headers={"Connection": "close"}), "201"),
     ]
