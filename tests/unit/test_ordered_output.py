@@ -52,9 +52,10 @@ def run_writing_to(out: OrderedOutput, script: str) -> None:
 def test_switches_of_stream_written_back_to_back_keep_their_order(output):
     out, sink = output
     out.start()
-    pairs = 30
+    pairs = 15  # a pause between pairs far longer than the reader takes to wake, even on a
+    # loaded machine: only a second switch of stream within one read could reorder
     run_writing_to(out, f"for i in $(seq {pairs}); do echo out $i; echo err $i >&2; "
-                        "sleep 0.01; done")
+                        "sleep 0.1; done")
     out.finish()
     assert sink.lines() == [(f"{s} {i}", STDOUT if s == "out" else STDERR)
                             for i in range(1, pairs + 1) for s in ("out", "err")]
