@@ -4,8 +4,8 @@ the static shell found and copied, and the end of a run that never opened its ou
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,23 +15,33 @@ from mistryd.ordered_output import BUSYBOX, OrderedOutput, _copied, _static_elf
 
 
 class Collected:
-    """A LogSink that keeps what it is given."""
+    """A LogSink that keeps what it is given, and tells a waiter when it has more."""
 
     def __init__(self) -> None:
         self.writes: list[tuple[bytes, str]] = []
+        self._more = threading.Condition()
 
     def write(self, data: bytes, stream: str = STDOUT) -> None:
-        self.writes.append((data, stream))
+        with self._more:
+            self.writes.append((data, stream))
+            self._more.notify_all()
 
     def line(self, text: str, stream: str = STDOUT) -> None:
         self.write(text.encode() + b"\n", stream)
 
     def lines(self) -> list[tuple[str, str]]:
         """(line, stream), whatever pieces the reads made."""
+        with self._more:
+            writes = list(self.writes)
         out: list[tuple[str, str]] = []
-        for data, stream in self.writes:
+        for data, stream in writes:
             out += [(line, stream) for line in data.decode().splitlines()]
         return out
+
+    def wait_for_lines(self, count: int) -> None:
+        with self._more:
+            assert self._more.wait_for(lambda: sum(d.count(b"\n") for d, _ in self.writes)
+                                       >= count, timeout=60), self.writes
 
 
 @pytest.fixture
@@ -43,19 +53,22 @@ def output(tmp_path):
     out.close()
 
 
-def run_writing_to(out: OrderedOutput, script: str) -> None:
-    """A process with its stdout and stderr on the FIFOs, as the container's command has."""
-    with open(out.folder / "out", "wb") as o, open(out.folder / "err", "wb") as e:
-        subprocess.run(["sh", "-c", script], stdout=o, stderr=e, check=True)
-
-
 def test_switches_of_stream_written_back_to_back_keep_their_order(output):
+    """Each pair written back to back, stdout then stderr; the next pair only once the reader has
+    both (so no second switch can fall within one read, however loaded the machine)."""
     out, sink = output
     out.start()
-    pairs = 15  # a pause between pairs far longer than the reader takes to wake, even on a
-    # loaded machine: only a second switch of stream within one read could reorder
-    run_writing_to(out, f"for i in $(seq {pairs}); do echo out $i; echo err $i >&2; "
-                        "sleep 0.1; done")
+    pairs = 15
+    writer_out = os.open(out.folder / "out", os.O_WRONLY)
+    writer_err = os.open(out.folder / "err", os.O_WRONLY)
+    try:
+        for i in range(1, pairs + 1):
+            os.write(writer_out, b"out %d\n" % i)
+            os.write(writer_err, b"err %d\n" % i)
+            sink.wait_for_lines(2 * i)
+    finally:
+        os.close(writer_out)
+        os.close(writer_err)
     out.finish()
     assert sink.lines() == [(f"{s} {i}", STDOUT if s == "out" else STDERR)
                             for i in range(1, pairs + 1) for s in ("out", "err")]
