@@ -8,8 +8,8 @@ stream's lines in the order written, whole, and each marked with its stream. mis
 two streams itself (mistryd/ordered_output.py), so lines are in the order written whenever the
 build does not switch streams twice within one read of mistryd's: a switch per pair written back
 to back (`echo a; echo b >&2`, the `failing` example) keeps its order in every run. Lines that
-alternate as fast as a shell loop writes them may have runs of one stream ahead of the other's: measured here, not
-asserted; `tty: true` keeps even those."""
+alternate as fast as a shell loop writes them may have runs of one stream ahead of the other's:
+measured here, not asserted; `tty: true` keeps even those."""
 
 from __future__ import annotations
 
