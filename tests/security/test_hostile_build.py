@@ -7,6 +7,7 @@ Each test plays the attacker with a real build (tests/projects/sec-*) on a real 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import stat
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 from support import wait_for
+
+from mistryd.ordered_output import BUSYBOX
 
 pytestmark = pytest.mark.docker
 
@@ -181,3 +184,21 @@ def test_a_cancel_that_loses_the_race_says_so(start_server):
     info = requests.get(f"{srv.url}/job/hello/{build_id}", timeout=10,
                         headers={"Accept": "application/json"}).json()
     assert info["Status"] == "succeeded"
+
+
+def test_a_build_cannot_touch_the_output_plumbing_or_hold_it_open(start_server, caplog):
+    """The static shell and the FIFOs mistryd mounts at /.mistryd are read-only to the build, and
+    a writer it leaves behind as it exits dies with the container: the log ends with the build."""
+    srv = start_server(projects=("sec-output",))
+    with caplog.at_level(logging.WARNING, logger="mistryd"):
+        info = srv.build("sec-output")
+    assert info["ExitCode"] == 0, info["ContainerStdouterr"]
+    lines = info["ContainerStdouterr"].splitlines()
+    assert sum(line.startswith("tamper refused: ") for line in lines) == 5, lines
+    assert not any(line.startswith("tamper worked") for line in lines), lines
+    assert lines[-1] == "left a writer behind"
+    assert not [r for r in caplog.records if "did not end" in r.getMessage()]
+    copy = srv.build_path / ".mistryd" / BUSYBOX.name
+    assert copy.read_bytes() == BUSYBOX.read_bytes()
+    ready = srv.build_path / "sec-output" / "ready" / info["ID"]
+    assert not (ready / ".output").exists()
