@@ -28,7 +28,7 @@ QUICK_ENTRIES = 256  # entries known_fingerprint stats at most
 
 @dataclass(frozen=True)
 class _Seen:
-    signature: tuple  # (mtime_ns, ctime_ns, size, ino, mode): any change means re-hash
+    signature: tuple  # _signature(stat) when hashed
     digest: str
 
 
@@ -44,23 +44,24 @@ class _FileHashes:
         known = self.known(path, st)
         if known is not None:
             return known
-        signature = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode)
         h = hashlib.sha256()
         with open(path, "rb") as f:
             while chunk := f.read(CHUNK):
                 h.update(chunk)
         digest = h.hexdigest()
         with self._lock:
-            self._seen[path] = _Seen(signature, digest)
+            self._seen[path] = _Seen(_signature(st), digest)
         return digest
 
     def known(self, path: str, st: os.stat_result) -> str | None:
         """The digest when the file has not changed since it was hashed; None otherwise."""
         seen = self._seen.get(path)
-        if seen is not None and seen.signature == (st.st_mtime_ns, st.st_ctime_ns, st.st_size,
-                                                   st.st_ino, st.st_mode):
-            return seen.digest
-        return None
+        return seen.digest if seen is not None and seen.signature == _signature(st) else None
+
+
+def _signature(st: os.stat_result) -> tuple:
+    """What changes when a file's bytes may have: any change means hashing it again."""
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode)
 
 
 _FILE_HASHES = _FileHashes()
