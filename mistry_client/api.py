@@ -325,18 +325,22 @@ class Client:
     # --- artifacts ------------------------------------------------------------------------------
 
     def manifest(self, project: str, build_id: str, unless: str | None = None,
-                 busy_retries: int = 15) -> tuple[dict | None, str | None]:
+                 busy_retries: int = 15, form: str = "entries") -> tuple[dict | None, str | None]:
         """The build's artifact manifest and its ETag; (None, `unless`) when the manifest is
         still the one whose ETag is `unless` (304). A server computing too many at once answers
-        503 with Retry-After: that is waited out, `busy_retries` times at most."""
+        503 with Retry-After: that is waited out, `busy_retries` times at most. `form="columns"`
+        asks for it in columns (manifest.Manifest reads either: a server from before columns
+        sends entries)."""
         headers = {"If-None-Match": unless} if unless else None
+        query = "" if form == "entries" else f"?form={form}"
         for attempt in range(busy_retries + 1):
             try:
-                r = self.request("GET", f"artifacts/{project}/{build_id}/", headers=headers)
+                r = self.request("GET", f"artifacts/{project}/{build_id}/{query}", headers=headers)
                 if r.status_code == 304:
                     r.close()
                     return None, unless
-                return self._json(r, "entries"), r.headers.get("ETag")
+                return self._json(r, *(("entries",) if form == "entries" else ())), \
+                    r.headers.get("ETag")
             except ServerError as e:
                 if e.status != 503 or e.retry_after is None or attempt == busy_retries:
                     raise

@@ -1,15 +1,15 @@
-"""Downloading artifact files into a staging folder over HTTP, each checked as it is written: a
-run of files as one tar stream (`.tar?start=N&stop=M`, resumed after a cut), or one file by
-itself (with Range). Nothing here touches the target: transports.py moves the staging folder in
-when every file has been checked."""
+"""Placing a run of a build's artifact entries (folders, files, links) into a staging folder over
+HTTP, each file checked as it is written: many files as one tar stream (`.tar?start=N&stop=M`,
+resumed after a cut), a few one by one (with Range). Nothing here touches the target:
+transports.py moves the staging folder in when every file has been checked."""
 
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from .errors import ClientError, ServerError, TransferError, Unreachable, connection_problem
@@ -19,6 +19,7 @@ from .wire import WireError
 
 if TYPE_CHECKING:
     from .api import Client
+    from .manifest import Manifest
 
 CHUNK = 1 << 20
 # bytes per write(2). Linux gives a longer write large page-cache folios, which come from outside
@@ -31,25 +32,16 @@ BUSY_RETRIES = 15  # a 503 on a stream is waited out (Retry-After) this often, t
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _verifier(entry: dict) -> tuple[Any, str, str]:
-    """(hash object, expected hex digest, its name) for a manifest file: BLAKE3 when the server
-    lists it (about five times faster than sha256), else sha256."""
-    if entry.get("blake3"):
-        from blake3 import blake3
-
-        return blake3(), entry["blake3"], "BLAKE3"
-    return hashlib.sha256(), entry["sha256"], "sha256"
-
-
 class FileSink:
-    """One file being written into the staging folder, hashed as it is written."""
+    """File `i` of the manifest being written into the staging folder, hashed as it is written."""
 
-    def __init__(self, path: str, entry: dict, mode: int, umask: int):
-        self.entry = entry
+    def __init__(self, path: str, manifest: Manifest, i: int, mode: int, umask: int):
+        self.manifest = manifest
+        self.i = i
         # created with its mode (in a private staging folder): a chmod only when umask took bits
         self.mode = mode if mode & umask else None
         self.fd = os.open(path, _CREATE, mode)
-        self.digest, self.expected, self.hash_name = _verifier(entry)
+        self.digest, self.expected, self.hash_name = manifest.verifier(i)
         self.written = 0
 
     def write(self, data: bytes | memoryview) -> None:
@@ -62,21 +54,21 @@ class FileSink:
     def restart(self) -> None:
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
-        self.digest, self.expected, self.hash_name = _verifier(self.entry)
+        self.digest, self.expected, self.hash_name = self.manifest.verifier(self.i)
         self.written = 0
 
     def finish(self) -> os.stat_result:
         """Checks the file against the manifest (TransferError), sets its mode and closes it;
         the file's stat as it is left."""
         try:
-            entry = self.entry
-            if self.written != entry["size"]:
-                raise TransferError(f"artifact {entry['path']}: got {self.written} bytes, the "
-                                    f"manifest says {entry['size']}; the target was left untouched")
+            path, size = self.manifest.paths[self.i], self.manifest.sizes[self.i]
+            if self.written != size:
+                raise TransferError(f"artifact {path}: got {self.written} bytes, the manifest "
+                                    f"says {size}; the target was left untouched")
             got = self.digest.hexdigest()
             if got != self.expected:
-                raise TransferError(f"artifact {entry['path']}: {self.hash_name} {got} does not "
-                                    f"match the manifest's {self.expected}; the target was left "
+                raise TransferError(f"artifact {path}: {self.hash_name} {got} does not match "
+                                    f"the manifest's {self.expected}; the target was left "
                                     "untouched")
             if self.mode is not None:
                 os.fchmod(self.fd, self.mode)
@@ -91,26 +83,55 @@ class FileSink:
 
 
 class Download:
-    """Files of one build into the staging folder `root`; `bar.update(n)` hears of every byte."""
+    """Entries of one build's manifest into the staging folder `root`; `bar.update(n)` hears of
+    every byte."""
 
-    def __init__(self, client: Client, project: str, build_id: str, root: str, bar,
-                 mode_mask: int):
+    def __init__(self, client: Client, project: str, build_id: str, root: str,
+                 manifest: Manifest, bar, mode_mask: int):
         self.client = client
         self.project = project
         self.build_id = build_id
         self.root = root
+        self.manifest = manifest
         self.bar = bar
         self.mode_mask = mode_mask
         self.partial: FileSink | None = None  # the file a stream broke in
-        self.written: dict[str, list[int]] = {}  # path -> signature (target_state) of each file
+        self.written: dict[int, Sequence[int]] = {}  # file index -> signature (target_state)
         self.umask = os.umask(0)
         os.umask(self.umask)
 
-    def _sink(self, entry: dict) -> FileSink:
-        return FileSink(f"{self.root}/{entry['path']}", entry,
-                        entry.get("mode", 0o644) & self.mode_mask, self.umask)
+    def place(self, run: list[int]) -> None:
+        """The entries `run` (ascending manifest indexes): directories, then files (tar streams
+        for STREAM_FROM files or more, else one GET each), then links. A folder an entry lies
+        in is made when it is missing (another run may hold it). Links come last and nothing
+        is written through one: the manifest puts nothing beneath a link (Manifest.of), and
+        files are opened with O_NOFOLLOW|O_EXCL."""
+        kinds, paths = self.manifest.kinds, self.manifest.paths
+        files = [i for i in run if kinds[i] == "file"]
+        for i in run:
+            if kinds[i] == "dir":
+                _make_dir(f"{self.root}/{paths[i]}")
+        if len(files) >= STREAM_FROM:
+            self.stream(files)
+        else:
+            for i in files:
+                self.one(i)
+        for i in run:
+            if kinds[i] == "symlink":
+                path = f"{self.root}/{paths[i]}"
+                _make_dir(path.rpartition("/")[0])
+                os.symlink(self.manifest.targets[i], path)
 
-    def stream(self, entries: list[dict], files: list[int]) -> None:
+    def _sink(self, i: int) -> FileSink:
+        path = f"{self.root}/{self.manifest.paths[i]}"
+        mode = self.manifest.modes[i] & self.mode_mask
+        try:
+            return FileSink(path, self.manifest, i, mode, self.umask)
+        except FileNotFoundError:  # its folder is another run's, not made yet
+            _make_dir(path.rpartition("/")[0])
+            return FileSink(path, self.manifest, i, mode, self.umask)
+
+    def stream(self, files: list[int]) -> None:
         """The `files` (manifest indexes, ascending) from tar streams that end after the last of
         them, resumed after each cut."""
         pending = collections.deque(files)
@@ -118,11 +139,11 @@ class Download:
         busy = 0
         while pending:
             try:
-                self._stream_once(entries, pending, stop)
+                self._stream_once(pending, stop)
             except (WireError, StreamCut, Unreachable) as e:
                 # the file the stream broke in (or before) is finished on its own, with Range
                 sink, self.partial = self.partial, None
-                self.one(entries[pending.popleft()], sink, failed=e)
+                self.one(pending.popleft(), sink, failed=e)
             except ServerError as e:
                 if e.status != 503:
                     raise TransferError(f"the artifact stream of {self.project}/{self.build_id} "
@@ -132,52 +153,53 @@ class Download:
                     time.sleep(e.retry_after)  # streams are busy now: one is free again soon
                     continue
                 for i in pending:  # the server keeps having no stream to spare: one GET each
-                    self.one(entries[i])
+                    self.one(i)
                 return
 
-    def _stream_once(self, entries: list[dict], pending: collections.deque, stop: int) -> None:
+    def _stream_once(self, pending: collections.deque, stop: int) -> None:
+        m = self.manifest
         i = pending[0]
         url = f"artifacts/{self.project}/{self.build_id}.tar?start={i}&stop={stop}"
         with self.client.request("GET", url) as r:
             reader = TarReader(r.reused_pieces(CHUNK))
             while pending:
                 member = reader.next_member()
-                entry = entries[i] if i < len(entries) else None
-                if member is None or entry is None or member.path != entry["path"] \
-                        or member.type != entry["type"]:
-                    expected = entry["path"] if entry else "its end"
+                if member is None or i >= len(m) or member.path != m.paths[i] \
+                        or member.type != m.kinds[i]:
+                    expected = m.paths[i] if i < len(m) else "its end"
                     found = member.path if member else "its end"
                     raise TransferError(f"the artifact stream has {found!r} where the manifest "
                                         f"has {expected!r}; the target was left untouched")
                 if member.type == "file":
-                    if member.size != entry["size"]:
-                        raise TransferError(f"artifact {entry['path']}: the stream has "
+                    if member.size != m.sizes[i]:
+                        raise TransferError(f"artifact {m.paths[i]}: the stream has "
                                             f"{member.size} bytes, the manifest says "
-                                            f"{entry['size']}; the target was left untouched")
+                                            f"{m.sizes[i]}; the target was left untouched")
                     if i == pending[0]:
-                        self.partial = sink = self._sink(entry)
+                        self.partial = sink = self._sink(i)
                         for piece in reader.body(member.size):
                             sink.write(piece)
                             self.bar.update(len(piece))
                         self.partial = None
-                        self._done(entry, sink.finish())
+                        self.written[i] = signature(sink.finish())
                         pending.popleft()
                     else:  # already in the target: read past it
                         for _ in reader.body(member.size):
                             pass
-                elif member.type == "symlink" and member.target != entry["target"]:
-                    raise TransferError(f"artifact {entry['path']}: the stream's link target "
+                elif member.type == "symlink" and member.target != m.targets[i]:
+                    raise TransferError(f"artifact {m.paths[i]}: the stream's link target "
                                         "differs from the manifest's; the target was left untouched")
                 i += 1
 
-    def one(self, entry: dict, sink: FileSink | None = None,
+    def one(self, i: int, sink: FileSink | None = None,
             failed: BaseException | None = None) -> None:
-        """One file by itself, resuming with Range after a dropped connection; `sink` is what a
+        """File `i` by itself, resuming with Range after a dropped connection; `sink` is what a
         stream had written of it before it broke (`failed`)."""
-        url = f"artifacts/{self.project}/{self.build_id}/{quote(entry['path'])}"
-        sink = sink or self._sink(entry)
-        if entry["size"] == 0:  # nothing to ask for (its hash is still checked)
-            self._done(entry, sink.finish())
+        path = self.manifest.paths[i]
+        url = f"artifacts/{self.project}/{self.build_id}/{quote(path)}"
+        sink = sink or self._sink(i)
+        if self.manifest.sizes[i] == 0:  # nothing to ask for (its hash is still checked)
+            self.written[i] = signature(sink.finish())
             return
         attempts = 0 if failed is None else 1
         try:
@@ -200,12 +222,23 @@ class Download:
                         problem = e.message if isinstance(e, ClientError) \
                             else connection_problem(e)
                         tries = f" after {attempts} attempts" if attempts > 1 else ""
-                        raise TransferError(f"download of {entry['path']} failed{tries}: "
+                        raise TransferError(f"download of {path} failed{tries}: "
                                             f"{problem}; the target was left untouched") from None
         except BaseException:
             sink.close()
             raise
-        self._done(entry, sink.finish())
+        self.written[i] = signature(sink.finish())
 
-    def _done(self, entry: dict, st: os.stat_result) -> None:
-        self.written[entry["path"]] = signature(st)
+
+STREAM_FROM = 8  # fewer files than this: one GET each (a stream costs a pool slot on the server)
+
+
+def _make_dir(path: str) -> None:
+    """`path` and any folder above it that is missing (in the private staging folder: another
+    download process may make the same at the same time)."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)

@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 from .errors import ClientError, TransferError
 
-PER_FILE_COST = 32 << 10  # a file costs about as much as this many bytes more of one
+PER_ENTRY_COST = 32 << 10  # making a file (or folder, or link) costs about as much as this
+# many bytes more of a file
 PARALLEL_FROM = 512  # files; fewer are fetched by one process
 MAX_WORKERS = 4
 
@@ -32,13 +33,13 @@ def workers_for(files: int) -> int:
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1, files // (PARALLEL_FROM // 2)))
 
 
-def split(files: list[int], sizes: list[int], parts: int) -> list[list[int]]:
-    """`files` (ascending) in at most `parts` contiguous runs of about equal cost."""
-    costs = [size + PER_FILE_COST for size in sizes]
+def split(entries: list[int], sizes: list[int], parts: int) -> list[list[int]]:
+    """`entries` (ascending) in at most `parts` contiguous runs of about equal cost."""
+    costs = [size + PER_ENTRY_COST for size in sizes]
     total = sum(costs)
     runs: list[list[int]] = [[]]
     done = 0
-    for i, cost in zip(files, costs, strict=True):
+    for i, cost in zip(entries, costs, strict=True):
         if runs[-1] and done >= total * len(runs) / parts and len(runs) < parts:
             runs.append([])
         runs[-1].append(i)

@@ -22,12 +22,18 @@ from __future__ import annotations
 import array
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import stat
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
 
 STATE_VERSION = 2
 HASH_CHUNK = 1 << 20
@@ -162,47 +168,49 @@ def signature(st: os.stat_result) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def already_there(target: Path, entries: list[dict], mode_mask: int,
+def already_there(target: Path, manifest: Manifest, mode_mask: int,
                   state: State | None) -> tuple[set[int], bool]:
     """Indexes of the manifest entries the target holds as they are: files (see above), symlinks
     with the same target, real directories with the same mode; and whether the state file already
     vouched for every file found (else it is worth writing again)."""
-    if not target.is_dir() or _empty(target):
+    if empty(target):
         return set(), False  # nothing there (the usual first fetch)
     checks = _Checks(state.recorded_files() if state is not None else {})
     root = os.fspath(target)
     not_real_dirs: set[str] = set()  # dirs the target lacks: nothing beneath them counts
     there: set[int] = set()
-    for i, entry in enumerate(entries):
-        path = entry["path"]
+    for i, (path, kind) in enumerate(zip(manifest.paths, manifest.kinds, strict=True)):
         parent = path.rpartition("/")[0]
         if parent and _beneath(parent, not_real_dirs):
-            if entry["type"] == "dir":
+            if kind == "dir":
                 not_real_dirs.add(path)
             continue
         try:
             st = os.lstat(f"{root}/{path}")
         except OSError:
             st = None
-        kind = entry["type"]
         if kind == "dir":
             if st is None or not stat.S_ISDIR(st.st_mode):
                 not_real_dirs.add(path)
-            elif stat.S_IMODE(st.st_mode) == entry.get("mode", 0o755) & mode_mask:
+            elif stat.S_IMODE(st.st_mode) == manifest.modes[i] & mode_mask:
                 there.add(i)
         elif st is None:
             continue
         elif kind == "symlink":
-            if stat.S_ISLNK(st.st_mode) and os.readlink(f"{root}/{path}") == entry["target"]:
+            if stat.S_ISLNK(st.st_mode) and os.readlink(f"{root}/{path}") == manifest.targets[i]:
                 there.add(i)
-        elif checks.same_file(f"{root}/{path}", st, entry, mode_mask, path):
+        elif checks.same_file(f"{root}/{path}", st, manifest, i, mode_mask):
             there.add(i)
     return there, not checks.hashed
 
 
-def _empty(folder: Path) -> bool:
-    with os.scandir(folder) as entries:
-        return next(entries, None) is None
+def empty(target: Path) -> bool:
+    """Nothing there to compare: the target is missing, not a folder, or an empty folder."""
+    try:
+        with os.scandir(target) as entries:
+            return next(entries, None) is None
+    except (FileNotFoundError, NotADirectoryError):
+        return True
 
 
 def _beneath(parent: str, dirs: set[str]) -> bool:
@@ -218,15 +226,24 @@ class _Checks:
         self.recorded = recorded
         self.hashed = False  # some file had to be read
 
-    def same_file(self, path: str, st: os.stat_result, entry: dict, mode_mask: int,
-                  rel: str) -> bool:
-        if not stat.S_ISREG(st.st_mode) or st.st_size != entry["size"] \
-                or stat.S_IMODE(st.st_mode) != entry.get("mode", 0o644) & mode_mask:
+    def same_file(self, path: str, st: os.stat_result, manifest: Manifest, i: int,
+                  mode_mask: int) -> bool:
+        if not stat.S_ISREG(st.st_mode) or st.st_size != manifest.sizes[i] \
+                or stat.S_IMODE(st.st_mode) != manifest.modes[i] & mode_mask:
             return False
-        if self.recorded.get(rel) == [entry["sha256"], *signature(st)]:
+        if self.recorded.get(manifest.paths[i]) == [manifest.sha256[i], *signature(st)]:
             return True
         self.hashed = True
-        return _sha256_of(path) == entry["sha256"]
+        return _sha256_of(path) == manifest.sha256[i]
+
+
+def _signature_of(path: str, kind: Callable[[int], bool]) -> list[int] | None:
+    """The signature of what `path` is, when it is of that kind (stat.S_ISREG, S_ISLNK)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return signature(st) if kind(st.st_mode) else None
 
 
 def _sha256_of(path: str) -> str | None:
@@ -240,44 +257,43 @@ def _sha256_of(path: str) -> str | None:
     return digest.hexdigest()
 
 
-def record(target: Path, entries: list[dict], written: dict[str, list[int]], moved: set[str],
-           manifest: str | None, mode_mask: int) -> None:
+def record(target: Path, manifest: Manifest, written: Mapping[int, Sequence[int]], moved: set[str],
+           tag: str | None, mode_mask: int) -> None:
     """Remember the manifest's entries as they now are in the target: files with their sha256 and
     signature, links with their signature, directories with the manifest's permission bits (as
-    the fetch made them); and the manifest's ETag, when every entry was found, so that the next
-    fetch of the same manifest only looks (State.unchanged). `written`: the signatures of the
-    files just placed, taken in the staging folder; `moved`: the paths renamed into the target
-    (a rename changes the ctime of what it moves, not of what lies beneath it), which are looked
-    at again. Best effort: a cache
-    that cannot be written only makes the next re-fetch hash."""
+    the fetch made them); and the manifest's ETag (`tag`), when every entry was found, so that
+    the next fetch of the same manifest only looks (State.unchanged). `written`: the signatures
+    of the files just placed (by manifest index), taken in the staging folder; `moved`: the paths
+    renamed into the target (a rename changes the ctime of what it moves, not of what lies
+    beneath it), which are looked at again. Best effort: a cache that cannot be written only
+    makes the next re-fetch hash."""
     root = os.fspath(target)
+    paths, kinds = manifest.paths, manifest.kinds
     state = State.empty(mode_mask)
+    dirs = [i for i, kind in enumerate(kinds) if kind == "dir"]
+    state.dirs = [paths[i] for i in dirs]
+    state.dir_modes = array.array("q", [manifest.modes[i] & mode_mask for i in dirs])
     whole = True
-    for entry in entries:
-        path, kind = entry["path"], entry["type"]
-        if kind == "dir":  # made (or found) with this mode: State.unchanged looks
-            state.dirs.append(path)
-            state.dir_modes.append(entry.get("mode", 0o755) & mode_mask)
+    files = [i for i, kind in enumerate(kinds) if kind == "file"]
+    sigs = [None if paths[i] in moved else written.get(i) for i in files]
+    if None in sigs:  # not written by this fetch (or renamed into place): as it is now
+        for j, i in enumerate(files):
+            if sigs[j] is None:
+                sigs[j] = _signature_of(f"{root}/{paths[i]}", stat.S_ISREG)
+        whole = None not in sigs
+        files = [i for i, sig in zip(files, sigs, strict=True) if sig is not None]
+        sigs = [sig for sig in sigs if sig is not None]
+    state.files = [paths[i] for i in files]
+    state.file_sigs = array.array("q", itertools.chain.from_iterable(sigs))  # type: ignore[arg-type]
+    state.file_sha256 = [manifest.sha256[i] for i in files]
+    for i in manifest.links():
+        sig = _signature_of(f"{root}/{paths[i]}", stat.S_ISLNK)
+        if sig is None:
+            whole = False
             continue
-        known = written.get(path) if kind == "file" and path not in moved else None
-        if known is None:
-            try:
-                st = os.lstat(f"{root}/{path}")
-            except OSError:
-                whole = False
-                continue
-            if not (stat.S_ISREG(st.st_mode) if kind == "file" else stat.S_ISLNK(st.st_mode)):
-                whole = False
-                continue
-            known = signature(st)
-        if kind == "file":
-            state.files.append(path)
-            state.file_sigs.extend(known)
-            state.file_sha256.append(entry["sha256"])
-        else:
-            state.links.append(path)
-            state.link_sigs.extend(known)
-    state.manifest = manifest if whole else None
+        state.links.append(paths[i])
+        state.link_sigs.extend(sig)
+    state.manifest = tag if whole else None
     folder = state_folder()
     with contextlib.suppress(OSError, UnicodeError):
         sections = state.sections()

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 from . import parallel
 from .download import Download
 from .errors import TransferError
-from .staging import Staging, empty_folder, safe_relpath
+from .manifest import Manifest
+from .staging import Staging, empty_folder
+from .target_state import SIGNATURE
 from .ui import Fetched
 
 if TYPE_CHECKING:
@@ -42,137 +44,86 @@ class HttpTransport:
 
         project, build_id = info["Project"], info["ID"]
         target = Path(target)
-        state = target_state.load(target)
-        manifest, tag = None, None
+        state = None if target_state.empty(target) else target_state.load(target)
+        document, tag = None, None
         if state is not None and state.manifest and state.mode_mask == self.mode_mask \
                 and not clear_target:  # (clearing would have to look for what is extra)
-            manifest, tag = self.client.manifest(project, build_id, unless=state.manifest)
-            if manifest is None and state.unchanged(target):  # the same manifest, all in place
+            document, tag = self.client.manifest(project, build_id, unless=state.manifest,
+                                                 form="columns")
+            if document is None and state.unchanged(target):  # the same manifest, all in place
                 target_state.used(target)
                 return Fetched(files=0, bytes=0, already=len(state.files))
-        if manifest is None:
-            manifest, tag = self.client.manifest(project, build_id)
-            assert manifest is not None
-        entries = _checked_entries(manifest.get("entries"))
-        there, state_current = target_state.already_there(target, entries, self.mode_mask, state)
-        needed = [i for i in range(len(entries)) if i not in there]
-        files = [i for i in needed if entries[i]["type"] == "file"]
-        total = sum(entries[i]["size"] for i in files)
+        if document is None:
+            document, tag = self.client.manifest(project, build_id, form="columns")
+        manifest = Manifest.of(document)
+        there, state_current = target_state.already_there(target, manifest, self.mode_mask, state)
+        needed = [i for i in range(len(manifest)) if i not in there]
+        files = [i for i in needed if manifest.kinds[i] == "file"]
+        total = sum(manifest.sizes[i] for i in files)
         with Staging(target) as staging, _progress(self.progress, total) as bar:
             root = os.fspath(staging.path)
-            dirs = _staged_dirs(entries, needed)
-            for path in dirs:
-                os.mkdir(f"{root}/{path}")
-            download = Download(self.client, project, build_id, root, bar, self.mode_mask)
-            if len(files) >= STREAM_FROM:
-                download.written.update(self._stream(download, entries, files))
-            else:
-                for i in files:
-                    download.one(entries[i])
-            for i in needed:  # links last, so no download can write through one
-                if entries[i]["type"] == "symlink":
-                    os.symlink(entries[i]["target"], f"{root}/{entries[i]['path']}")
-            modes = {e["path"]: e.get("mode", 0o755) for e in entries if e["type"] == "dir"}
-            for path in reversed(dirs):  # deepest first: a read-only dir is set last
-                os.chmod(f"{root}/{path}", modes.get(path, 0o755) & self.mode_mask)
-            moved = staging.commit(clear_target,
-                                   {e["path"] for e in entries} if clear_target else None)
+            download = Download(self.client, project, build_id, root, manifest, bar,
+                                self.mode_mask)
+            self._place(download, needed, len(files))
+            _set_dir_modes(root, manifest, needed if there else None,
+                           self.mode_mask, 0o777 & ~download.umask)
+            moved = staging.commit(clear_target, set(manifest.paths) if clear_target else None)
         if files or not state_current or state is None or state.manifest != tag:
-            target_state.record(target, entries, download.written, moved, tag, self.mode_mask)
-        held = sum(1 for i in there if entries[i]["type"] == "file")
+            target_state.record(target, manifest, download.written, moved, tag, self.mode_mask)
+        held = sum(1 for i in there if manifest.kinds[i] == "file")
         return Fetched(files=len(files), bytes=total, already=held)
 
-
-    def _stream(self, download: Download, entries: list[dict],
-                files: list[int]) -> dict[str, list[int]]:
-        """As one tar stream, or (many files, on Linux) as several in forked processes; the
-        signatures of the files written."""
-        workers = parallel.workers_for(len(files))
+    def _place(self, download: Download, needed: list[int], files: int) -> None:
+        """The `needed` entries into the staging folder: by this process, or (many files, on
+        Linux) in runs by forked processes; the signatures of the files written are left in
+        `download.written`."""
+        workers = parallel.workers_for(files)
         if workers == 1:
-            download.stream(entries, files)
-            return {}
+            download.place(needed)
+            return
 
-        def fetch_run(run: list[int], report: Callable[[int], None]) -> dict[str, list[int]]:
+        def place_run(run: list[int], report: Callable[[int], None]) -> list[int]:
             self.client.reconnect()  # in the child: a connection of its own
             part = Download(self.client, download.project, download.build_id, download.root,
-                            _Reporting(report), self.mode_mask)
-            part.stream(entries, run)
-            return part.written
+                            download.manifest, _Reporting(report), self.mode_mask)
+            part.place(run)
+            return [n for i, sig in part.written.items() for n in (i, *sig)]
 
-        runs = parallel.split(files, [entries[i]["size"] for i in files], workers)
-        written: dict[str, list[int]] = {}
-        for part in parallel.run_parallel(runs, fetch_run, download.bar.update):
-            written.update(part)
-        return written
-
-
-STREAM_FROM = 8  # fewer files than this: one GET each (a stream costs a pool slot on the server)
+        sizes = download.manifest.sizes
+        runs = parallel.split(needed, [sizes[i] for i in needed], workers)
+        step = 1 + SIGNATURE
+        for flat in parallel.run_parallel(runs, place_run, download.bar.update):
+            signatures = zip(*(flat[k::step] for k in range(1, step)), strict=True)
+            download.written.update(zip(flat[::step], signatures, strict=True))
 
 
-def _staged_dirs(entries: list[dict], needed: list[int]) -> list[str]:
-    """The directories to make in the staging folder, parents first: the needed ones, and every
-    folder a needed entry lies in."""
+def _set_dir_modes(root: str, manifest: Manifest, needed: list[int] | None, mode_mask: int,
+                   made: int) -> None:
+    """Gives the folders made in the staging folder the manifest's modes, deepest first (a
+    read-only one is set after what lies in it): those of `needed` entries and every folder one
+    lies in (`needed` None: every folder of the manifest). All were made with mode `made`, so
+    only the others are set."""
+    modes = {manifest.paths[i]: manifest.modes[i] & mode_mask
+             for i, kind in enumerate(manifest.kinds) if kind == "dir"}
+    staged = modes.keys() if needed is None else _staged_dirs(manifest, needed)
+    other = [path for path in staged if modes.get(path, 0o755 & mode_mask) != made]
+    for path in sorted(other, key=lambda p: p.count("/"), reverse=True):
+        os.chmod(f"{root}/{path}", modes.get(path, 0o755 & mode_mask))
+
+
+def _staged_dirs(manifest: Manifest, needed: list[int]) -> set[str]:
+    """The needed folders, and every folder a needed entry lies in."""
     dirs: set[str] = set()
     for i in needed:
-        path = entries[i]["path"]
-        if entries[i]["type"] == "dir":
+        path = manifest.paths[i]
+        if manifest.kinds[i] == "dir":
             dirs.add(path)
         while "/" in path:
             path = path.rpartition("/")[0]
             if path in dirs:
                 break
             dirs.add(path)
-    return sorted(dirs, key=lambda p: (p.count("/"), p))
-
-
-def _checked_entries(entries: object) -> list[dict]:
-    if not isinstance(entries, list):
-        raise TransferError("the server's artifact manifest has no entry list")
-    links: set[str] = set()
-    for e in entries:
-        kind = e.get("type") if isinstance(e, dict) else None
-        if kind not in _KINDS or (kind == "file" and not _file_entry_ok(e)) \
-                or not isinstance(e.get("path"), str):
-            raise TransferError(f"the server's artifact manifest has a bad entry {e!r}")
-        if kind == "symlink":
-            links.add(e["path"])
-    paths = [e["path"] for e in entries]
-    _check_paths(paths)
-    if len(set(paths)) != len(paths):
-        seen: set[str] = set()
-        twice = next(p for p in paths if p in seen or seen.add(p))  # type: ignore[func-returns-value]
-        raise TransferError(f"the server's artifact manifest lists {twice!r} twice")
-    if links:  # nothing may be written beneath a link: it could point anywhere
-        for path in paths:
-            parent = path.rpartition("/")[0]
-            while parent:
-                if parent in links:
-                    raise TransferError(f"the server's artifact manifest puts {path!r} "
-                                        "beneath a symlink")
-                parent = parent.rpartition("/")[0]
-    return entries
-
-
-# what a path that is not relative and plain (see safe_relpath) has, between newlines
-_UNSAFE = ("\n\n", "\n/", "/\n", "//", "/./", "/.\n", "\n./", "\n.\n", "/../", "/..\n",
-           "\n../", "\n..\n", "\0")
-
-
-def _check_paths(paths: list[str]) -> None:
-    """Every path relative and plain (see safe_relpath), checked with a few scans over all the
-    paths at once; the one to name is looked for only when something is wrong."""
-    joined = "\n" + "\n".join(paths) + "\n"
-    if joined.count("\n") != len(paths) + 1 or any(bad in joined for bad in _UNSAFE):
-        for path in paths:
-            safe_relpath(path)
-
-
-_KINDS = frozenset(("dir", "file", "symlink"))
-
-
-def _file_entry_ok(e: dict) -> bool:
-    size, sha256, fast = e.get("size"), e.get("sha256"), e.get("blake3", "")
-    return type(size) is int and size >= 0 and isinstance(sha256, str) and isinstance(fast, str)
+    return dirs
 
 
 @contextlib.contextmanager

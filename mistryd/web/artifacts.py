@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import stat
 import struct
 import sys
@@ -64,6 +65,7 @@ bp = Blueprint("artifacts", __name__)
 log = logging.getLogger("mistryd")
 
 MANIFEST_FILE = "artifacts.manifest.json"
+COLUMNS_FILE = "artifacts.columns.json"  # the same manifest in columns (see _write_columns)
 MANIFEST_VERSION = 3  # 2: one entry per line, streamed from the file; 3: blake3 beside sha256
 MAX_ENTRIES = 1_000_000  # ~150 MB of manifest; more is a job for rsync
 MAX_DEPTH = 128
@@ -163,27 +165,48 @@ def _stamp(build: _Build) -> dict:
 def _manifest_file(build: _Build, slot_held: bool) -> _Manifest:
     """The build's manifest, computed when not cached; Unprocessable when the build is past
     the limits. The caller closes it."""
+    return _cached(build, MANIFEST_FILE, slot_held, lambda stamp: _compute(build, stamp))
+
+
+def _columns_file(build: _Build) -> _Manifest:
+    """The build's manifest in columns (see _write_columns), made from the manifest when not
+    cached. The caller closes it."""
+    def compute(stamp: dict) -> _Manifest:
+        manifest = _manifest_file(build, slot_held=True)
+        try:
+            return _written(build, COLUMNS_FILE, stamp, lambda out: _write_columns(out, manifest,
+                                                                                  build))
+        finally:
+            manifest.close()
+
+    return _cached(build, COLUMNS_FILE, False, compute)
+
+
+def _cached(build: _Build, name: str, slot_held: bool,
+            compute: Callable[[dict], _Manifest]) -> _Manifest:
+    """The cache file `name` of the build when it was made for this very build, else made by
+    `compute(stamp)`: once per build however many clients ask at once, in a slot of the pool."""
     stamp = _stamp(build)
-    cached = _open_cached(build, stamp)
+    cached = _open_cached(build, name, stamp)
     if cached is not None:
         return cached
-    with _locks_guard:  # one hashing pass per build, however many clients ask at once
-        lock = _locks.setdefault(build.label, threading.Lock())
+    with _locks_guard:
+        lock = _locks.setdefault(f"{build.label}/{name}", threading.Lock())
     try:
         with lock:
-            cached = _open_cached(build, stamp)
+            cached = _open_cached(build, name, stamp)
             if cached is not None:
                 return cached
             with contextlib.nullcontext() if slot_held else capacity().artifacts.slot():
-                return _compute(build, stamp)
+                return compute(stamp)
     finally:
         with _locks_guard:
-            _locks.pop(build.label, None)
+            _locks.pop(f"{build.label}/{name}", None)
 
 
-def _open_cached(build: _Build, stamp: dict) -> _Manifest | None:
+def _open_cached(build: _Build, name: str, stamp: dict) -> _Manifest | None:
     try:
-        fd = os.open(MANIFEST_FILE, FILE_FLAGS, dir_fd=build.folder_fd)
+        fd = os.open(name, FILE_FLAGS, dir_fd=build.folder_fd)
     except OSError:
         return None
     f = os.fdopen(fd, "rb")
@@ -226,22 +249,31 @@ def _raise_if_refused(manifest: _Manifest, build: _Build) -> None:
 
 
 def _compute(build: _Build, stamp: dict) -> _Manifest:
-    out, tmp_name = _new_cache_file(build.folder_fd)
-    try:
-        head = _json({"stamp": stamp})[:-1] + _STAMP_END
-        out.write(head)
+    def body(out: BinaryIO) -> None:
+        start = out.tell()
         try:
             _write_body(out, build)
         except TreeTooLarge as e:
-            out.seek(len(head))
+            out.seek(start)
             out.truncate()
             message = (f"has more than {MAX_ENTRIES} artifact entries or nests them deeper than "
                        f"{MAX_DEPTH} levels ({e})")
             out.write(_json({"refused": message}) + b"\n")
+
+    return _written(build, MANIFEST_FILE, stamp, body)
+
+
+def _written(build: _Build, name: str, stamp: dict, body: Callable[[BinaryIO], None]) -> _Manifest:
+    """The cache file `name` written anew (the stamp's line, `body(out)`, the end), kept when the
+    build folder takes it, and open."""
+    out, tmp_name = _new_cache_file(build.folder_fd, name)
+    try:
+        out.write(_json({"stamp": stamp})[:-1] + _STAMP_END)
+        body(out)
         out.write(_FILE_END)
         out.flush()
         if tmp_name is not None:
-            _publish(build.folder_fd, tmp_name)
+            _publish(build.folder_fd, tmp_name, name)
         manifest = _checked(out, build, stamp)
     except TreeError as e:
         _discard(out, build.folder_fd, tmp_name)
@@ -273,15 +305,56 @@ def _write_body(out: BinaryIO, build: _Build) -> None:
     out.write(b'],"total_size":' + str(total).encode() + b"}\n")
 
 
+# The manifest in columns (`?form=columns`), for a client that reads many entries: one list per
+# field, in the entries' order ("" where an entry has no such field: a directory's sha256, a file's
+# link target), and the entry count. Decoding it takes a fifth of the time of the entries (no dict
+# per entry), and checking it a few scans. Written from the manifest file a batch of entries at a
+# time through one spool file per column, so that a large manifest costs no memory either.
+COLUMNS = ("path", "type", "mode", "size", "mtime", "sha256", "blake3", "target")
+COLUMN_BATCH = 4096
+
+
+def _write_columns(out: BinaryIO, manifest: _Manifest, build: _Build) -> None:
+    project, build_id = build.label.split("/", 1)
+    with contextlib.ExitStack() as stack:
+        spools = {name: stack.enter_context(tempfile.TemporaryFile()) for name in COLUMNS}
+        batch: list[dict] = []
+        count = total = 0
+
+        def spool_batch() -> None:
+            for name, spool in spools.items():
+                values = _json([entry.get(name, "") for entry in batch])[1:-1]
+                spool.write(b"," + values if count > len(batch) else values)
+            batch.clear()
+
+        for entry in _manifest_entries(manifest, build.label):
+            batch.append(entry)
+            count += 1
+            if entry["type"] == "file":
+                total += entry["size"]
+            if len(batch) == COLUMN_BATCH:
+                spool_batch()
+        if batch:
+            spool_batch()
+        out.write(_json({"project": project, "id": build_id, "count": count,
+                         "total_size": total})[:-1])
+        for name, spool in spools.items():
+            out.write(b',"%s":[' % name.encode())
+            spool.seek(0)
+            shutil.copyfileobj(spool, out)
+            out.write(b"]")
+        out.write(b"}\n")
+
+
 def _json(value: object) -> bytes:
     # ensure_ascii: no raw newline or other control character can split an entry's line
     return json.dumps(value, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _new_cache_file(folder_fd: int) -> tuple[BinaryIO, str | None]:
-    """A file to write the manifest into: a temporary name in the build folder, or an anonymous
-    file when the folder is read-only (the manifest is served, just not cached)."""
-    name = f".{MANIFEST_FILE}.{os.getpid()}.{threading.get_ident()}"
+def _new_cache_file(folder_fd: int, name: str) -> tuple[BinaryIO, str | None]:
+    """A file to write the cache file `name` into: a temporary name in the build folder, or an
+    anonymous file when the folder is read-only (the manifest is served, just not cached)."""
+    name = f".{name}.{os.getpid()}.{threading.get_ident()}"
     flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         return os.fdopen(os.open(name, flags, 0o644, dir_fd=folder_fd), "w+b", 1 << 16), name
@@ -289,9 +362,9 @@ def _new_cache_file(folder_fd: int) -> tuple[BinaryIO, str | None]:
         return tempfile.TemporaryFile(), None  # noqa: SIM115 - returned open, closed by the caller
 
 
-def _publish(folder_fd: int, tmp_name: str) -> None:
+def _publish(folder_fd: int, tmp_name: str, name: str) -> None:
     try:
-        os.replace(tmp_name, MANIFEST_FILE, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        os.replace(tmp_name, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
     except OSError:
         _unlink(folder_fd, tmp_name)
 
@@ -319,15 +392,22 @@ def _manifest_entries(manifest: _Manifest, label: str) -> Iterator[dict]:
     raise ArtifactStreamBroken(f"the manifest of {label} ends early")
 
 
+MANIFEST_FORMS = ("entries", "columns")
+
+
 @bp.get("/artifacts/<project>/<build_id>/")
 def get_manifest(project: str, build_id: str):
-    page = views.wants_page()
+    form = request.args.get("form", "entries")
+    if form not in MANIFEST_FORMS:
+        raise BadRequest(f"form={form!r}: the manifest comes as {' or '.join(MANIFEST_FORMS)}")
+    page = form == "entries" and views.wants_page()
     with contextlib.ExitStack() as stack:
         build = _open_build(stack, project, build_id)
         tag = _manifest_tag(build)
         if not page and request.if_none_match.contains(tag):  # the client holds this one
             return Response(status=304, headers={"ETag": f'"{tag}"'})
-        manifest = _manifest_file(build, slot_held=False)
+        manifest = _columns_file(build) if form == "columns" \
+            else _manifest_file(build, slot_held=False)
     # the open file stays readable after the lease is gone: a rebuild or GC cannot change it
     manifest.file.seek(manifest.start)
     response = Response(wrap_file(request.environ, manifest.file), mimetype="application/json",

@@ -25,6 +25,7 @@ from client_helpers import (
 from support import shut, wait_for
 
 from mistry_client import parallel
+from mistry_client.manifest import Manifest
 
 PROJECT = "client-many"
 
@@ -53,9 +54,14 @@ def _tars(proxy: RecordingProxy) -> list[str]:
     return [line for line in proxy.request_lines() if ".tar" in line]
 
 
-def _file_gets(proxy: RecordingProxy) -> list[str]:
+def _manifest_gets(proxy: RecordingProxy) -> list[str]:
     return [line for line in proxy.request_lines()
-            if line.startswith("GET /artifacts/") and not line.endswith("/") and ".tar" not in line]
+            if line.startswith("GET /artifacts/") and line.split("?")[0].endswith("/")]
+
+
+def _file_gets(proxy: RecordingProxy) -> list[str]:
+    return [line for line in proxy.request_lines() if line.startswith("GET /artifacts/")
+            and line not in _manifest_gets(proxy) and ".tar" not in line]
 
 
 def _untouched(target, parent) -> None:
@@ -80,11 +86,15 @@ def test_a_many_file_tree_arrives_exactly_in_streams_that_cover_it_once(many, tm
     files = sum(v[0] == "file" for v in expected.values())
     runs = sorted(_run_of(line) for line in _tars(recorder))
     assert len(runs) == parallel.workers_for(files) > 1 and _file_gets(recorder) == []
-    assert all(a[1] == b[0] for a, b in zip(runs, runs[1:], strict=False)), runs  # contiguous
     manifest = json.loads(urllib.request.urlopen(
         f"{many.server.url}/artifacts/client-many/{many.build_id}/").read())
     kinds = [e["type"] for e in manifest["entries"]]
     assert runs[0][0] == kinds.index("file") and runs[-1][1] == len(kinds) - kinds[::-1].index("file")
+    # one after another, and between two only entries that are not files (made by a process)
+    assert all(a[1] <= b[0] and "file" not in kinds[a[1]:b[0]]
+               for a, b in zip(runs, runs[1:], strict=False)), runs
+    assert _manifest_gets(recorder) == [
+        f"GET /artifacts/{PROJECT}/{many.build_id}/?form=columns"]
 
 
 def _run_of(request_line: str) -> tuple[int, int]:
@@ -191,8 +201,7 @@ def test_a_refetch_into_an_unchanged_target_only_asks_whether_the_manifest_chang
         recorder.sent.clear()
         r = many(target, recorder.port)
         assert r.returncode == 0, r.stderr
-        manifest_gets = [line for line in recorder.request_lines() if line.endswith("/")]
-        assert len(manifest_gets) == 2  # answered 304, then the whole manifest
+        assert len(_manifest_gets(recorder)) == 2  # answered 304, then the whole manifest
         assert _tars(recorder) == [] and _file_gets(recorder) == []
         assert exact_tree_of(target) == exact_tree_of(many.artifacts)
     finally:
@@ -207,8 +216,9 @@ def test_states_of_targets_that_are_gone_are_pruned(tmp_path, monkeypatch):
     for target in (kept, gone):
         target.mkdir()
         (target / "f").write_text("x")
-        target_state.record(target, [{"path": "f", "type": "file", "sha256": "0"}], {}, set(),
-                            '"tag"', 0o777)
+        manifest = Manifest.of({"entries": [{"path": "f", "type": "file", "size": 1,
+                                             "sha256": "0"}]})
+        target_state.record(target, manifest, {}, set(), '"tag"', 0o777)
     folder = target_state.state_folder()
     old = folder / "0123456789abcdef0123456789abcdef.json"  # a version-1 state
     old.write_text(json.dumps({"v": 1, "target": str(kept), "files": {"x": ["0"] * 6}}))
@@ -235,9 +245,10 @@ def test_the_state_reads_back_as_written_and_a_damaged_one_is_none(tmp_path, mon
     (target / "d\udc80").mkdir(parents=True)  # a name that is not UTF-8
     (target / "d\udc80" / "f").write_text("x")
     os.symlink("f", target / "d\udc80" / "l")
-    entries = [{"path": "d\udc80", "type": "dir", "mode": 0o750},
-               {"path": "d\udc80/f", "type": "file", "sha256": "ab"},
-               {"path": "d\udc80/l", "type": "symlink", "target": "f"}]
+    entries = Manifest.of({"entries": [{"path": "d\udc80", "type": "dir", "mode": 0o750},
+                                       {"path": "d\udc80/f", "type": "file", "size": 1,
+                                        "sha256": "ab"},
+                                       {"path": "d\udc80/l", "type": "symlink", "target": "f"}]})
     target_state.record(target, entries, {}, set(), '"tag"', 0o777)
     state = target_state.load(target)
     f_sig = target_state.signature(os.lstat(target / "d\udc80" / "f"))
@@ -287,8 +298,9 @@ def test_a_busy_stream_pool_is_waited_out_not_replaced_by_a_get_per_file(start_s
     server = start_server(projects=(PROJECT, "client-big"), http_threads=8)
     many_id = server.build(PROJECT)["ID"]
     big_id = server.build("client-big")["ID"]
-    # the manifest is computed now (a cached one takes no slot): the streams are what waits
-    assert requests.get(f"{server.url}/artifacts/{PROJECT}/{many_id}/", timeout=30).ok
+    # the manifest (in columns, as the client asks) is computed now (a cached one takes no
+    # slot): the streams are what waits
+    assert requests.get(f"{server.url}/artifacts/{PROJECT}/{many_id}/?form=columns", timeout=30).ok
     holders = []
     for _ in range(2):  # a tar of 100 MB, not read: its stream waits on a full socket
         s = socket.create_connection(("127.0.0.1", port_of(server.url)))

@@ -18,10 +18,10 @@ from mistry_client.deadline import cap, earliest, passed
 from mistry_client.durations import format_duration, parse_duration
 from mistry_client.errors import ServerError, TransferError, connection_problem
 from mistry_client.log_tail import LogTail
+from mistry_client.manifest import Manifest, _check_plain
 from mistry_client.params import ParamError, parse_params
 from mistry_client.sse import events
 from mistry_client.staging import safe_relpath
-from mistry_client.transports import _check_paths, _checked_entries
 from mistry_client.wire import CutShort, NoAnswer, NotHttp, WireError
 from mistryd.web.artifacts import safe_relative
 
@@ -100,7 +100,7 @@ def test_manifest_may_not_put_files_beneath_a_symlink():
     entries = [{"path": "link", "type": "symlink", "target": "/etc"},
                {"path": "link/passwd", "type": "file", "size": 1, "sha256": "0"}]
     with pytest.raises(TransferError, match="beneath a symlink"):
-        _checked_entries(entries)
+        Manifest.of({"entries": entries})
 
 
 def test_log_text_cannot_drive_the_terminal():
@@ -207,7 +207,7 @@ def test_the_one_scan_path_check_refuses_exactly_what_safe_relpath_refuses(paths
         return False
 
     expected = any(refused(lambda p=p: safe_relpath(p)) for p in paths)
-    assert refused(lambda: _check_paths(paths)) == expected
+    assert refused(lambda: _check_plain(paths)) == expected
 
 
 @pytest.mark.parametrize("line, plain, coloured", [
@@ -267,9 +267,9 @@ def test_a_file_is_written_in_pieces_of_at_most_32_kib(tmp_path, monkeypatch):
         return real_write(fd, data)
 
     data = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and 4 bytes
-    sink = download.FileSink(str(tmp_path / "f"), {"path": "f", "size": len(data),
-                                                    "sha256": hashlib.sha256(data).hexdigest()},
-                             0o644, 0o022)
+    manifest = Manifest.of({"entries": [{"path": "f", "type": "file", "size": len(data),
+                                         "sha256": hashlib.sha256(data).hexdigest()}]})
+    sink = download.FileSink(str(tmp_path / "f"), manifest, 0, 0o644, 0o022)
     monkeypatch.setattr(download.os, "write", write)
     sink.write(memoryview(data))
     monkeypatch.undo()
