@@ -78,8 +78,9 @@ class Manifest:
                 return
         except (TypeError, OverflowError):
             pass
-        bad = next(i for i in range(len(self)) if not self._entry_ok(i))
-        raise TransferError(f"the server's artifact manifest has a bad entry {self.entry(bad)!r}")
+        bad = next((i for i in range(len(self)) if not self._entry_ok(i)), None)
+        what = "an entry" if bad is None else repr(self.entry(bad))
+        raise TransferError(f"the server's artifact manifest has a bad entry {what}")
 
     def _entry_ok(self, i: int) -> bool:
         texts = (self.paths[i], self.kinds[i], self.sha256[i], self.blake3[i], self.targets[i])
@@ -131,7 +132,7 @@ def _of_entries(entries: list) -> Manifest:
     manifest = Manifest([], [], [], [], [], [], [])
     for e in entries:
         kind = e.get("type") if isinstance(e, dict) else None
-        if kind not in KINDS:
+        if not isinstance(kind, str) or kind not in KINDS:
             raise TransferError(f"the server's artifact manifest has a bad entry {e!r}")
         manifest.paths.append(e.get("path"))
         manifest.kinds.append(kind)

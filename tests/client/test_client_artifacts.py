@@ -13,7 +13,7 @@ import tarfile
 import requests
 from client_helpers import port_of, run_mistry
 
-from mistryd.web.artifacts import MANIFEST_FILE
+from mistryd.web.artifacts import COLUMNS_FILE, MANIFEST_FILE
 
 
 def _raw_get(url: str, path: str) -> int:
@@ -51,6 +51,21 @@ def test_manifest_files_ranges_and_tar(start_server, tmp_path):
     assert (same.status_code, same.content, same.headers["ETag"]) == (304, b"", tag)
     other = requests.get(f"{base}/", headers={"If-None-Match": '"another"'}, timeout=30)
     assert other.status_code == 200 and other.json() == manifest
+
+    # the same manifest in columns (what `mistry` asks for), cached too, with the same ETag
+    r = requests.get(f"{base}/?form=columns", timeout=30)
+    assert r.status_code == 200 and r.headers["ETag"] == tag, r.text
+    columns = r.json()
+    assert (columns["project"], columns["id"], columns["count"], columns["total_size"]) == (
+        "client-tree", info["ID"], len(manifest["entries"]), manifest["total_size"])
+    for name in ("path", "type", "mode", "size", "mtime", "sha256", "blake3", "target"):
+        assert columns[name] == [e.get(name, "") for e in manifest["entries"]], name
+    assert (root.parent.parent / COLUMNS_FILE).is_file()
+    same = requests.get(f"{base}/?form=columns", headers={"If-None-Match": tag}, timeout=30)
+    assert (same.status_code, same.content) == (304, b"")
+    assert requests.get(f"{base}/?form=columns", timeout=30).json() == columns  # from the cache
+    r = requests.get(f"{base}/?form=rows", timeout=30)
+    assert r.status_code == 400 and "entries or columns" in r.json()["error"]
 
     r = requests.get(f"{base}/a/b/deep.txt", timeout=30)
     assert r.status_code == 200 and r.content == b"deep\n"

@@ -324,3 +324,29 @@ def test_a_busy_stream_pool_is_waited_out_not_replaced_by_a_get_per_file(start_s
     streams = [_run_of(line) for line in _tars(recorder)]
     assert len(streams) > len(set(streams)), streams  # a run was asked for again: it waited
     assert _file_gets(recorder) == []
+
+
+class _ServerBeforeColumns(RecordingProxy):
+    """What a server from before the manifest's columns form answers: its entries, whatever the
+    query (the proxy drops `?form=columns` from the request line)."""
+
+    def forward(self, data: bytes, to_client: bool, sent: int) -> tuple[bytes, bool]:
+        if not to_client:
+            data = data.replace(b"/?form=columns HTTP/1.1\r\n", b"/ HTTP/1.1\r\n")
+        return super().forward(data, to_client, sent)
+
+
+def test_a_server_that_sends_the_manifest_as_entries_is_fetched_from_alike(many, tmp_path):
+    older = _ServerBeforeColumns(port_of(many.server.url))
+    try:
+        target = tmp_path / "out"
+        r = many(target, older.port)
+        assert r.returncode == 0, r.stderr
+        assert exact_tree_of(target) == exact_tree_of(many.artifacts)
+        assert _manifest_gets(older) == [f"GET /artifacts/{PROJECT}/{many.build_id}/"]
+        (target / "pkg1" / "lib" / "f0.js").write_text("changed")
+        r = many(target, older.port)
+        assert r.returncode == 0, r.stderr
+        assert exact_tree_of(target) == exact_tree_of(many.artifacts)
+    finally:
+        older.close()

@@ -132,6 +132,9 @@ def test_links_out_are_listed_as_links_and_special_files_are_never_read(start_se
     assert entries["shadow"]["type"] == "symlink" and entries["shadow"]["target"] == "/etc/shadow"
     assert entries["etc-dir"] == {**entries["etc-dir"], "type": "symlink", "target": "/etc"}
     assert [e["path"] for e in manifest["entries"]] == sorted(entries)
+    columns = requests.get(f"{base}/?form=columns", timeout=TIMEOUT).json()
+    assert columns["path"] == [e["path"] for e in manifest["entries"]]
+    assert columns["target"] == [e.get("target", "") for e in manifest["entries"]]
 
     for name in ("shadow", "relative-shadow", "etc-dir/shadow", "etc-dir/passwd", "fifo", "sock"):
         _refused(server, requests.get(f"{base}/{name}", timeout=TIMEOUT))
@@ -154,7 +157,8 @@ def test_a_tree_nested_too_deep_gets_no_manifest_and_no_tar(start_server):
     info = server.build("sec-art-deep")
     assert info["ExitCode"] == 0, info
     base = _base(server, info)
-    for suffix in ("/", ".tar", "/"):  # the second manifest request answers from the cached refusal
+    # the second manifest request answers from the cached refusal; the columns are refused too
+    for suffix in ("/", ".tar", "/", "/?form=columns"):
         error = _refused(server, requests.get(base + suffix, timeout=TIMEOUT), status=422)
         assert f"sec-art-deep/{info['ID']}" in error and "128 levels" in error and "rsync" in error
     deep = "/".join(["d"] * 140) + "/bottom.txt"
