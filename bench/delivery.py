@@ -136,8 +136,17 @@ class Targets:
 
 
 def run_timed(cmd: list[str]) -> float:
-    """The whole command's wall time in ms (it must succeed)."""
+    """The whole command's wall time in ms (it must succeed), from a settled disk."""
+    settle()
     return timed(lambda: sh(cmd))
+
+
+def settle() -> None:
+    """Writes out what earlier fetches left in the page cache (not timed): each fetch writes
+    200 MB, and once a few GB wait to be written the kernel writes them back under whichever
+    command runs then, which made a fetch take 0.2 s or 0.8 s by turns. Either client starts
+    from the same clean state."""
+    os.sync()
 
 
 def builds_started(srv: BenchServer) -> float:

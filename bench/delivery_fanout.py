@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .delivery import Expected, Targets, builds_started, run_timed, side_by_side
+from .delivery import Expected, Targets, builds_started, run_timed, settle, side_by_side
 from .harness import BenchServer, Env
 from .stats import Row, Summary, timed
 
@@ -73,6 +73,7 @@ def fan_out(srv: BenchServer, targets: Targets, clients: int,
     """Start `clients` fetches together, each into its own empty target; the wall time (ms) until
     the last one exited, and the hit latencies measured meanwhile. Every target is checked."""
     dests = [targets.new() for _ in range(clients)]
+    settle()
     hits: list[float] = []
     stop = threading.Event()
 
