@@ -212,7 +212,11 @@ class OrderedOutput:
                     open_ends.discard(fd)
 
     def _drain(self, fd: int) -> bool:
-        """Read `fd` until it is empty; False at its end (no writer left)."""
+        """Read `fd` until it is empty; False at its end (no writer left). A read shorter than
+        asked emptied it: what is written after that is a new event, queued behind any the
+        other stream had meanwhile, so it is not read here (that would take a later line of
+        this stream ahead of an earlier one of the other); only whether the writers are gone
+        is looked at, without reading."""
         stream = self._fds[fd]
         while True:
             try:
@@ -229,3 +233,13 @@ class OrderedOutput:
             if stream == STDERR:
                 self._stderr += data
                 del self._stderr[:-TAIL]
+            if len(data) < READ:
+                return not _writers_gone(fd)
+
+
+def _writers_gone(fd: int) -> bool:
+    """No writer holds the FIFO and nothing is left in it (a hang-up without data to read)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    mask = next((events for _, events in poller.poll(0)), 0)
+    return bool(mask & select.POLLHUP) and not mask & select.POLLIN

@@ -53,10 +53,27 @@ def output(tmp_path):
     out.close()
 
 
-def test_switches_of_stream_written_back_to_back_keep_their_order(output):
-    """Each pair written back to back, stdout then stderr; the next pair only once the reader has
-    both (so no second switch can fall within one read, however loaded the machine)."""
-    out, sink = output
+class HeldAfterStderr(Collected):
+    """Holds the reader in its write of stderr data until `go_on` is released: the writer writes
+    the next pair meanwhile, as a build does while mistryd is still busy with the last line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go_on = threading.Semaphore(0)
+
+    def write(self, data: bytes, stream: str = STDOUT) -> None:
+        super().write(data, stream)
+        if stream == STDERR:
+            assert self.go_on.acquire(timeout=60)
+
+
+def test_switches_of_stream_written_back_to_back_keep_their_order(tmp_path):
+    """Each pair written back to back, stdout then stderr; the next pair once the reader has
+    both, while it is still in its handling of the last stderr line (so a reader that read on
+    in the stream it was at would take `err N+1` ahead of `out N+1`)."""
+    (tmp_path / "build").mkdir()
+    sink = HeldAfterStderr()
+    out = OrderedOutput(tmp_path / "build" / ".output", sink, BUSYBOX)
     out.start()
     pairs = 15
     writer_out = os.open(out.folder / "out", os.O_WRONLY)
@@ -65,11 +82,15 @@ def test_switches_of_stream_written_back_to_back_keep_their_order(output):
         for i in range(1, pairs + 1):
             os.write(writer_out, b"out %d\n" % i)
             os.write(writer_err, b"err %d\n" % i)
+            if i > 1:
+                sink.go_on.release()  # the reader leaves its handling of `err i-1`
             sink.wait_for_lines(2 * i)
     finally:
+        sink.go_on.release()
         os.close(writer_out)
         os.close(writer_err)
     out.finish()
+    out.close()
     assert sink.lines() == [(f"{s} {i}", STDOUT if s == "out" else STDERR)
                             for i in range(1, pairs + 1) for s in ("out", "err")]
     assert out.stderr == b"".join(b"err %d\n" % i for i in range(1, pairs + 1))
