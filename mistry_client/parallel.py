@@ -1,13 +1,14 @@
-"""A tree of many files fetched by several processes at once, each streaming its own run of the
-manifest (`.tar?start=N&stop=M`) into the same staging folder.
+"""A tree of many files placed by several processes at once, each making its own run of the
+manifest's entries (its files from `.tar?start=N&stop=M`) in the same staging folder.
 
 Making thousands of files is work for the kernel and for the interpreter in about equal parts,
 and one Python process does it on one core (threads would queue on the GIL: measured slower
 than one thread). So on Linux, where `fork` is cheap and safe for a process without threads,
-the files are split into contiguous runs of about equal cost and each run is fetched by a forked
-child with a connection of its own. A child reports progress and its failure (one line) over a
-pipe and never touches anything but its own files; the parent waits for all, and on the first
-failure stops the others and raises it. Elsewhere, and for small sets, one process does it all.
+the needed entries are split into contiguous runs of about equal cost and each run is placed by a
+forked child with a connection of its own. A child reports progress and its failure (one line)
+over a pipe and never touches anything but its own entries (and the folders they lie in); the
+parent waits for all, and on the first failure stops the others and raises it. Elsewhere, and for
+small sets, one process does it all.
 """
 
 from __future__ import annotations
