@@ -307,8 +307,8 @@ def _write_body(out: BinaryIO, build: _Build) -> None:
 
 # The manifest in columns (`?form=columns`), for a client that reads many entries: one list per
 # field, in the entries' order ("" where an entry has no such field: a directory's sha256, a file's
-# link target), and the entry count. Decoding it takes a fifth of the time of the entries (no dict
-# per entry), and checking it a few scans. Written from the manifest file a batch of entries at a
+# link target), and the entry count. Decoding it takes under half the time of the entries (no
+# dict per entry), and checking it a few scans. Written from the manifest file a batch of entries at a
 # time through one spool file per column, so that a large manifest costs no memory either.
 COLUMNS = ("path", "type", "mode", "size", "mtime", "sha256", "blake3", "target")
 COLUMN_BATCH = 4096
@@ -324,7 +324,7 @@ def _write_columns(out: BinaryIO, manifest: _Manifest, build: _Build) -> None:
         def spool_batch() -> None:
             for name, spool in spools.items():
                 values = _json([entry.get(name, "") for entry in batch])[1:-1]
-                spool.write(b"," + values if count > len(batch) else values)
+                spool.write(b"," + values if spool.tell() else values)  # after an earlier batch
             batch.clear()
 
         for entry in _manifest_entries(manifest, build.label):
