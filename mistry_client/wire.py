@@ -15,10 +15,13 @@ point elsewhere)."""
 
 from __future__ import annotations
 
+import errno
 import json as jsonlib
 import os
+import select
 import socket
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +30,7 @@ _IDEMPOTENT = {"GET", "HEAD", "PUT", "DELETE", "OPTIONS"}
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
 _READ = 64 << 10  # what a live stream asks the socket for at most
+_CUT = "the connection ended in the middle of the answer"
 
 
 class NotHttp(Exception):
@@ -109,7 +113,7 @@ class _Body:
             if self.left is None:  # delimited by the connection's end: this is it
                 self.done = True
                 return 0
-            raise CutShort("the connection ended in the middle of the answer")
+            raise CutShort(_CUT)
         if self.left is not None:
             self.left -= n
             if not self.left and not self.chunked:
@@ -145,7 +149,7 @@ def _read_line(fp) -> bytes:
     if len(line) > _MAX_LINE:
         raise NotHttp("a line of the answer is longer than 64 KiB")
     if not line.endswith(b"\n"):
-        raise CutShort("the connection ended in the middle of the answer")
+        raise CutShort(_CUT)
     return line.rstrip(b"\r\n")
 
 
@@ -195,6 +199,49 @@ class Response:
         much as the read itself. WireError when the connection breaks."""
         view = memoryview(bytearray(size))
         return self._pieces(lambda: view[:self._body.readinto(view)])
+
+    def spliceable(self) -> bool:
+        """Whether the body can move into a file inside the kernel (splice_into): Linux, a plain
+        TCP connection (not TLS) and a body framed by Content-Length."""
+        body = self._body
+        return _SPLICE and type(self._sock) is socket.socket and not body.chunked \
+            and body.left is not None and not body.done
+
+    def splice_into(self, fd: int, offset: int, step: int, write: int) -> Iterator[int]:
+        """The body written into the file `fd` from `offset` on, in pieces of up to `step`
+        bytes, each into the file `write` bytes at a time; yields each piece's size once it is
+        in the file. The bytes go from the socket through a pipe into the page cache (splice(2))
+        without a copy through this process: for a large file, about a third less time than
+        reading and writing it. (Only when `spliceable()`.) WireError when the connection
+        breaks: what was yielded is in the file."""
+        body = self._body
+        assert body.left is not None
+        left = body.left
+        pipe: tuple[int, int] | None = None
+        try:
+            # what the buffered reader holds past the head (or one read): after this it holds
+            # nothing, and the rest of the body is the socket's
+            head = self._reading(lambda: _some(body.fp.read1(min(left, _READ))))
+            offset += _pwrite_all(fd, head, offset)
+            body.left = left = left - len(head)
+            yield len(head)
+            pipe = os.pipe2(os.O_CLOEXEC)
+            into, out = pipe[1], pipe[0]
+            _widen(into, step)
+            while left:
+                n = self._reading(partial(_splice_some, self._sock, into, min(step, left)))
+                offset += _pipe_to_file(out, fd, n, offset, write)
+                body.left = left = left - n
+                yield n
+            body.done = True
+        except BaseException:  # the file's own errors (a full disk) go up as they are
+            self._end(reusable=False)
+            raise
+        finally:
+            if pipe:
+                os.close(pipe[0])
+                os.close(pipe[1])
+        self.close()
 
     def _pieces(self, read: Callable[[], Any]) -> Iterator[Any]:
         while piece := self._reading(read):
@@ -274,6 +321,68 @@ class _Connection:
         self.fp.close()
         self.sock = context.wrap_socket(self.sock, server_hostname=self.host)
         self.fp = self.sock.makefile("rb")
+
+
+_SPLICE = hasattr(os, "splice")
+
+
+def _some(data: bytes) -> bytes:
+    if not data:
+        raise CutShort(_CUT)
+    return data
+
+
+def _splice_some(sock: socket.socket, pipe: int, most: int) -> int:
+    """Moves up to `most` bytes (at least one) from the socket into the pipe; the socket's
+    timeout holds while nothing has arrived (TimeoutError), CutShort at the connection's end."""
+    while True:
+        try:
+            n = os.splice(sock.fileno(), pipe, most)
+        except BlockingIOError:  # a socket with a timeout does not block: wait for bytes
+            timeout = sock.gettimeout()
+            poll = select.poll()
+            poll.register(sock.fileno(), select.POLLIN)
+            if not poll.poll(None if timeout is None else timeout * 1000):
+                raise TimeoutError("timed out") from None
+            continue
+        if not n:
+            raise CutShort(_CUT)
+        return n
+
+
+def _pipe_to_file(pipe: int, fd: int, n: int, offset: int, write: int) -> int:
+    """The `n` bytes in the pipe into the file at `offset`, `write` bytes per call (splice, or
+    read and written where the file system takes no splice); returns n."""
+    left = n
+    while left:
+        try:
+            left -= os.splice(pipe, fd, min(left, write), offset_dst=offset + n - left)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            data = os.read(pipe, min(left, write))
+            left -= _pwrite_all(fd, data, offset + n - left)
+    return n
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+    return len(data)
+
+
+def _widen(pipe: int, size: int) -> None:
+    """Makes the pipe hold `size` bytes if the system allows (a 64 KiB pipe moves a large file
+    in 16 times as many calls, and about half as fast): where it does not, the pipe stays as it
+    is."""
+    import fcntl
+
+    try:
+        fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, size)
+    except OSError:
+        pass
 
 
 def _read_head(fp) -> tuple[str, int, str, Headers]:

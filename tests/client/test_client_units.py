@@ -260,19 +260,33 @@ def test_a_file_is_written_in_pieces_of_at_most_32_kib(tmp_path, monkeypatch):
     from mistry_client import download
 
     sizes = []
-    real_write = download.os.write
+    real_write = download.os.pwrite
 
-    def write(fd, data):
+    def write(fd, data, offset):
         sizes.append(len(data))
-        return real_write(fd, data)
+        return real_write(fd, data, offset)
 
     data = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and 4 bytes
     manifest = Manifest.of({"entries": [{"path": "f", "type": "file", "size": len(data),
                                          "sha256": hashlib.sha256(data).hexdigest()}]})
     sink = download.FileSink(str(tmp_path / "f"), manifest, 0, 0o644, 0o022)
-    monkeypatch.setattr(download.os, "write", write)
+    monkeypatch.setattr(download.os, "pwrite", write)
     sink.write(memoryview(data))
     monkeypatch.undo()
     sink.finish()
     assert max(sizes) == download.WRITE == 32 << 10 and sum(sizes) == len(data)
     assert (tmp_path / "f").read_bytes() == data
+
+
+def test_a_file_longer_than_the_manifest_says_is_refused_before_it_is_written(tmp_path):
+    """A server that would fill the disk: refused at the first byte too many."""
+    from mistry_client import download
+
+    manifest = Manifest.of({"entries": [{"path": "f", "type": "file", "size": 10,
+                                         "sha256": hashlib.sha256(b"0123456789").hexdigest()}]})
+    sink = download.FileSink(str(tmp_path / "f"), manifest, 0, 0o644, 0o022)
+    sink.write(b"01234")
+    with pytest.raises(TransferError, match="got more than the manifest's 10 bytes"):
+        sink.write(b"567890")
+    sink.close()
+    assert (tmp_path / "f").read_bytes() == b"01234"

@@ -1,9 +1,12 @@
 """The client's own HTTP/1.1 (mistry_client/wire.py) against canned answers from a real socket:
 every framing a server may use, answers that are not HTTP or end early, keep-alive reuse, TLS
-with certificate checks, and proxies from the environment (plain and CONNECT)."""
+with certificate checks, proxies from the environment (plain and CONNECT), and bodies spliced
+into files."""
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import ssl
 import subprocess
@@ -215,6 +218,7 @@ def test_https_checks_the_certificate_against_the_ca_store(canned, certificate, 
     assert isinstance(raised.value.args[0], ssl.SSLCertVerificationError)
     monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
     _, r = _get(server, scheme="https", host="localhost")
+    assert not r.spliceable()  # TLS: the bytes on the socket are not the body
     assert r.content == b"secure"
 
 
@@ -259,3 +263,155 @@ def test_proxies_from_the_environment_plain_and_tunnelled(canned, certificate, m
                                f"CONNECT localhost:{tls.port} HTTP/1.1".encode()]
     finally:
         proxy.close()
+
+
+# A body moved into a file inside the kernel (Response.splice_into): exact, the connection kept,
+# and every way it can go wrong on the socket's side or the file's.
+
+SPLICED = bytes(range(251)) * 12_000 + b"end"  # about 3 MiB: several pipefuls
+
+
+def _splice(r, path, offset=0):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    pieces = []
+    try:
+        for n in r.splice_into(fd, offset, 1 << 20, 128 << 10):
+            pieces.append(n)
+    finally:
+        os.close(fd)
+    return pieces
+
+
+def test_a_body_spliced_into_a_file_is_exact_and_the_connection_is_kept(canned, tmp_path):
+    server = canned(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SPLICED) + SPLICED,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+    session, r = _get(server)
+    assert r.spliceable()
+    pieces = _splice(r, tmp_path / "f")
+    assert (tmp_path / "f").read_bytes() == SPLICED and sum(pieces) == len(SPLICED)
+    assert max(pieces) <= 1 << 20 and len(pieces) >= 3
+    _, r = _get(server, session=session)
+    assert r.content == b"ok" and server.connections == 1
+    _, r = _get(server, session=session)
+    assert not r.spliceable()  # chunked: read and written instead
+
+
+def test_a_spliced_body_goes_on_at_an_offset(canned, tmp_path):
+    """A resumed download (Range) writes behind what the file already holds."""
+    (tmp_path / "f").write_bytes(b"x" * 1000)
+    server = canned(b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\n\r\n" % len(SPLICED)
+                    + SPLICED)
+    _, r = _get(server)
+    _splice(r, tmp_path / "f", offset=1000)
+    assert (tmp_path / "f").read_bytes() == b"x" * 1000 + SPLICED
+
+
+def test_a_spliced_body_cut_short_fails_with_what_was_yielded_in_the_file(canned, tmp_path):
+    half = SPLICED[:len(SPLICED) // 2]
+    server = canned(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SPLICED) + half)
+    _, r = _get(server)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    yielded = 0
+    with pytest.raises(WireError) as raised:
+        for n in r.splice_into(fd, 0, 1 << 20, 128 << 10):
+            yielded += n
+    os.close(fd)
+    assert isinstance(raised.value.args[0], CutShort)
+    assert (tmp_path / "f").read_bytes()[:yielded] == half[:yielded] and yielded <= len(half)
+
+
+class StallingServer(LocalServer):
+    """Sends a head and part of the body, then nothing, until closed."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        super().__init__()
+
+    def serve(self, conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SPLICED)
+                     + SPLICED[:100_000])
+        self.release.wait()
+        conn.close()
+
+
+def test_a_spliced_body_that_stalls_runs_out_of_the_read_timeout(tmp_path):
+    server = StallingServer()
+    try:
+        r = Session(f"http://127.0.0.1:{server.port}").request("GET", "x", (5.0, 0.3))
+        with pytest.raises(WireError) as raised:
+            _splice(r, tmp_path / "f")
+        assert raised.value.timeout
+    finally:
+        server.release.set()
+        server.close()
+
+
+def test_a_file_system_without_splice_gets_the_body_written(canned, tmp_path, monkeypatch):
+    """Fault injection: splice(2) into the file refused with EINVAL (a file system without it)."""
+    real = os.splice
+
+    def splice(src, dst, count, offset_src=None, offset_dst=None, flags=0):
+        if offset_dst is not None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(src, dst, count, offset_src, offset_dst, flags)
+
+    monkeypatch.setattr(os, "splice", splice)
+    server = canned(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SPLICED) + SPLICED)
+    _, r = _get(server)
+    assert sum(_splice(r, tmp_path / "f")) == len(SPLICED)
+    assert (tmp_path / "f").read_bytes() == SPLICED
+
+
+def test_a_full_disk_under_a_splice_is_the_files_error_not_the_connections(
+        canned, tmp_path, monkeypatch):
+    """Fault injection: ENOSPC from the file's side goes up as it is (not a WireError a retry
+    would answer), and the connection is not used again."""
+    real = os.splice
+
+    def splice(src, dst, count, offset_src=None, offset_dst=None, flags=0):
+        if offset_dst is not None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, count, offset_src, offset_dst, flags)
+
+    monkeypatch.setattr(os, "splice", splice)
+    server = canned(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SPLICED) + SPLICED,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    session, r = _get(server)
+    with pytest.raises(OSError) as raised:
+        _splice(r, tmp_path / "f")
+    assert raised.value.errno == errno.ENOSPC and not isinstance(raised.value, WireError)
+    _, r = _get(server, session=session)
+    assert r.content == b"ok" and server.connections == 2
+
+
+@pytest.mark.parametrize("body, error", [
+    (SPLICED, None),
+    (SPLICED[:-1] + b"X", "BLAKE3"),
+    (SPLICED + b"more", "got more than the manifest's"),
+])
+def test_a_file_sink_receives_a_spliced_body_and_checks_it(canned, tmp_path, body, error):
+    """download.FileSink.receive: the spliced bytes are hashed as read back from the file."""
+    from blake3 import blake3
+
+    from mistry_client.download import FileSink
+    from mistry_client.errors import TransferError
+    from mistry_client.manifest import Manifest
+
+    manifest = Manifest.of({"entries": [{"path": "f", "type": "file", "size": len(SPLICED),
+                                         "sha256": "0" * 64,
+                                         "blake3": blake3(SPLICED).hexdigest()}]})
+    server = canned(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    _, r = _get(server)
+    sink = FileSink(str(tmp_path / "f"), manifest, 0, 0o644, 0o022)
+    if error is None:
+        assert sum(sink.receive(r)) == len(SPLICED)
+        sink.finish()
+        assert (tmp_path / "f").read_bytes() == SPLICED
+        return
+    with pytest.raises(TransferError, match=error):
+        for _ in sink.receive(r):
+            pass
+        sink.finish()
+    sink.close()
