@@ -80,19 +80,9 @@ else
   stamp=$run_stamp extras=btrfs
   check='import mistryd, btrfsutil, docker, flask, waitress'
 fi
-# The interpreter is Debian's python3 (the one python3-venv and python3-dev above are for, built
-# with profile-guided optimisation and LTO), not whatever python3 comes first on PATH: a pyenv
-# build without those runs imports about a third slower, and every `mistry` command is a new
-# interpreter. A virtualenv made from another interpreter is made again.
-PYTHON=${MISTRYD_PYTHON:-/usr/bin/python3}
-if [ -x "$VENV/bin/python" ] && [ "$("$VENV/bin/python" -c \
-    'import os, sys; print(os.path.realpath(sys._base_executable))')" != "$(readlink -f "$PYTHON")" ]; then
-  log "making $VENV again from $PYTHON"
-  rm -rf "$VENV"
-fi
 if ! fresh "$stamp" && ! fresh "$test_stamp"; then
   log "installing mistryd into $VENV (mistryd[$extras])"
-  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
   "$VENV/bin/pip" install -q -e ".[$extras]" --config-settings editable_mode=compat \
     >"$VENV/pip-install.log" 2>&1 \
