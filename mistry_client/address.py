@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 from urllib.parse import urlsplit
 
 SCHEMES = ("http", "https")
 FORMS = "a host (myserver), host:port (myserver:8462) or a URL (http://myserver:8462)"
 
 
-@dataclass(frozen=True)
-class ServerAddress:
-    scheme: str
-    host: str  # without brackets, also for IPv6; rsync and scp take it as it is
-    port: int
+class ServerAddress(namedtuple("ServerAddress", "scheme host port")):
+    # scheme: str; host: str, without brackets, also for IPv6 (rsync and scp take it as it is);
+    # port: int
+    __slots__ = ()
 
     @property
     def base(self) -> str:

@@ -14,8 +14,6 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from .address import parse_address
 from .deadline import after, cap, earliest, interrupt_at, passed
@@ -35,7 +33,10 @@ from .log_tail import LogTail
 from .sse import events
 from .wire import Response, Session, WireError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .ui import Fetched
 
 FINISHED = {"succeeded", "failed", "timed-out", "cancelled", "abandoned"}
@@ -43,13 +44,16 @@ HEARTBEAT_GRACE = 45.0  # the server sends a keep-alive every 15 s; silence this
 CHECK_ADDRESS = "check --host and --port"
 
 
-@dataclass
 class Submitted:
-    id: str
-    url: str
-    cached: bool
-    info: dict | None = None  # a cache hit's record (without the log), from servers that send it
-    joined: bool = False  # an identical build was in flight already (servers that say so)
+    """The server's answer to a submit: the build's id and page, whether it is cached, a cache
+    hit's record (without the log) from servers that send it, and whether an identical build was
+    in flight already (servers that say so)."""
+
+    __slots__ = ("id", "url", "cached", "info", "joined")
+
+    def __init__(self, id: str, url: str, cached: bool, info: dict | None = None,
+                 joined: bool = False):
+        self.id, self.url, self.cached, self.info, self.joined = id, url, cached, info, joined
 
 
 class Client:

@@ -4,28 +4,28 @@ mistry_client.errors; what people see (status line, summary) is mistry_client.ui
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .address import FORMS
+from .build_command import run_build
 from .durations import format_duration, parse_duration
-from .errors import (
-    EXIT_BROKEN_PIPE,
-    EXIT_BUILD_FAILED,
-    EXIT_OK,
-    EXIT_UNFINISHED,
-    EXIT_UNREACHABLE,
-    EXIT_USAGE,
-    BuildTimeout,
-    ClientError,
-    TransferError,
-    connection_problem,
+from .errors import EXIT_BUILD_FAILED, EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, BuildTimeout, exit_code_of
+from .options import (
+    BUILD_OPTIONS,
+    CHOICE,
+    DURATION,
+    FLAG,
+    FOLDER,
+    MANY,
+    PORT,
+    PORT_RANGE,
+    SERVER_OPTIONS,
+    TOKEN,
+    Option,
 )
 from .params import ParamError, parse_params
 from .terminal import plain_text, terminal_safe_keeping_colours
@@ -33,13 +33,10 @@ from .terminal import plain_text, terminal_safe_keeping_colours
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
-    from .api import Client, Submitted
-    from .ui import Output
+    from .api import Client
 
 # the Client and the transports are imported when a command needs them, so that `--help`,
 # `--version` and usage errors answer without loading an HTTP stack
-TRANSPORTS = ("http", "rsync", "scp")  # one class each in transports.py
-
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "timed-out", "abandoned")
 
@@ -83,54 +80,68 @@ def _remember_token(ctx: click.Context, param: click.Parameter, value: str | Non
     ctx.meta["mistry.token"] = value or None
 
 
+def _token() -> str | None:
+    """The command's --token (or MISTRY_TOKEN), if any."""
+    return click.get_current_context().meta.get("mistry.token")
+
+
 def _client(host: str, port: int) -> Client:
     """A Client for the command being run, with its --token (or MISTRY_TOKEN) if any."""
     from .api import Client
 
     try:
-        return Client(host, port, token=click.get_current_context().meta.get("mistry.token"))
+        return Client(host, port, token=_token())
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--host'") from None
 
 
-def _server_options(f):
-    # --token is not passed to the command function (expose_value=False): `_client` reads it,
-    # so every command with these options sends it without a parameter of its own
-    f = click.option("--token", envvar="MISTRY_TOKEN", expose_value=False,
-                     callback=_remember_token, metavar="TOKEN",
-                     help="API token of a server with access control, sent as a bearer header "
-                     "(env MISTRY_TOKEN).")(f)
-    f = click.option("--port", "-p", type=click.IntRange(1, 65535), default=8462,
-                     envvar="MISTRY_PORT", show_default=True, help="mistryd's port "
-                     "(env MISTRY_PORT).")(f)
-    f = click.option("--host", default="127.0.0.1", envvar="MISTRY_HOST", show_default=True,
-                     help=f"mistryd's host: {FORMS}; a port given here wins over --port "
-                     "(env MISTRY_HOST).")(f)
-    return f
+_COMPLETIONS = {"projects": _complete_projects}
+
+
+def _click_option(option: Option):
+    """The click option of an entry of options.py."""
+    kind = option.kind
+    settings: dict[str, Any] = {"help": option.help, "show_default": option.show_default,
+                                "envvar": option.envvar, "required": option.required,
+                                "metavar": option.metavar}
+    if kind == FLAG:
+        settings["is_flag"] = True
+    elif kind == MANY:
+        settings["multiple"] = True
+    else:
+        if option.default is not None:  # (click takes an explicit None as a value given)
+            settings["default"] = option.default
+        settings["type"] = {PORT: click.IntRange(*PORT_RANGE), DURATION: Duration(),
+                            FOLDER: click.Path(file_okay=False)}.get(kind)
+        if kind == CHOICE:
+            settings["type"] = click.Choice(option.choices)
+    if kind == TOKEN:
+        # not passed to the command function: `_token` reads it, so every command with the
+        # server options sends it without a parameter of its own
+        settings.update(expose_value=False, callback=_remember_token)
+    if option.complete:
+        settings["shell_complete"] = _COMPLETIONS[option.complete]
+    return click.option(*option.flags, option.name, **settings)
+
+
+def _options(options: tuple[Option, ...]):
+    def decorate(f):
+        for option in reversed(options):  # click lists them in the order they are given here
+            f = _click_option(option)(f)
+        return f
+    return decorate
+
+
+_server_options = _options(SERVER_OPTIONS)
 
 
 class _Mistry(click.Group):
     """Turns a ClientError from any command into its message and exit code, in one place."""
 
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except ClientError as e:
-            click.echo(e.message, err=True)
-            ctx.exit(e.exit_code)
-        except BrokenPipeError:  # `mistry logs ... | head`: the reader has what it wanted
-            # stdout is gone: point it at /dev/null so the interpreter's final flush is quiet,
-            # and end as a command killed by SIGPIPE would
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            ctx.exit(EXIT_BROKEN_PIPE)
-        except Exception as e:
-            # a read the client did not wrap: still one line (wire is loaded if it raised)
-            wire = sys.modules.get("mistry_client.wire")
-            if wire is None or not isinstance(e, wire.WireError):
-                raise
-            click.echo(f"lost the connection to mistryd: {connection_problem(e)}", err=True)
-            ctx.exit(EXIT_UNREACHABLE)
+        code = exit_code_of(lambda: super(_Mistry, self).invoke(ctx))
+        if code is not None:
+            ctx.exit(code)
 
 
 @click.group(cls=_Mistry, context_settings=CONTEXT)
@@ -140,190 +151,19 @@ def main() -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--project", required=True, help="The project to build.",
-              shell_complete=_complete_projects)
-@click.option("--group", "-g", default="", help="The group: builds of a group share /data/cache.")
-@click.option("--target", "-t", default=".", show_default=True, type=click.Path(file_okay=False),
-              help="The folder the artifacts land in (the current one by default, as upstream's "
-              "client; the summary names it).")
-@_server_options
-@click.option("--transport", type=click.Choice(TRANSPORTS), default="http", show_default=True,
-              help="How artifacts are fetched: http (verified), rsync (daemon) or scp (ssh).")
-@click.option("--transport-user", default=None, help="User name for rsync/scp (rsync to a "
-              "server with tokens: the token's name; the token is the password).")
-@click.option("--transport-port", type=click.IntRange(1, 65535), default=None,
-              envvar="MISTRY_TRANSPORT_PORT",
-              help="Port of the rsync daemon (873) or sshd (22). Not in upstream.")
-@click.option("--transport-arg", "transport_args", multiple=True,
-              help="An extra argument for rsync/scp (repeatable), e.g. --transport-arg=-F "
-              "--transport-arg=ssh_config. Not in upstream.")
-@click.option("--no-wait", is_flag=True, help="Only schedule the build; do not wait or fetch.")
-@click.option("--explain", is_flag=True, help="Build nothing: say whether this request is "
-              "cached, queued or running, and what differs from the nearest cached build.")
-@click.option("--rebuild", is_flag=True, help="Build again even when a result is cached, and "
-              "rebuild the image.")
-@click.option("--clear-target", is_flag=True, help="Empty the target folder first.")
-@click.option("--keep-special-bits", is_flag=True, help="Keep setuid, setgid and sticky bits of "
-              "downloaded files (by default files get their permission bits only).")
-@click.option("--timeout", type=Duration(), default="60m", show_default=True,
-              help="How long to wait for the build, from the start of the command; the "
-              "artifact download comes after it (Go durations: 90s, 5m, 1h30m).")
-@click.option("--verbose", "-v", is_flag=True, help="Stream the build log while waiting.")
-@click.option("--json-result", is_flag=True, help="Print the BuildInfo JSON on stdout, "
-              "and nothing else there.")
+@_options(BUILD_OPTIONS)
 @click.argument("params", nargs=-1, type=click.UNPROCESSED, metavar="[-- --KEY VALUE ...]")
-def build(project, group, target, host, port, transport, transport_user, transport_port,
-          transport_args, no_wait, explain, rebuild, clear_target, keep_special_bits, timeout,
-          verbose, json_result, params):
+def build(host, port, params, **options):
     """Build PROJECT on the server and fetch its artifacts into --target.
 
     Params follow `--`: `--key value`, `--key=value` or `key=value`; a value `@file` is that
     file's content.
     """
-    deadline = time.monotonic() + timeout
     try:
         build_params = parse_params(params)
     except ParamError as e:
         raise click.UsageError(str(e)) from None
-    from .ui import cached_note, make_output
-
-    client = _client(host, port)
-    if explain:
-        answer = client.explain(project, build_params, group, deadline)
-        click.echo(json.dumps(answer, indent=2) if json_result else explanation(answer, client))
-        sys.exit(EXIT_OK)
-    out = make_output(json_result)
-    _interrupt_on_sigterm()  # so a killed download still removes its staging folder
-    try:
-        try:  # --timeout bounds submitting and waiting, not the artifact download after it
-            job = client.submit(project, build_params, group, rebuild, deadline)
-            url = client.url(job.url)
-            if no_wait:
-                out.say(f"Build scheduled; see {url}")
-                if json_result:
-                    click.echo(json.dumps({"ID": job.id, "URL": job.url, "Cached": job.cached}))
-                sys.exit(EXIT_OK)
-            # at once: the page shows the build live. With -v the log pushes this line out of
-            # sight, so upstream's line comes again after the log, where upstream prints it
-            out.say(f"Build {project}/{job.id[:12]}: {url}" if verbose
-                    else f"Logs can be found at {url}")
-            if job.cached:
-                out.note(cached_note(job.info))
-            elif job.joined:
-                out.note("Joined a build of the same request that was already under way")
-            if job.info is not None and not verbose and not json_result:
-                info = job.info  # a cache hit: its record came with the answer, no log to follow
-            else:
-                info = _wait(client, out, project, job, verbose, deadline)
-        except BuildTimeout:
-            raise BuildTimeout(f"The build did not finish after {format_duration(timeout)}") \
-                from None
-        if job.cached:  # the stored record says how it was built, not how it was answered
-            info["Cached"] = True
-        if verbose:
-            out.say(f"Logs can be found at {url}")
-        if info.get("ExitCode") != 0:
-            if json_result:
-                click.echo(json.dumps(info, indent=2))
-            out.outcome(info, job.joined)
-            out.error(f"Build failed with exit code {info.get('ExitCode')}")
-            detail = info.get("ContainerStderr") or info.get("ErrBuild") or ""
-            if detail:
-                out.error_detail(detail)
-            sys.exit(EXIT_BUILD_FAILED)
-        transporter = _transport(client, transport, transport_user, transport_port,
-                                 transport_args, progress=out.download_bar if out.live else False,
-                                 keep_special_bits=keep_special_bits)
-        fetch_started = time.monotonic()
-        try:
-            fetched = transporter.fetch(info, Path(target), clear_target)
-        except OSError as e:  # the target side: a folder that cannot be made or written
-            raise TransferError(f"the artifacts could not be written to {target}: "
-                                f"{e.strerror or e} ({e.filename})") from None
-        if fetched is not None:
-            fetched.seconds = time.monotonic() - fetch_started
-        if json_result:
-            click.echo(json.dumps(info, indent=2))
-        out.outcome(info, job.joined)
-        out.fetched(fetched, Path(target), transport)
-    except ClientError as e:
-        out.error(e.message)
-        sys.exit(e.exit_code)
-
-
-def explanation(answer: dict, client: Client) -> str:
-    """GET /jobs/explain's answer for people: the summary, then one line per difference."""
-    def q(value: object) -> str:
-        return json.dumps(value, ensure_ascii=False)[:80]
-
-    lines = [f"{answer.get('Project')}/{str(answer.get('ID'))[:12]}: {answer.get('Summary')}"]
-    nearest = answer.get("Nearest") or {}
-    if nearest.get("URL"):
-        group = f" (group {nearest.get('Group')})" if nearest.get("Group") else ""
-        lines.append(f"  nearest cached build: {client.url(str(nearest['URL']))}{group}")
-    differences = answer.get("Differences") or {}
-    for f in differences.get("Files") or []:
-        lines.append(f"  file {f.get('Path')}: {f.get('Change')}")
-    shown, changed = len(differences.get("Files") or []), differences.get("FilesChanged") or 0
-    if changed > shown:
-        lines.append(f"  ... and {changed - shown} more files")
-    for p in differences.get("Params") or []:
-        if p.get("Opaque"):
-            lines.append(f"  param {p.get('Name')}: {p.get('Change')} (opaque: not part of the "
-                         "key)")
-        else:
-            lines.append(f"  param {p.get('Name')}: {p.get('Change')} ({q(p.get('Was'))} -> "
-                         f"{q(p.get('Now'))})")
-    if differences.get("Group"):
-        g = differences["Group"]
-        lines.append(f"  group: {q(g.get('Was'))} -> {q(g.get('Now'))}")
-    return "\n".join(plain_text(line) for line in lines)
-
-
-def _wait(client: Client, out: Output, project: str, job: Submitted, verbose: bool,
-          deadline: float) -> dict:
-    """Follow the build's log to its end (printing it with -v); on a terminal, with a status
-    line that a second connection keeps current. A cached build's log is its recorded one, and
-    is shown as such, never as if it were live."""
-    import contextlib
-
-    from .watch import JobState, Watcher
-
-    state = JobState(joined=job.joined)
-    if verbose and job.cached:
-        out.note("Its recorded log (from when it was built; not live):")
-
-    def on_line(line: str) -> None:
-        state.running()
-        if verbose:
-            out.log_line(line, recorded=job.cached)
-
-    with contextlib.ExitStack() as live:
-        if out.live and not job.cached:
-            live.enter_context(Watcher(client, project, job.id, state))
-            live.enter_context(out.waiting(state))
-        return client.wait(project, job.id, on_line=on_line, deadline=deadline)
-
-
-def _interrupt_on_sigterm() -> None:
-    import signal
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
-def _transport(client, name, user, port, extra, progress, keep_special_bits):
-    from .transports import HttpTransport, RsyncTransport, ScpTransport
-
-    if name == "rsync":
-        token = click.get_current_context().meta.get("mistry.token")
-        return RsyncTransport(client.host, user, port, extra, token=token,
-                              keep_special_bits=keep_special_bits)
-    if name == "scp":
-        return ScpTransport(client.host, user, port, extra)
-    return HttpTransport(client, progress=progress, keep_special_bits=keep_special_bits)
+    run_build(_client(host, port), _token(), build_params=build_params, **options)
 
 
 def log_printer(colours: bool) -> Callable[[str], None]:

@@ -9,7 +9,6 @@ import collections
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from .errors import ClientError, ServerError, TransferError, Unreachable, connection_problem
@@ -17,6 +16,7 @@ from .tar_reader import StreamCut, TarReader
 from .target_state import signature
 from .wire import WireError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .api import Client
     from .manifest import Manifest

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Callable, Iterator
 
-from .wire import NotHttp
+from .wire import NotHttp, WireError
 
 EXIT_OK = 0
 EXIT_BUILD_FAILED = 1
@@ -123,3 +124,24 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
         yield e
         wrapped = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
         todo += [w for w in wrapped if isinstance(w, BaseException)]
+
+
+def exit_code_of(run: Callable[[], object]) -> int | None:
+    """Runs a command's work, and ends what it raises as one: a ClientError with its message (on
+    stderr) and exit code, a stdout its reader closed (`mistry logs ... | head`) as SIGPIPE
+    would, a connection error nothing else caught as one line. None when it ran to its end."""
+    try:
+        run()
+    except ClientError as e:
+        print(e.message, file=sys.stderr, flush=True)
+        return e.exit_code
+    except BrokenPipeError:  # the reader has what it wanted
+        # stdout is gone: point it at /dev/null so the interpreter's final flush is quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except WireError as e:  # a read the client did not wrap: still one line
+        print(f"lost the connection to mistryd: {connection_problem(e)}", file=sys.stderr,
+              flush=True)
+        return EXIT_UNREACHABLE
+    return None

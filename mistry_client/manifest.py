@@ -11,12 +11,13 @@ until then: a bad one is a TransferError naming the entry, never a traceback."""
 from __future__ import annotations
 
 import array
-import hashlib
-from dataclasses import dataclass
-from typing import Any
 
 from .errors import TransferError
 from .staging import safe_relpath
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 KINDS = frozenset(("dir", "file", "symlink"))
 DEFAULT_MODES = {"dir": 0o755, "file": 0o644, "symlink": 0o777}  # for entries without a mode
@@ -24,18 +25,24 @@ DEFAULT_MODES = {"dir": 0o755, "file": 0o644, "symlink": 0o777}  # for entries w
 COLUMNS = ("path", "type", "mode", "size", "sha256", "blake3", "target")
 
 
-@dataclass
 class Manifest:
-    paths: list[str]
-    kinds: list[str]  # "dir", "file" or "symlink"
-    modes: list[int]
-    sizes: list[int]  # 0 for directories and links
-    sha256: list[str]  # "" for directories and links
-    blake3: list[str]  # "" when the server lists none
-    targets: list[str]  # a link's target; "" for directories and files
+    """The entries in columns: paths; kinds ("dir", "file" or "symlink"); modes; sizes (0 for
+    directories and links); sha256 ("" for directories and links); blake3 ("" when the server
+    lists none); targets (a link's target, "" for directories and files)."""
+
+    __slots__ = ("paths", "kinds", "modes", "sizes", "sha256", "blake3", "targets")
+
+    def __init__(self, paths: list[str], kinds: list[str], modes: list[int], sizes: list[int],
+                 sha256: list[str], blake3: list[str], targets: list[str]):
+        self.paths, self.kinds, self.modes, self.sizes = paths, kinds, modes, sizes
+        self.sha256, self.blake3, self.targets = sha256, blake3, targets
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Manifest) \
+            and all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
 
     @classmethod
     def of(cls, document: object) -> Manifest:
@@ -63,6 +70,8 @@ class Manifest:
             from blake3 import blake3
 
             return blake3(), self.blake3[i], "BLAKE3"
+        import hashlib
+
         return hashlib.sha256(), self.sha256[i], "sha256"
 
     def _check_types(self) -> None:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
-
-@dataclass
-class Event:
-    data: str
-    event: str = "message"
-    id: str | None = None
+Event = namedtuple("Event", "data event id", defaults=("message", None))
 
 
 def _lines(chunks: Iterable[bytes]) -> Iterator[str]:

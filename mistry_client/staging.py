@@ -9,9 +9,12 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import Self
 
 from .errors import TransferError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Self
 
 
 def _private_folder(parent: Path, prefix: str) -> Path:

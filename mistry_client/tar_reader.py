@@ -8,8 +8,8 @@ wrong is a corrupt stream (TransferError); a stream that ends before its end blo
 from __future__ import annotations
 
 import struct
+from collections import namedtuple
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from .errors import TransferError
 
@@ -25,12 +25,7 @@ class StreamCut(Exception):
     """The stream ended before the tar did: a dropped connection."""
 
 
-@dataclass
-class Member:
-    path: str
-    type: str  # "file", "dir" or "symlink"
-    size: int
-    target: str
+Member = namedtuple("Member", "path type size target")  # type: "file", "dir" or "symlink"
 
 
 class TarReader:

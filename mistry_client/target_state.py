@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import array
 import contextlib
-import hashlib
 import itertools
 import json
 import os
 import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .manifest import Manifest
 
@@ -48,14 +46,16 @@ def state_folder() -> Path:
 
 
 def state_file(target: Path) -> Path:
-    key = hashlib.sha256(os.fsencode(os.path.realpath(target))).hexdigest()[:32]
+    # BLAKE3, which verifies the download anyway: hashlib (OpenSSL) costs ms of every start
+    from blake3 import blake3
+
+    key = blake3(os.fsencode(os.path.realpath(target))).hexdigest()[:32]
     return state_folder() / f"{key}.state"
 
 
 SIGNATURE = 5  # ints in a signature (see signature())
 
 
-@dataclass
 class State:
     """What the last fetch into a target left there: the manifest's ETag (None: not every entry
     could be recorded), the mode mask it was fetched with, and per entry what it should find:
@@ -63,15 +63,16 @@ class State:
     permission bits. Kept in columns (paths, and the numbers in one array), which load in a few
     milliseconds where 30,000 JSON records took 40."""
 
-    manifest: str | None
-    mode_mask: int
-    files: list[str]
-    file_sigs: array.array  # SIGNATURE ints per file
-    file_sha256: list[str]
-    dirs: list[str]
-    dir_modes: array.array
-    links: list[str]
-    link_sigs: array.array  # SIGNATURE ints per link
+    __slots__ = ("manifest", "mode_mask", "files", "file_sigs", "file_sha256", "dirs",
+                 "dir_modes", "links", "link_sigs")
+
+    def __init__(self, manifest: str | None, mode_mask: int, files: list[str],
+                 file_sigs: array.array, file_sha256: list[str], dirs: list[str],
+                 dir_modes: array.array, links: list[str], link_sigs: array.array):
+        self.manifest, self.mode_mask = manifest, mode_mask
+        self.files, self.file_sigs, self.file_sha256 = files, file_sigs, file_sha256  # SIGNATURE
+        self.dirs, self.dir_modes = dirs, dir_modes  # ints per file, and per link
+        self.links, self.link_sigs = links, link_sigs
 
     def unchanged(self, target: Path) -> bool:
         """Every entry still as the last fetch left it: the same file (signature), link
@@ -247,6 +248,8 @@ def _signature_of(path: str, kind: Callable[[int], bool]) -> list[int] | None:
 
 
 def _sha256_of(path: str) -> str | None:
+    import hashlib
+
     digest = hashlib.sha256()
     try:
         with open(path, "rb", buffering=0) as f:

@@ -7,7 +7,6 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from . import parallel
 from .download import Download
@@ -17,11 +16,13 @@ from .staging import Staging, empty_folder
 from .target_state import SIGNATURE
 from .ui import Fetched
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .api import Client
 
-TRANSPORTS = ("http", "rsync", "scp")
-BarFactory = Callable[[int], contextlib.AbstractContextManager[Any]]
+    BarFactory = Callable[[int], contextlib.AbstractContextManager[Any]]
 
 
 class HttpTransport:

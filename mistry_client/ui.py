@@ -17,24 +17,25 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
 
 from .terminal import plain_text, terminal_safe, terminal_safe_keeping_colours
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, TextIO
+
     from .watch import JobState
 
 
-@dataclass
 class Fetched:
-    """What a fetch did (None when a transport cannot tell: rsync, scp)."""
+    """What a fetch did (None when a transport cannot tell: rsync, scp): files downloaded, their
+    bytes, files the target held as built (left in place), and how long it took."""
 
-    files: int  # downloaded
-    bytes: int
-    already: int  # files the target held as built, left in place
-    seconds: float = 0.0
+    __slots__ = ("files", "bytes", "already", "seconds")
+
+    def __init__(self, files: int, bytes: int, already: int, seconds: float = 0.0):
+        self.files, self.bytes, self.already, self.seconds = files, bytes, already, seconds
 
 
 def make_output(json_result: bool, stream: TextIO | None = None) -> Output:

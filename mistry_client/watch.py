@@ -7,10 +7,10 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .errors import ClientError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .api import Client
 
