@@ -40,6 +40,17 @@ class Scale:
         return quick if self.quick else full
 
 
+def compile_bytecode() -> None:
+    """Byte-compiles the client and the server, as pip does when it installs a wheel: with
+    PYTHONDONTWRITEBYTECODE set (as on these machines) an editable install otherwise compiles every
+    module changed since its last .pyc at every start of `mistry` (every module stale: 20-30 ms
+    more on each cached build here)."""
+    packages = [str(Path(__file__).resolve().parent.parent / name)
+                for name in ("mistry_client", "mistryd")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
 class Env:
     """One benchmark run's scratch space and clean-up stack."""
 
@@ -50,17 +61,6 @@ class Env:
         self.stack = contextlib.ExitStack()
         self.stack.callback(shutil.rmtree, self.root, ignore_errors=True)
         compile_bytecode()
-
-
-def compile_bytecode() -> None:
-    """Byte-compiles the client and the server, as pip does when it installs a wheel: with
-    PYTHONDONTWRITEBYTECODE set (as on these machines) an editable install otherwise compiles every
-    module changed since its last .pyc at every start of `mistry` (every module stale: 20-30 ms
-    more on each cached build here)."""
-    packages = [str(Path(__file__).resolve().parent.parent / name)
-                for name in ("mistry_client", "mistryd")]
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True,
-                   stdout=subprocess.DEVNULL)
 
     def close(self) -> None:
         self.stack.close()
