@@ -13,7 +13,14 @@ import click
 
 from .build_command import run_build
 from .durations import format_duration, parse_duration
-from .errors import EXIT_BUILD_FAILED, EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, BuildTimeout, exit_code_of
+from .errors import (
+    EXIT_BUILD_FAILED,
+    EXIT_OK,
+    EXIT_UNFINISHED,
+    EXIT_USAGE,
+    BuildTimeout,
+    exit_code_of,
+)
 from .options import (
     BUILD_OPTIONS,
     CHOICE,

@@ -21,9 +21,9 @@ TOKEN = "token"  # text the command does not take as a parameter: the client sen
 
 
 class Option:
-    """One option: its flags (long first), the name of its parameter, its kind and default
-    (defaults as the command line would give them: text), the environment variable that stands in
-    for it, whether it is required, its help text, and which completion it has (cli.py)."""
+    """One option: its flags (long first), the name of its parameter, its kind, its default
+    (text is converted as a command line's would be), the environment variable that stands in for
+    it, whether it is required, its help text, and which completion it has (cli.py)."""
 
     __slots__ = ("flags", "name", "kind", "default", "envvar", "required", "choices", "help",
                  "show_default", "complete", "metavar")

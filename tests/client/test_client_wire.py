@@ -348,16 +348,22 @@ def test_a_spliced_body_that_stalls_runs_out_of_the_read_timeout(tmp_path):
         server.close()
 
 
-def test_a_file_system_without_splice_gets_the_body_written(canned, tmp_path, monkeypatch):
-    """Fault injection: splice(2) into the file refused with EINVAL (a file system without it)."""
+def _file_side_of_splice_fails(monkeypatch, error: int) -> None:
+    """Fault injection: every splice(2) into a file (the one with an offset) fails with `error`;
+    the socket's side works."""
     real = os.splice
 
     def splice(src, dst, count, offset_src=None, offset_dst=None, flags=0):
         if offset_dst is not None:
-            raise OSError(errno.EINVAL, "Invalid argument")
+            raise OSError(error, os.strerror(error))
         return real(src, dst, count, offset_src, offset_dst, flags)
 
     monkeypatch.setattr(os, "splice", splice)
+
+
+def test_a_file_system_without_splice_gets_the_body_written(canned, tmp_path, monkeypatch):
+    """splice(2) into the file refused with EINVAL (a file system without it)."""
+    _file_side_of_splice_fails(monkeypatch, errno.EINVAL)
     server = canned(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SPLICED) + SPLICED)
     _, r = _get(server)
     assert sum(_splice(r, tmp_path / "f")) == len(SPLICED)
@@ -366,16 +372,9 @@ def test_a_file_system_without_splice_gets_the_body_written(canned, tmp_path, mo
 
 def test_a_full_disk_under_a_splice_is_the_files_error_not_the_connections(
         canned, tmp_path, monkeypatch):
-    """Fault injection: ENOSPC from the file's side goes up as it is (not a WireError a retry
-    would answer), and the connection is not used again."""
-    real = os.splice
-
-    def splice(src, dst, count, offset_src=None, offset_dst=None, flags=0):
-        if offset_dst is not None:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(src, dst, count, offset_src, offset_dst, flags)
-
-    monkeypatch.setattr(os, "splice", splice)
+    """ENOSPC from the file's side goes up as it is (not a WireError a retry would answer), and
+    the connection is not used again."""
+    _file_side_of_splice_fails(monkeypatch, errno.ENOSPC)
     server = canned(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SPLICED) + SPLICED,
                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     session, r = _get(server)
