@@ -58,7 +58,7 @@ def read_build_line(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str
     that starts with `build`; Unsure for any line this does not read exactly as click does."""
     if not argv or argv[0] != "build":
         raise Unsure
-    given: dict[str, object] = {}
+    given: dict[str, Any] = {}
     words, params = list(argv[1:]), []
     while words:
         word = words.pop(0)
@@ -79,7 +79,7 @@ def read_build_line(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str
                 raise Unsure
             text = words.pop(0)
         if option.kind == MANY:
-            given[option.name] = (*given.get(option.name, ()), text)  # type: ignore[misc]
+            given[option.name] = (*given.get(option.name, ()), text)
         elif option.name in given:
             raise Unsure
         else:
@@ -89,7 +89,7 @@ def read_build_line(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str
     return values
 
 
-def _value(option: Option, given: dict[str, object], environ: Mapping[str, str]) -> object:
+def _value(option: Option, given: dict[str, Any], environ: Mapping[str, str]) -> object:
     if option.name in given:
         value = given[option.name]
     elif option.envvar and environ.get(option.envvar):  # (click takes no empty variable)
