@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .build_command import run_build
-from .durations import format_duration, parse_duration
+from .durations import format_duration, positive_duration
 from .errors import (
     EXIT_BUILD_FAILED,
     EXIT_OK,
@@ -75,12 +75,9 @@ class Duration(click.ParamType):
         if isinstance(value, float):
             return value
         try:
-            seconds = parse_duration(value)
+            return positive_duration(value)
         except ValueError as e:
             self.fail(str(e), param, ctx)
-        if seconds <= 0:
-            self.fail(f"{value!r} must be positive", param, ctx)
-        return seconds
 
 
 def _remember_token(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

@@ -9,6 +9,14 @@ _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
+def positive_duration(text: str) -> float:
+    """Seconds in a Go duration that must be more than none (--timeout); ValueError otherwise."""
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be positive")
+    return seconds
+
+
 def parse_duration(text: str) -> float:
     """Seconds in a Go duration string; ValueError naming the text when it is not one."""
     s = text.strip()

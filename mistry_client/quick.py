@@ -12,10 +12,10 @@ import os
 import stat
 import sys
 
-from .durations import parse_duration
+from .durations import positive_duration
 from .errors import exit_code_of
 from .options import BUILD_OPTIONS, CHOICE, DURATION, FLAG, FOLDER, MANY, PORT, PORT_RANGE, Option
-from .params import ParamError, parse_params
+from .params import parse_params
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def main() -> None:
         from .api import Client
 
         client = Client(host, port, token=token)
-    except (Unsure, ParamError, ValueError):
+    except (Unsure, ValueError):  # (a ParamError, a host Client refuses: click says so)
         from .cli import main as click_main
 
         click_main()
@@ -109,12 +109,9 @@ def _value(option: Option, given: dict[str, Any], environ: Mapping[str, str]) ->
         raise Unsure
     if option.kind == DURATION:
         try:
-            seconds = parse_duration(value)
+            return positive_duration(value)
         except ValueError:
             raise Unsure from None
-        if seconds <= 0:
-            raise Unsure
-        return seconds
     if option.kind == FOLDER:
         try:
             mode = os.stat(value).st_mode

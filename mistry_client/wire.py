@@ -224,7 +224,7 @@ class Response:
         try:
             # what the buffered reader holds past the head (or one read): after this it holds
             # nothing, and the rest of the body is the socket's
-            head = self._reading(lambda: _some(body.fp.read1(min(left, _READ))))
+            head = self._reading(lambda: _not_empty(body.fp.read1(min(left, _READ))))
             offset += _pwrite_all(fd, head, offset)
             body.left = left = left - len(head)
             yield len(head)
@@ -332,7 +332,7 @@ class _Connection:
 _SPLICE = hasattr(os, "splice")
 
 
-def _some(data: bytes) -> bytes:
+def _not_empty(data: bytes) -> bytes:
     if not data:
         raise CutShort(_CUT)
     return data
