@@ -78,8 +78,9 @@ def run_build(client: Client, token: str | None, *, project: str, group: str, ta
         try:
             fetched = transporter.fetch(info, Path(target), clear_target)
         except OSError as e:  # the target side: a folder that cannot be made or written
+            where = f" ({e.filename})" if e.filename else ""
             raise TransferError(f"the artifacts could not be written to {target}: "
-                                f"{e.strerror or e} ({e.filename})") from None
+                                f"{e.strerror or e}{where}") from None
         if fetched is not None:
             fetched.seconds = time.monotonic() - fetch_started
         if json_result:

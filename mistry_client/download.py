@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from urllib.parse import quote
 
+from . import preallocate
 from .errors import ClientError, ServerError, TransferError, Unreachable, connection_problem
 from .tar_reader import StreamCut, TarReader
 from .target_state import signature
@@ -63,8 +64,12 @@ class FileSink:
         """The body of `r` appended to the file; yields the size of each piece once it is
         written and hashed. A large body on a plain connection goes from the socket into the
         file inside the kernel (Response.splice_into) and is hashed as read back from the page
-        cache, one piece at a time while it is still in the CPU's cache."""
-        if r.spliceable() and self.manifest.sizes[self.i] - self.written >= SPLICE_FROM:
+        cache, one piece at a time while it is still in the CPU's cache. A large body's blocks
+        are reserved first (preallocate.py)."""
+        left = self.manifest.sizes[self.i] - self.written
+        if left >= preallocate.FROM:
+            preallocate.reserve(self.fd, self.written, left)
+        if r.spliceable() and left >= SPLICE_FROM:
             back = memoryview(bytearray(CHUNK))
             for n in r.splice_into(self.fd, self.written, CHUNK, SPLICE_WRITE):
                 at, end = self.written, self.written + n

@@ -386,6 +386,19 @@ def test_a_full_disk_under_a_splice_is_the_files_error_not_the_connections(
     assert r.content == b"ok" and server.connections == 2
 
 
+def _sink_of_spliced(path):
+    """download.FileSink of a manifest with one file: SPLICED."""
+    from blake3 import blake3
+
+    from mistry_client.download import FileSink
+    from mistry_client.manifest import Manifest
+
+    manifest = Manifest.of({"entries": [{"path": "f", "type": "file", "size": len(SPLICED),
+                                         "sha256": "0" * 64,
+                                         "blake3": blake3(SPLICED).hexdigest()}]})
+    return FileSink(str(path), manifest, 0, 0o644, 0o022)
+
+
 @pytest.mark.parametrize("body, error", [
     (SPLICED, None),
     (SPLICED[:-1] + b"X", "BLAKE3"),
@@ -393,18 +406,11 @@ def test_a_full_disk_under_a_splice_is_the_files_error_not_the_connections(
 ])
 def test_a_file_sink_receives_a_spliced_body_and_checks_it(canned, tmp_path, body, error):
     """download.FileSink.receive: the spliced bytes are hashed as read back from the file."""
-    from blake3 import blake3
-
-    from mistry_client.download import FileSink
     from mistry_client.errors import TransferError
-    from mistry_client.manifest import Manifest
 
-    manifest = Manifest.of({"entries": [{"path": "f", "type": "file", "size": len(SPLICED),
-                                         "sha256": "0" * 64,
-                                         "blake3": blake3(SPLICED).hexdigest()}]})
     server = canned(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
     _, r = _get(server)
-    sink = FileSink(str(tmp_path / "f"), manifest, 0, 0o644, 0o022)
+    sink = _sink_of_spliced(tmp_path / "f")
     if error is None:
         assert sum(sink.receive(r)) == len(SPLICED)
         sink.finish()
@@ -415,3 +421,20 @@ def test_a_file_sink_receives_a_spliced_body_and_checks_it(canned, tmp_path, bod
             pass
         sink.finish()
     sink.close()
+
+
+def test_a_file_sink_reserves_a_large_files_blocks_before_it_arrives(canned, tmp_path,
+                                                                     monkeypatch):
+    from mistry_client import preallocate
+
+    monkeypatch.setattr(preallocate, "FROM", len(SPLICED))
+    server = canned(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SPLICED) + SPLICED)
+    _, r = _get(server)
+    sink = _sink_of_spliced(tmp_path / "f")
+    pieces = sink.receive(r)
+    first = next(pieces)
+    st = os.fstat(sink.fd)
+    assert st.st_size == first < len(SPLICED) <= st.st_blocks * 512
+    assert first + sum(pieces) == len(SPLICED)
+    sink.finish()
+    assert (tmp_path / "f").read_bytes() == SPLICED
