@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -135,7 +136,8 @@ def test_only_artifacts_of_successful_builds_are_served(secured, tmp_path):
         artifacts(builds["failing"]), artifacts(builds["etc"]),
         artifacts(builds["etc"]).rstrip("/"), artifacts(builds["etc"], "passwd"),
     ]
-    for i, source in enumerate(refused):
+
+    def refuses(i: int, source: str) -> None:
         dest = tmp_path / f"d{i}"
         dest.mkdir()
         got = rsync(port, "-rtlp", source, f"{dest}/", user="reader", password=READER["token"])
@@ -144,6 +146,11 @@ def test_only_artifacts_of_successful_builds_are_served(secured, tmp_path):
         listed = rsync(port, "-r", "--list-only", source, user="reader", password=READER["token"])
         assert listed.returncode != 0, source
         assert not any(s in listed.stdout + listed.stderr for s in SECRETS), source
+
+    # several clients at once (each refusal costs the daemon's auth delay): any failure is raised
+    with ThreadPoolExecutor(6) as pool:
+        for done in [pool.submit(refuses, i, source) for i, source in enumerate(refused)]:
+            done.result()
     # following links on the daemon's side is refused too
     follow = rsync(port, "-rL", artifacts(builds["leaky"]), f"{tmp_path / 'follow'}/",
                    user="reader", password=READER["token"])
