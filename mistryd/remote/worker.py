@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
@@ -35,6 +34,7 @@ from ..queue.redis import RedisQueue
 from ..scheduler import Scheduler
 from ..storage import make_storage
 from ..store import Status, Store
+from .contexts import Contexts
 from .registry import Announcer, BuilderState, RedisRegistry
 from .transfer import Central, LogShipper
 
@@ -59,7 +59,6 @@ class RemoteBuilder:
                                          "build_path": str(build_path),
                                          "job_concurrency": max(1, concurrency),
                                          "filesystem": filesystem, "builder_name": name})
-        self.contexts = contexts
         self.layout = Layout(self.config.build_path)
         self.layout.make_private()
         self.store = Store(self.layout)  # the Builder's; this machine keeps no history
@@ -71,6 +70,7 @@ class RemoteBuilder:
                                name=name)
         self.queue = RedisQueue(queue_url)
         self.central = Central(server_url, token)
+        self.contexts = Contexts(contexts, self.central.fetch_context)
         self.registry = RedisRegistry(queue_url)
         self._shippers: dict[JobKey, LogShipper] = {}
         self._lock = threading.Lock()
@@ -147,10 +147,7 @@ class RemoteBuilder:
         if lease is None or not lease.builder.startswith(f"{self.name}-"):
             raise MistryError(f"builder {self.name} does not hold job {key}")
         details = self.central.start(lease)
-        context = self.contexts / key.project / details.fingerprint
-        if not context.is_dir():
-            self.central.fetch_context(key.project, details.fingerprint, context)
-            self._forget_other_contexts(context)
+        context = self.contexts.take(key, details.fingerprint)
         seed: tuple[str, ...] = ("",)  # no group cache: an empty one
         if details.cache is not None:
             group, build_id = details.cache["group"], details.cache["id"]
@@ -163,11 +160,6 @@ class RemoteBuilder:
                                      bool(r.get("rebuild"))),
                   id=key.id, fingerprint=details.fingerprint, context=context,
                   settings=ProjectSettings(**details.settings), seed_groups=seed)
-
-    def _forget_other_contexts(self, keep: Path) -> None:
-        for other in keep.parent.iterdir():
-            if other != keep and not other.name.startswith("."):
-                shutil.rmtree(other, ignore_errors=True)
 
     def _fetch_cache(self, project: str, group: str, build_id: str) -> None:
         """The central server's copy of a group's last cache, as this machine's last good build
@@ -200,6 +192,7 @@ class RemoteBuilder:
     def _upload(self, lease: Lease, outcome: Outcome) -> None:
         """The build is published here: the rest of its log, then the folder, to the central
         server, which finishes the job under this lease (LeaseLost when it is not held)."""
+        self.contexts.release(lease.key)
         with self._lock:
             shipper = self._shippers.pop(lease.key, None)
         if shipper is not None:

@@ -229,6 +229,8 @@ def test_a_batch_on_the_shared_queue_runs_on_a_remote_builder(start_server, tmp_
         a, b = (build_of(central.url, jobs[n], admin) for n in "ab")
         assert started(b) >= ended(a)
         assert a["Builder"] == b["Builder"] == "far"
+        # a and x start together on the two slots, from one context: neither waits for a retry
+        assert "cannot run" not in (tmp_path / "worker.log").read_text()
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)
