@@ -1,7 +1,6 @@
 """Reserving a large file's blocks before its bytes arrive: the file system then allocates the
-whole file at once instead of a few pages at a time under every write (a 200 MiB artifact spliced
-into ext4: 150-200 -> 130-180 ms alone, twenty at once 3.8 -> 2.3-2.8 s; docs/performance.md,
-"Session 14").
+whole file at once instead of a few pages at a time under every write (a cached build's 200 MiB
+artifact into ext4, the whole `mistry build`: 186 -> 167 ms; docs/performance.md, "Session 14").
 
 Plain fallocate(2) through ctypes, not os.posix_fallocate: on a file system without fallocate
 (NFSv3, some FUSE mounts) glibc's posix_fallocate falls back to reading and writing a byte in every
@@ -28,16 +27,15 @@ def reserve(fd: int, offset: int, length: int) -> None:
     """Asks the file system for `length` bytes of `fd` from `offset`, leaving its size as it is.
     A full disk is an OSError (ENOSPC) now rather than after the bytes came; a file system or a
     Python that cannot reserve changes nothing."""
+    if length <= 0:
+        return
     function = _libc_fallocate()
-    if not function or length <= 0:
-        return
-    if function(fd, KEEP_SIZE, offset, length) == 0:
-        return
-    import ctypes
+    if function and function(fd, KEEP_SIZE, offset, length) != 0:
+        import ctypes
 
-    error = ctypes.get_errno()
-    if error in (errno.ENOSPC, errno.EDQUOT):
-        raise OSError(error, os.strerror(error))
+        error = ctypes.get_errno()
+        if error in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(error, os.strerror(error))
 
 
 def _libc_fallocate():
