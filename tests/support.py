@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -48,6 +49,18 @@ def copy_project(dest_root: Path, name: str, source: str | None = None) -> Path:
 
 
 # --- mistryd as a separate process (crash, signal and load tests) ------------------------------
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    """A tmpfs of `size` (mount's form: "4m") mounted on the new folder `path`: a disk that is
+    soon full; unmounted afterwards."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
 
 
 def free_port() -> int:

@@ -8,12 +8,11 @@ import http.client
 import io
 import json
 import os
-import subprocess
 import tarfile
 
-import pytest
 import requests
 from client_helpers import port_of, run_mistry
+from support import small_tmpfs
 
 from mistryd.web.artifacts import COLUMNS_FILE, MANIFEST_FILE
 
@@ -108,31 +107,19 @@ def test_only_finished_successful_builds_are_served(start_server):
                         timeout=30).status_code == 404
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 16 MiB tmpfs: a target too small for the 100 MB artifact (unmounted afterwards)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
-
-
-def test_a_100_mb_artifact_arrives_byte_for_byte_or_not_on_a_full_disk(
-        start_server, tmp_path, small_tmpfs):
+def test_a_100_mb_artifact_arrives_byte_for_byte_or_not_on_a_full_disk(start_server, tmp_path):
     server = start_server(projects=("client-big",))
     # a target on a disk too small: a clear error, the target as it was, no staging folder left
-    target = small_tmpfs / "out"
-    target.mkdir()
-    (target / "keep.txt").write_text("mine")
-    r = run_mistry(["build", "--project", "client-big", "-t", str(target)],
-                   port=port_of(server.url))
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert r.stderr.splitlines() == [f"the artifacts could not be written to {target}: No "
-                                     "space left on device"]
-    _untouched(target, small_tmpfs)
+    with small_tmpfs(tmp_path / "small", "16m") as disk:
+        target = disk / "out"
+        target.mkdir()
+        (target / "keep.txt").write_text("mine")
+        r = run_mistry(["build", "--project", "client-big", "-t", str(target)],
+                       port=port_of(server.url))
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert r.stderr.splitlines() == [f"the artifacts could not be written to {target}: "
+                                         "No space left on device"]
+        _untouched(target, disk)
 
     out = tmp_path / "out"
     r = run_mistry(["build", "--project", "client-big", "-t", str(out), "--json-result"],

@@ -6,24 +6,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import subprocess
 
 import pytest
+from support import small_tmpfs
 
 from mistry_client import preallocate
 
 MIB = 1 << 20
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_blocks_are_reserved_and_the_size_stays(tmp_path):
@@ -40,15 +29,16 @@ def test_blocks_are_reserved_and_the_size_stays(tmp_path):
         os.close(fd)
 
 
-def test_a_disk_too_small_says_so_at_once(tiny_tmpfs):
-    fd = os.open(tiny_tmpfs / "f", os.O_RDWR | os.O_CREAT)
-    try:
-        with pytest.raises(OSError) as raised:
-            preallocate.reserve(fd, 0, 64 * MIB)
-        assert raised.value.errno == errno.ENOSPC
-        assert os.fstat(fd).st_size == 0
-    finally:
-        os.close(fd)
+def test_a_disk_too_small_says_so_at_once(tmp_path):
+    with small_tmpfs(tmp_path / "tiny", "4m") as disk:
+        fd = os.open(disk / "f", os.O_RDWR | os.O_CREAT)
+        try:
+            with pytest.raises(OSError) as raised:
+                preallocate.reserve(fd, 0, 64 * MIB)
+            assert raised.value.errno == errno.ENOSPC
+            assert os.fstat(fd).st_size == 0
+        finally:
+            os.close(fd)
 
 
 def _fallocate_fails_with(monkeypatch, error: int) -> list:
