@@ -48,9 +48,6 @@ def copy_project(dest_root: Path, name: str, source: str | None = None) -> Path:
     return dest
 
 
-# --- mistryd as a separate process (crash, signal and load tests) ------------------------------
-
-
 @contextlib.contextmanager
 def small_tmpfs(path: Path, size: str):
     """A tmpfs of `size` (mount's form: "4m") mounted on the new folder `path`: a disk that is
@@ -61,6 +58,9 @@ def small_tmpfs(path: Path, size: str):
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=False)
+
+
+# --- mistryd as a separate process (crash, signal and load tests) ------------------------------
 
 
 def free_port() -> int:
